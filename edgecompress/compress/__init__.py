@@ -1,0 +1,1 @@
+"""Compression in PyTorch: training, distillation, pruning and the accuracy gate."""

@@ -1,0 +1,84 @@
+"""The engine-builder seam.
+
+Every engine kind (ONNX Runtime CPU, ARM/ORT format, TensorRT) implements the small
+`EngineBuilder` interface. Evaluation, benchmarking and the report only ever talk to
+a `Runner`, so they never branch on engine kind (Polygraphy's runner idea).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgecompress.targets import TargetProfile
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, shape (None for a dynamic dimension) and numpy dtype of a model input/output."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass
+class EngineArtifact:
+    """What a builder produced for one target.
+
+    `path` is the engine file, or None when the engine must be built on the device
+    (then `files` holds the on-device build kit and `note` says how to build it).
+    `metadata` carries the facts that decide whether the engine travels (runtime
+    versions, GPU name, required operators, providers...).
+    """
+
+    target: str
+    kind: str
+    precision: str
+    path: Path | None
+    files: list[Path] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def runnable_here(self) -> bool:
+        return self.path is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "kind": self.kind,
+            "precision": self.precision,
+            "path": str(self.path) if self.path else None,
+            "files": [str(p) for p in self.files],
+            "metadata": self.metadata,
+            "note": self.note,
+        }
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Runs an engine: a dict of input arrays in, the list of output arrays out."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
+
+
+class EngineBuilder(Protocol):
+    """One engine kind. `available()` returns None when it can build here, else the reason."""
+
+    kind: str
+
+    def available(self) -> str | None: ...
+
+    def build(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact: ...
+
+    def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...

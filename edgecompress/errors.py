@@ -1,0 +1,59 @@
+"""User-facing errors.
+
+Every mistake a user can make has its own exception type carrying the fix, so the
+CLI can print one clear line and exit non-zero without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgecompressError(Exception):
+    """Base for errors caused by the user's input; `fix` says what to do instead."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.problem} — {self.fix}" if self.fix else self.problem
+
+
+class ModelLoadError(EdgecompressError):
+    """The model file, factory or weights could not be loaded."""
+
+
+class InputShapeError(EdgecompressError):
+    """--input-shape does not fit the model's inputs."""
+
+
+class TargetError(EdgecompressError):
+    """Unknown target or an invalid target profile."""
+
+
+class CalibrationError(EdgecompressError):
+    """Calibration data is missing, empty, non-finite or the wrong shape."""
+
+
+class ConfigError(EdgecompressError):
+    """An unknown config key or a bad value."""
+
+
+class ExportError(EdgecompressError):
+    """torch.onnx.export failed or ONNX Runtime disagrees with PyTorch."""
+
+
+class QuantizationError(EdgecompressError):
+    """Static quantization failed."""
+
+
+class EngineBuildError(EdgecompressError):
+    """An engine builder rejected the model (e.g. an op the target cannot run)."""
+
+
+class BudgetNotMetError(EdgecompressError):
+    """The accuracy budget could not be met; the best engine found was kept."""
+
+    exit_code = 3

@@ -1,0 +1,35 @@
+"""Shared rich console and progress bar, so every long stage looks and behaves the same."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+console = Console(stderr=True)
+quiet = bool(os.environ.get("EDGECOMPRESS_QUIET"))
+
+
+def progress_bar() -> Progress:
+    """A transient progress bar on stderr; disabled when not a terminal-like session or quiet."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not sys.stderr.isatty(),
+    )
+
+
+def info(message: str) -> None:
+    if not quiet:
+        console.print(message)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
