@@ -57,3 +57,11 @@ class BudgetNotMetError(EdgecompressError):
     """The accuracy budget could not be met; the best engine found was kept."""
 
     exit_code = 3
+
+
+class CalibrationChecksumError(CalibrationError):
+    """A calibration set's arrays do not match the sha256 in its manifest."""
+
+
+class DataFreeError(CalibrationError):
+    """Data-free calibration is impossible for this model (no BatchNorm statistics to match)."""
