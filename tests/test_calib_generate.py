@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgecompress.calib.generate import CalibRecipe, generate, load_recipe, make_calibration_set, stratified_order
-from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.calib.load import arrays_sha256
 from edgecompress.errors import CalibrationError, ConfigError
 from tests.calib_fixtures import COLOUR_PHOTOS, GRAY_PHOTOS, photo, write_photo_folder
 

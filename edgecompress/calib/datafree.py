@@ -193,8 +193,24 @@ def _input_bounds(
     return torch.from_numpy(low.reshape(view).copy()), torch.from_numpy(high.reshape(view).copy())
 
 
+def batchnorm_module(model) -> nn.Module:
+    """The nn.Module behind a `SourceModel` (or a module itself), if data-free can work on it."""
+    if getattr(model, "onnx_path", None) is not None:
+        raise DataFreeError(
+            "data-free calibration needs the PyTorch model: an ONNX graph has no gradients to optimize inputs with",
+            "pass the PyTorch model: --model package.module:factory --weights FILE",
+        )
+    module = getattr(model, "module", model)
+    if isinstance(module, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        raise DataFreeError(
+            "TorchScript and torch.export models hide their BatchNorm layers from data-free calibration",
+            "pass the model as --model package.module:factory --weights state_dict.pt",
+        )
+    return module
+
+
 def make_data_free_set(
-    model: nn.Module,
+    model,
     input_shape: tuple[int, ...],
     count: int,
     out,
@@ -203,12 +219,19 @@ def make_data_free_set(
     input_name: str = "x",
     model_name: str = "model",
 ):
-    """`edgecompress calib --data-free` as a function: synthesize, diagnose, write the set + manifest."""
-    from edgecompress.calib.generate import CalibrationSet, describe, save_set
+    """`edgecompress calib --data-free` as a function: synthesize, diagnose, write the set + manifest.
+
+    `model` is an nn.Module or a `SourceModel` from `edgecompress.model_source`.
+    """
+    from edgecompress.calib.generate import describe, save_set
+    from edgecompress.calib.load import CalibrationSet
     from edgecompress.calib.manifest import check_out_path
 
     check_out_path(out)
-    inputs, summary = synthesize(model, input_shape, count, config, spec)
+    module = batchnorm_module(model)
+    inputs, summary = synthesize(module, input_shape, count, config, spec)
     arrays = {input_name: inputs}
     source = {"kind": "data-free", "location": model_name, "method": "batchnorm-statistics", **summary}
-    return save_set(CalibrationSet(arrays, describe(arrays, source, config.seed, spec)), out, model)
+    manifest = describe(arrays, source, config.seed, spec)
+    made = CalibrationSet(arrays, manifest["sha256"], f"data-free from {model_name}", manifest=manifest)
+    return save_set(made, out, module)

@@ -76,10 +76,19 @@ def batchnorm_mismatch(model, arrays: Mapping[str, np.ndarray], limit: int = 256
 
     from edgecompress.calib.datafree import record_batchnorm_inputs
 
+    from edgecompress.errors import CalibrationError
+
     feeds = [torch.from_numpy(np.ascontiguousarray(a[:limit])) for a in arrays.values()]
     model.eval()
     with torch.no_grad(), record_batchnorm_inputs(model) as records:
-        model(*feeds)
+        try:
+            model(*feeds)
+        except RuntimeError as exc:
+            shapes = [list(f.shape[1:]) for f in feeds]
+            raise CalibrationError(
+                f"the set's samples (shape {shapes}) do not fit the model: {str(exc).splitlines()[0]}",
+                "regenerate it with the model's input size and channels (--size, --color, --layout)",
+            ) from exc
     if not records:
         return []
     first = records[0]

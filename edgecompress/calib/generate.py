@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress import __version__
 from edgecompress.calib.diagnostics import diagnose
-from edgecompress.calib.manifest import MANIFEST_FORMAT, arrays_sha256, check_out_path, write_set
+from edgecompress.calib.load import CalibrationSet, arrays_sha256
+from edgecompress.calib.manifest import MANIFEST_FORMAT, check_out_path, write_set
 from edgecompress.calib.sources import Source, UnreadableSample, open_source
 from edgecompress.errors import CalibrationError, ConfigError
 from edgecompress.preprocess import PreprocessSpec
@@ -68,18 +69,6 @@ def load_recipe(path: Path) -> CalibRecipe:
 
 
 @dataclass
-class CalibrationSet:
-    """The arrays (input name → (N, ...) array) and the manifest that describes them."""
-
-    arrays: dict[str, np.ndarray]
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def sha256(self) -> str:
-        return self.manifest["sha256"]
-
-
-@dataclass
 class Draw:
     """What sampling kept and why it dropped the rest."""
 
@@ -107,7 +96,7 @@ def generate(recipe: CalibRecipe) -> CalibrationSet:
     }
     per_class = dict(sorted(Counter(draw.labels).items())) if source.labelled else None
     manifest = describe(arrays, described, recipe.seed, source.spec, per_class)
-    return CalibrationSet(arrays, manifest)
+    return CalibrationSet(arrays, manifest["sha256"], source.location, manifest=manifest)
 
 
 def stratified_order(labels: list[str | None], seed: int) -> list[int]:
@@ -207,7 +196,6 @@ def describe(
     per_class: dict | None = None,
 ) -> dict[str, Any]:
     """The manifest body shared by every way of making a set (sampled or synthesized)."""
-    channel_axis = 3 if spec is not None and spec.layout == "NHWC" else 1
     return {
         "format": MANIFEST_FORMAT,
         "tool": {"name": "edgecompress", "version": __version__},
@@ -216,8 +204,15 @@ def describe(
         "count": len(next(iter(arrays.values()))),
         "seed": seed,
         "per_class_counts": per_class,
-        "inputs": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
         "preprocess": spec.to_dict() if spec is not None else None,
+        **_arrays_fields(arrays, 3 if spec is not None and spec.layout == "NHWC" else 1),
+    }
+
+
+def _arrays_fields(arrays: Mapping[str, np.ndarray], channel_axis: int = 1) -> dict[str, Any]:
+    """The manifest fields computed from the arrays themselves (redone when they are renamed)."""
+    return {
+        "inputs": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in arrays.items()},
         "channel_stats": {name: channel_stats(a, channel_axis) for name, a in arrays.items()},
         "sha256": arrays_sha256(arrays),
     }
@@ -235,9 +230,31 @@ def channel_stats(array: np.ndarray, channel_axis: int = 1) -> dict[str, list[fl
     }
 
 
+def fit_to_model(calibration_set: CalibrationSet, model) -> CalibrationSet:
+    """Prove the set fits `model` before it is written, and key its arrays by the model's input names.
+
+    `model` is a `SourceModel` (ONNX: names, ranks, sizes and dtypes are checked), a torch
+    module (checked by running it, in the BatchNorm diagnostics), or None (nothing to check).
+    """
+    onnx_path = getattr(model, "onnx_path", None)
+    if onnx_path is None:
+        return calibration_set
+    from edgecompress.calib.load import check_fits, match_inputs
+    from edgecompress.export import model_io, read_onnx
+
+    inputs, _ = model_io(read_onnx(onnx_path))
+    where = f"calibration set for {Path(onnx_path).name}"
+    arrays = check_fits(match_inputs(calibration_set.arrays, inputs, where), inputs, where)
+    layout = (calibration_set.manifest.get("preprocess") or {}).get("layout")
+    manifest = {**calibration_set.manifest, **_arrays_fields(arrays, 3 if layout == "NHWC" else 1)}
+    return replace(calibration_set, arrays=arrays, sha256=manifest["sha256"], manifest=manifest)
+
+
 def save_set(calibration_set: CalibrationSet, out: Path, model=None) -> CalibrationSet:
-    """Run the diagnostics, print their warnings, record them, then write arrays + manifest atomically."""
-    findings = diagnose(calibration_set.arrays, model)
+    """Check against the model, run the diagnostics, record their warnings, then write atomically."""
+    calibration_set = fit_to_model(calibration_set, model)
+    torch_module = getattr(model, "module", model) if getattr(model, "onnx_path", None) is None else None
+    findings = diagnose(calibration_set.arrays, torch_module)
     for finding in findings:
         warn(finding)
     manifest = {**calibration_set.manifest, "diagnostics": findings}
@@ -246,6 +263,6 @@ def save_set(calibration_set: CalibrationSet, out: Path, model=None) -> Calibrat
 
 
 def make_calibration_set(recipe: CalibRecipe, out: Path, model=None) -> CalibrationSet:
-    """`edgecompress calib --from …` as a function: sample, diagnose, write `<out>.npz` + `<out>.json`."""
+    """`edgecompress calib --from …` as a function: sample, check, diagnose, write `<out>.npz` + `.json`."""
     check_out_path(out)
     return save_set(generate(recipe), out, model)

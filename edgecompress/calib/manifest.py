@@ -7,7 +7,6 @@ regenerated from the same recipe is recognised as unchanged by every build cache
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,19 +14,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgecompress.artifacts import atomic_path
+from edgecompress.calib.load import arrays_sha256
 from edgecompress.errors import CalibrationChecksumError, CalibrationError
 
 MANIFEST_FORMAT = "edgecompress-calibration/1"
-
-
-def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
-    """Content hash of a set's arrays, independent of the .npz container."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def manifest_path(npz_path: Path) -> Path:
@@ -74,14 +64,20 @@ def read_manifest(npz_path: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def verify_set(npz_path: Path, arrays: Mapping[str, np.ndarray]) -> str:
-    """Check loaded arrays against the manifest's checksum (when there is one); return their sha256."""
-    actual = arrays_sha256(arrays)
+def verify_manifest(npz_path: Path, stored: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """Check the arrays as stored in the .npz against the manifest beside it; return the manifest.
+
+    A bare .npz (no manifest) passes unverified and returns None: sets made by other tools
+    are still usable, they just cannot be proven unchanged.
+    """
     manifest = read_manifest(npz_path)
-    if manifest is not None and manifest.get("sha256") != actual:
+    if manifest is None:
+        return None
+    actual = arrays_sha256(stored)
+    if manifest.get("sha256") != actual:
         raise CalibrationChecksumError(
             f"calibration set '{npz_path}' does not match its manifest (sha256 {actual[:12]}…, "
             f"manifest says {str(manifest.get('sha256'))[:12]}…)",
             "the arrays were changed or the copy is damaged: regenerate it with `edgecompress calib`",
         )
-    return actual
+    return manifest

@@ -13,11 +13,11 @@ from typing import Callable
 
 import numpy as np
 
+from edgecompress.calib.load import LABEL_KEYS
 from edgecompress.errors import CalibrationError
 from edgecompress.preprocess import PreprocessSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LABEL_KEYS = ("y", "labels", "label")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
