@@ -53,3 +53,11 @@ def bn_training_data(in_channels: int = 1, count: int = 64, side: int = 8) -> np
     """The 'training data' of the tiny model: values centred on 0.5 with spread 0.2."""
     rng = np.random.default_rng(0)
     return (0.5 + 0.2 * rng.standard_normal((count, in_channels, side, side))).astype(np.float32)
+
+
+def export_tiny_onnx(path: Path) -> Path:
+    """The tiny BatchNorm model as ONNX (input 'input', 1×8×8; the fast TorchScript exporter)."""
+    from edgecompress.export import export_torch
+
+    export_torch(tiny_bn_model(), {"input": (1, 1, 8, 8)}, path, exporter="torchscript")
+    return path

@@ -44,9 +44,12 @@ def constant_samples(array: np.ndarray) -> list[str]:
     return [f"{len(constant)} constant samples (every value equal), e.g. index {int(constant[0])}: blank or broken images?"]
 
 
-def near_duplicates(array: np.ndarray, seed: int = 0) -> list[str]:
-    """Pairs whose pixels correlate above the limit, compared on a fixed random subset of values."""
-    flat = array.reshape(len(array), -1).astype(np.float64)
+def near_duplicates(array: np.ndarray, seed: int = 0, limit: int = 1024) -> list[str]:
+    """Pairs whose pixels correlate above the limit, compared on a fixed random subset of values.
+
+    Only the first `limit` samples are compared: the cost grows with the square of the count.
+    """
+    flat = array[:limit].reshape(min(len(array), limit), -1).astype(np.float64)
     if flat.shape[1] > FEATURES_COMPARED:
         columns = np.random.default_rng(seed).choice(flat.shape[1], FEATURES_COMPARED, replace=False)
         flat = flat[:, np.sort(columns)]

@@ -62,12 +62,13 @@ def calib(
 
 
 def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
-    from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set
+    from edgecompress.calib.datafree import DataFreeConfig, batchnorm_module, make_data_free_set
     from edgecompress.calib.generate import CalibRecipe
 
     if fields.get("source"):
         raise ConfigError("--data-free makes inputs from the model, not from --from", "drop --from, or drop --data-free")
     source_model = _load_model(model, weights, input_shape)
+    batchnorm_module(source_model)  # an ONNX or TorchScript model fails here, before the shape question
     shapes = source_model.input_shapes
     if len(shapes) != 1:
         raise ConfigError("--data-free supports single-input models", "calibrate multi-input models with real data")
