@@ -61,11 +61,16 @@ def load_recipe(path: Path) -> CalibRecipe:
     source = data.get("source")
     if isinstance(source, str) and source != "digits" and not Path(source).is_absolute():
         data["source"] = str(path.parent / source)
+    return make_recipe(data, f"calibration recipe '{path}'")
+
+
+def make_recipe(values: dict[str, Any], where: str = "calibration options") -> CalibRecipe:
+    """Validate recipe values (from a file, the command line or both), naming the bad key."""
     try:
-        return CalibRecipe(**data)
+        return CalibRecipe(**values)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"bad calibration recipe '{path}': {problems}", "see calibration/README.md") from exc
+        raise ConfigError(f"bad {where}: {problems}", "see calibration/README.md") from exc
 
 
 @dataclass

@@ -39,7 +39,7 @@ def calib(
     class_loss: float = typer.Option(0.0, "--class-loss", min=0.0, help="--data-free: weight of the spread-over-classes loss"),
 ) -> None:
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
-    from edgecompress.calib.generate import CalibRecipe, load_recipe, make_calibration_set
+    from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe
     from edgecompress.calib.manifest import check_out_path
     from edgecompress.progress import info
 
@@ -57,13 +57,13 @@ def calib(
             raise ConfigError("no calibration source given", "pass --from DIR|FILE.npz|digits, --recipe FILE or --data-free")
         source_model = _load_model(model, weights, input_shape or []) if model else None
         fields.setdefault("input_name", _single_input_name(source_model))
-        made = make_calibration_set(CalibRecipe(**fields), out, source_model)
+        made = make_calibration_set(make_recipe(fields), out, source_model)
     info(f"wrote {out} ({made.manifest['count']} samples, sha256 {made.sha256[:12]}) and {out.with_suffix('.json')}")
 
 
 def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
     from edgecompress.calib.datafree import DataFreeConfig, batchnorm_module, make_data_free_set
-    from edgecompress.calib.generate import CalibRecipe
+    from edgecompress.calib.generate import make_recipe
 
     if fields.get("source"):
         raise ConfigError("--data-free makes inputs from the model, not from --from", "drop --from, or drop --data-free")
@@ -73,7 +73,7 @@ def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
     if len(shapes) != 1:
         raise ConfigError("--data-free supports single-input models", "calibrate multi-input models with real data")
     (name, shape), = shapes.items()
-    spec = CalibRecipe(source="model", **fields).spec() or _example_spec(source_model)
+    spec = make_recipe({**fields, "source": source_model.name}).spec() or _example_spec(source_model)
     config = DataFreeConfig(steps=steps, class_loss_weight=class_loss, seed=fields.get("seed", 0))
     return make_data_free_set(
         source_model, shape, fields.get("count", 64), out, config, spec, fields.get("input_name", name), source_model.name
