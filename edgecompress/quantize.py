@@ -152,6 +152,10 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
             except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        if recipe.calibration_method == "entropy":
+            from edgecompress.calib.ranges import entropy_overrides
+
+            extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
         with atomic_path(out_path) as tmp:
             try:
                 quantize_static(
