@@ -156,7 +156,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
             from edgecompress.calib.ranges import entropy_overrides
 
             extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
-        with atomic_path(out_path) as tmp:
+        with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print
             try:
                 quantize_static(
                     str(prepared),
