@@ -57,3 +57,19 @@ class BudgetNotMetError(EdgecompressError):
     """The accuracy budget could not be met; the best engine found was kept."""
 
     exit_code = 3
+
+
+class TrainingError(EdgecompressError):
+    """Training cannot start or resume (e.g. a checkpoint written by a different run)."""
+
+
+class TrainingDataError(EdgecompressError):
+    """Labelled training data (--data) is missing, unreadable or does not fit the model."""
+
+
+class DistillationError(EdgecompressError):
+    """Teacher and student do not fit together, or the distillation options are inconsistent."""
+
+
+class PruningError(EdgecompressError):
+    """A pruning option is out of range, or the structured pruner cannot follow the model."""
