@@ -277,6 +277,10 @@ class ChannelPlan:
     def prunable(self) -> list[ChannelGroup]:
         return [group for group in self.groups.values() if group.frozen is None]
 
+    def kept_outputs(self) -> dict[str, torch.Tensor]:
+        """Module name -> output channels that survive, for every module whose outputs carry channels."""
+        return {name: self.indices(use.out_layout) for name, use in self.tracer.uses.items() if use.out_layout}
+
 
 def channels_to_keep(size: int, ratio: float) -> int:
     return max(1, int(round(size * (1.0 - ratio))))

@@ -13,6 +13,7 @@ a differently-regularized model. Launch with:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import torch
@@ -58,11 +59,13 @@ class _CrossRankBatchNorm:
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         if not (self.training and world()[1] > 1):
             return super().forward(x)  # type: ignore[misc]
-        from torch.distributed.nn.functional import all_reduce
+        from torch.distributed.nn.functional import all_reduce  # differentiable, unlike dist.all_reduce
 
         dims = [d for d in range(x.dim()) if d != 1]
         count = x.new_tensor([x.numel() / x.shape[1]])
-        totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        with warnings.catch_warnings():  # its suggested successor is a private module
+            warnings.simplefilter("ignore", FutureWarning)
+            totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         channels = x.shape[1]
         n = totals[-1]
         mean = totals[:channels] / n
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from edgecompress.compress.distill import DistillConfig, distill
     from edgecompress.compress.sources import load_labelled_data, load_model, parse_feature_pairs
-    from edgecompress.compress.trainer import TrainConfig
+    from edgecompress.compress.trainer import TrainConfig, seed_everything
 
     parser = argparse.ArgumentParser(prog="torchrun -m edgecompress.compress.ddp", description=main.__doc__)
     parser.add_argument("--teacher", required=True, help="zoo name, package.module:factory or a saved .pt module")
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         dist.init_process_group("gloo")
     try:
         splits = load_labelled_data(args.data)
+        seed_everything(args.seed)  # the same initial student (and adapters) in every process
         teacher, student = load_model(args.teacher), load_model(args.student)
         config = DistillConfig(args.alpha, args.temperature, parse_feature_pairs(args.feature))
         train_config = TrainConfig(args.epochs, args.batch_size, args.lr, seed=args.seed, patience=args.epochs)
