@@ -21,3 +21,8 @@ def tiny_splits(count: int = 200) -> DigitsSplits:
 def tiny_cnn(widths: tuple[int, ...] = (4, 8), seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return PlainCNN(widths, num_classes=10, in_channels=1)
+
+
+def tiny_digits_cnn() -> nn.Module:
+    """A `package.module:factory` for build tests: a small digits CNN with random weights."""
+    return tiny_cnn((16, 32, 64))

@@ -33,6 +33,18 @@ def build(
     bench_runs: Optional[int] = _opt("bench_runs", "--bench-runs"),
     max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop"),
     seed: Optional[int] = _opt("seed", "--seed"),
+    data: Optional[str] = _opt("data", "--data"),
+    teacher: Optional[str] = _opt("teacher", "--teacher"),
+    student: Optional[str] = _opt("student", "--student"),
+    prune: Optional[str] = _opt("prune", "--prune"),
+    prune_ratio: Optional[float] = _opt("prune_ratio", "--prune-ratio"),
+    prune_steps: Optional[int] = _opt("prune_steps", "--prune-steps"),
+    channel_importance: Optional[str] = _opt("channel_importance", "--channel-importance"),
+    epochs: Optional[int] = _opt("epochs", "--epochs"),
+    finetune_epochs: Optional[int] = _opt("finetune_epochs", "--finetune-epochs"),
+    distill_alpha: Optional[float] = _opt("distill_alpha", "--distill-alpha"),
+    distill_temperature: Optional[float] = _opt("distill_temperature", "--distill-temperature"),
+    distill_features: Optional[list[str]] = _opt("distill_features", "--distill-feature"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the same keys (underscored); options override it."),
 ) -> None:
     """Build verified, benchmarked engines; with no options, the built-in digits example for `cpu`."""

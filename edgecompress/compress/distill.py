@@ -110,23 +110,27 @@ class DistillationLoss:
     with feature pairs the teacher runs on each batch so its hooked layers are fresh.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, train: LabelledArrays) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module, config: DistillConfig, train: LabelledArrays,
+                 teacher_logits: torch.Tensor | None = None) -> None:
         self.teacher, self.config = teacher.eval(), config
         example = torch.from_numpy(train.x[:2])
         self.student_tap = FeatureTap(student, [s for s, _ in config.feature_pairs], "student")
         self.teacher_tap = FeatureTap(teacher, [t for _, t in config.feature_pairs], "teacher")
         with torch.no_grad():
-            student_logits, teacher_logits = student.eval()(example), teacher(example)
-        if student_logits.shape[1:] != teacher_logits.shape[1:]:
+            student_out, teacher_out = student.eval()(example), teacher(example)
+        if student_out.shape[1:] != teacher_out.shape[1:]:
             self.close()
             raise DistillationError(
-                f"student outputs {tuple(student_logits.shape[1:])} but teacher outputs {tuple(teacher_logits.shape[1:])}",
+                f"student outputs {tuple(student_out.shape[1:])} but teacher outputs {tuple(teacher_out.shape[1:])}",
                 "build the student with the teacher's number of classes",
             )
         self.adapters = nn.ModuleList(
             make_adapter(self.student_tap.outputs[s], self.teacher_tap.outputs[t]) for s, t in config.feature_pairs
         )
-        self.cached_logits = None if config.feature_pairs else predict(teacher, train.x)
+        if config.feature_pairs:
+            self.cached_logits = None
+        else:
+            self.cached_logits = teacher_logits if teacher_logits is not None else predict(teacher, train.x)
 
     def __call__(self, student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         if self.cached_logits is not None:
@@ -169,8 +173,12 @@ def distill(
     config: DistillConfig = DistillConfig(),
     checkpoint: Path | None = None,
     description: str = "distilling student",
+    teacher_logits: torch.Tensor | None = None,
 ) -> TrainResult:
-    """Train `student` in place from `teacher`; returns the trainer's result (best validation weights kept)."""
+    """Train `student` in place from `teacher`; returns the trainer's result (best validation weights kept).
+
+    `teacher_logits` (the teacher's outputs on `train.x`) lets repeated fine-tunes share one teacher pass.
+    """
     if not has_labels(train):
         if config.alpha > 0:
             raise DistillationError(
@@ -178,7 +186,7 @@ def distill(
                 "add y to the data, or set alpha = 0 to learn from the teacher's outputs only",
             )
         train, val = teacher_labels(teacher, train), teacher_labels(teacher, val)
-    loss = DistillationLoss(student, teacher, config, train)
+    loss = DistillationLoss(student, teacher, config, train, teacher_logits)
     try:
         return fit(student, train, val, train_config, loss, description, extra_modules=loss.adapters, checkpoint=checkpoint)
     finally:

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from edgecompress.compress.channels import prune_channels
-from edgecompress.compress.distill import DistillConfig, distill
+from edgecompress.compress.distill import DistillConfig, distill, predict
 from edgecompress.compress.measure import model_stats
 from edgecompress.compress.prune import check_ratio, make_permanent, prune_unstructured
+from edgecompress.compress.sources import has_labels
 from edgecompress.compress.trainer import TrainConfig, accuracy, fit
 from edgecompress.data import DigitsSplits as Splits
 from edgecompress.errors import ConfigError
@@ -93,10 +94,12 @@ def _prune_step(model: nn.Module, config: GateConfig, step: int, splits: Splits,
         prune_unstructured(model, step_ratio(config, step), config.method, "global", splits.train)
 
 
-def _finetune(model: nn.Module, teacher: nn.Module | None, splits: Splits, config: GateConfig, step: int) -> None:
+def _finetune(model: nn.Module, teacher: nn.Module | None, splits: Splits, config: GateConfig, step: int,
+              teacher_logits: torch.Tensor | None) -> None:
     description = f"fine-tuning prune step {step}"
     if teacher is not None:
-        distill(model, teacher, splits.train, splits.val, config.finetune, config.distill, description=description)
+        distill(model, teacher, splits.train, splits.val, config.finetune, config.distill, description=description,
+                teacher_logits=teacher_logits)
     else:
         fit(model, splits.train, splits.val, config.finetune, description=description)
 
@@ -110,9 +113,13 @@ def _record(model: nn.Module, step: int, ratio: float, reference: float, splits:
 
 
 def compress_with_gate(
-    student: nn.Module, teacher: nn.Module | None, splits: Splits, config: GateConfig = GateConfig()
+    student: nn.Module, teacher: nn.Module | None, splits: Splits, config: GateConfig = GateConfig(),
+    teacher_logits: torch.Tensor | None = None,
 ) -> GateResult:
-    """Prune `student` iteratively within the accuracy budget; returns the smallest accepted model."""
+    """Prune `student` iteratively within the accuracy budget; returns the smallest accepted model.
+
+    `teacher_logits` (the teacher on `splits.train.x`) saves the teacher pass when the caller has it.
+    """
     example = torch.from_numpy(splits.train.x[:1])
     reference = accuracy(teacher if teacher is not None else student, splits.val)
     current = student
@@ -126,10 +133,12 @@ def compress_with_gate(
     if config.method == "none" or config.target_ratio == 0:
         result.stopped = "pruning is off"
         return result
+    if teacher_logits is None and teacher is not None and has_labels(splits.train):
+        teacher_logits = predict(teacher, splits.train.x)
     for step in range(1, config.steps + 1):
         candidate = copy.deepcopy(current)
         _prune_step(candidate, config, step, splits, example)
-        _finetune(candidate, teacher, splits, config, step)
+        _finetune(candidate, teacher, splits, config, step, teacher_logits)
         record = _record(candidate, step, step_ratio(config, step), reference, splits, example, config.max_accuracy_drop)
         result.steps.append(record)
         if not record.accepted:
