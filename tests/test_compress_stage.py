@@ -5,7 +5,7 @@ import pytest
 
 from edgecompress.compress.stage import compress_stage
 from edgecompress.config import make_config
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, DistillationError
 from edgecompress.model_source import load_source_model
 from tests.compress_fixtures import tiny_splits
 
@@ -75,3 +75,46 @@ def test_a_full_build_reports_compression_stages_through_the_engine(tmp_path, di
     assert [s["name"] for s in stages] == ["teacher", "pruned", "engine"]
     assert stages[-1]["latency_ms"] > 0 and stages[-1]["size_bytes"] < stages[-2]["size_bytes"]
     assert "Compression" in (tmp_path / "b" / "cpu" / "report.md").read_text()
+
+
+def test_unlabelled_data_with_a_hard_label_loss_is_refused(tmp_path):
+    path = tmp_path / "x_only.npz"
+    np.savez(path, x=tiny_splits(100).train.x)
+    config = options(tmp_path, path, prune="channels")
+    with pytest.raises(DistillationError, match="distill-alpha 0"):
+        compress_stage(load_source_model(config.model, None, config.input_shape), config)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [({"y": np.zeros(20, dtype=np.int64)}, "no array 'x'"),
+     ({"x": np.zeros((20, 1, 8, 8), np.float32), "y": np.zeros(19, dtype=np.int64)}, "one non-negative integer class"),
+     ({"x": np.full((20, 1, 8, 8), np.nan, np.float32)}, "finite")],
+)
+def test_bad_training_data_files_are_refused(tmp_path, arrays, message):
+    from edgecompress.compress.sources import load_labelled_data
+    from edgecompress.errors import TrainingDataError
+
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(TrainingDataError, match=message):
+        load_labelled_data(str(tmp_path / "bad.npz"))
+
+
+def test_missing_training_data_is_refused(tmp_path):
+    from edgecompress.compress.sources import load_labelled_data
+    from edgecompress.errors import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match="--data digits"):
+        load_labelled_data(str(tmp_path / "nowhere"))
+
+
+def test_the_cli_refuses_bad_compression_options_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgecompress", "build", "--prune", "random", "--prune-ratio", "1.5", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    assert "'prune'" in completed.stderr and "'prune_ratio'" in completed.stderr

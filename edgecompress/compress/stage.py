@@ -21,13 +21,13 @@ from torch import nn
 
 from edgecompress.artifacts import atomic_path
 from edgecompress.cache import cached_artifact, module_hash
-from edgecompress.compress.distill import DistillConfig, distill, predict
+from edgecompress.compress.distill import DistillConfig, distill, predict, teacher_labels
 from edgecompress.compress.gate import GateConfig, compress_with_gate
 from edgecompress.compress.measure import model_stats
 from edgecompress.compress.sources import Splits, has_labels, load_labelled_data, load_model, parse_feature_pairs
 from edgecompress.compress.trainer import TrainConfig, accuracy
 from edgecompress.config import BuildConfig
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, DistillationError
 from edgecompress.model_source import EXAMPLE_NAME, SourceModel
 from edgecompress.preprocess import PreprocessSpec
 from edgecompress.progress import info
@@ -94,6 +94,18 @@ def _data_source(config: BuildConfig, is_example: bool, source: SourceModel) -> 
     shape = next(iter(source.input_shapes.values()))
     preprocess = PreprocessSpec(resize=tuple(shape[2:4]), color="rgb" if shape[1] == 3 else "grayscale") if len(shape) == 4 else None
     return load_labelled_data(config.data or "digits", preprocess, config.seed)
+
+
+def _with_labels(splits: Splits, teacher: nn.Module, alpha: float) -> Splits:
+    """Unlabelled data gets the teacher's top-1 as labels (accuracy then means agreement); alpha > 0 needs real ones."""
+    if has_labels(splits.train):
+        return splits
+    if alpha > 0:
+        raise DistillationError(
+            f"the training data has no labels (y) but distill_alpha={alpha} weights a hard-label loss",
+            "add y to the .npz, or pass --distill-alpha 0 to learn from the teacher's outputs only",
+        )
+    return Splits(*(teacher_labels(teacher, part) for part in (splits.train, splits.val, splits.test)))
 
 
 def _save_module(module: nn.Module, path: Path) -> None:
@@ -178,6 +190,7 @@ def compress_stage(source: SourceModel, config: BuildConfig) -> Compression | No
         )
     splits = _data_source(config, is_example, source)
     module = (load_model(config.teacher) if config.teacher else source.module).eval()
+    splits = _with_labels(splits, module, config.distill_alpha)
     teacher, data_hash = _Teacher(module, module_hash(module), splits), splits_hash(splits)
     out = config.out / "compress"
     stages = [stage_entry("teacher", module, splits, model=config.teacher or source.name)]
