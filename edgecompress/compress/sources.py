@@ -8,7 +8,6 @@ split the same seeded, stratified 60/20/20 way into train/validation/test.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +104,9 @@ def load_model(spec: str, num_classes: int | None = None, in_channels: int | Non
         except (OSError, RuntimeError, AttributeError) as error:
             raise ModelLoadError(f"cannot load {spec}: {error}", "save the model with torch.save(model, path)") from None
     elif ":" in spec:
-        module_name, _, attribute = spec.partition(":")
-        try:
-            model = getattr(importlib.import_module(module_name), attribute)()
-        except (ImportError, AttributeError, TypeError) as error:
-            raise ModelLoadError(f"cannot build '{spec}': {error}", "pass package.module:factory callable without arguments") from None
+        from edgecompress.model_source import _load_factory  # one factory loader for --model and --student
+
+        model = _load_factory(spec, None)
     else:
         raise ModelLoadError(f"unknown model '{spec}'", f"use a zoo name ({', '.join(ZOO)}), package.module:factory or a .pt file")
     if not isinstance(model, nn.Module):
