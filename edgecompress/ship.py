@@ -12,6 +12,7 @@ leaves the old `current` in place. `previous` remembers the release to roll back
 from __future__ import annotations
 
 import getpass
+import logging
 import shlex
 import socket
 import tempfile
@@ -31,6 +32,9 @@ from edgecompress.verify import VerifiedBundle, verify_bundle
 # (host label, bytes done, bytes total, stage) -> None
 ProgressFn = Callable[[str, int, int, str], None]
 _KNOWN_HOSTS_LOCK = threading.Lock()
+# paramiko logs each failed handshake with a traceback; failures are reported per host instead
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+logging.getLogger("paramiko").propagate = False
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,12 @@ def load_ssh_key(path: Path, passphrase: str | None) -> paramiko.PKey:
     """Load the SSH identity up front so a bad key fails once, clearly, before any host is tried."""
     path = Path(path)
     try:
-        return paramiko.PKey.from_path(path, passphrase=passphrase.encode() if passphrase else None)
+        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
     except FileNotFoundError:
         raise SigningKeyError(f"SSH key {path} does not exist", "pass the private key your devices trust (--key)") from None
     except (PermissionError, IsADirectoryError) as exc:
         raise SigningKeyError(f"SSH key {path} cannot be read ({exc.strerror})", "check its path and permissions") from None
-    except paramiko.PasswordRequiredException:
+    except (paramiko.PasswordRequiredException, TypeError):  # TypeError: cryptography's "password not provided"
         raise SigningKeyError(f"SSH key {path} is encrypted", "give its passphrase with --passphrase") from None
     except (paramiko.SSHException, ValueError, UnicodeDecodeError) as exc:
         if passphrase:
@@ -191,7 +195,8 @@ def connect_failure_reason(exc: Exception, dest: Destination, ssh: SshOptions) -
         return f"host key of {where} does not match known_hosts (possible impostor); fix known_hosts if the device was reinstalled"
     if isinstance(exc, paramiko.AuthenticationException):
         return f"authentication as {dest.user or getpass.getuser()} failed on {where}; pass the right --key"
-    if isinstance(exc, (socket.timeout, TimeoutError)) or "timeout" in str(exc).lower() or "banner" in str(exc).lower():
+    silent = ("timeout", "timed out", "banner", "no existing session")  # paramiko's words for "no SSH answer"
+    if isinstance(exc, (socket.timeout, TimeoutError)) or any(word in str(exc).lower() for word in silent):
         return f"{where} unreachable: no SSH answer within {ssh.timeout:g} s"
     if isinstance(exc, paramiko.SSHException) and "known_hosts" in str(exc):
         return f"{where} is not in known_hosts; check its fingerprint, then pass --accept-new-host-key"

@@ -25,11 +25,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 if (HERE / "unpack.py").is_file():  # inside a bundle: the copied siblings
+    sys.dont_write_bytecode = True  # a __pycache__ would be a file the manifest does not list
     sys.path.insert(0, str(HERE))
-    from preprocess import PreprocessSpec  # type: ignore[import-not-found]
     from unpack import BundleError, safe_unpack, verify_tree  # type: ignore[import-not-found]
 else:  # inside the edgecompress package (the workstation computes expected outputs with this file)
-    from edgecompress.preprocess import PreprocessSpec
     from edgecompress.unpack import BundleError, safe_unpack, verify_tree
 
 ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
@@ -67,7 +66,7 @@ def device_problems(manifest: dict[str, Any], machine: str | None = None) -> lis
     module = "onnxruntime" if kind in ORT_KINDS else "tensorrt"
     try:
         installed = __import__(module).__version__
-    except ImportError:
+    except ImportError:  # also when numpy, which onnxruntime needs, is missing
         return problems + [f"{module} is not installed (the engine needs {module} >= {_required_version(runtime, module)})"]
     needed = _required_version(runtime, module)
     if needed and version_tuple(installed) < version_tuple(needed):
@@ -125,7 +124,9 @@ def verify(root: Path, public_key: Path | None = None) -> list[str]:
     notes.append(_signature_note(root, public_key))
     problems = device_problems(manifest)
     if problems:
-        raise BundleError("device does not match the bundle: " + "; ".join(problems), "ship a bundle built for this device")
+        raise BundleError("device does not match the bundle: " + "; ".join(problems),
+            "install the runtime it names, or ship a bundle built for this device",
+        )
     if manifest["engine"]["kind"] in ORT_KINDS:
         Engine(root, manifest)
         notes.append("engine loads (all required operators available)")
@@ -185,6 +186,11 @@ def selftest(root: Path) -> str:
 def load_input(path: Path, manifest: dict[str, Any]) -> Any:
     """An image (decoded with the stored preprocessing) or a .npy (model-ready, or raw NHWC pixels)."""
     import numpy as np
+
+    try:  # numpy-dependent, so imported only when inputs are classified (--verify needs the stdlib only)
+        from preprocess import PreprocessSpec  # type: ignore[import-not-found]
+    except ImportError:
+        from edgecompress.preprocess import PreprocessSpec
 
     spec = PreprocessSpec.from_dict(manifest["preprocess"]) if manifest.get("preprocess") else None
     rank = len(manifest["inputs"][0]["shape"])
