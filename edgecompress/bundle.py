@@ -179,18 +179,26 @@ def runtime_requirements(
     return runtime
 
 
+def _arrays_for(path: Path, inputs: list[dict[str, Any]], count: int) -> dict[str, np.ndarray] | None:
+    """The first `count` rows per input from an .npz keyed by input name (or one array for one input)."""
+    with np.load(path) as data:
+        keys = list(data.keys())
+        if all(spec["name"] in keys for spec in inputs):
+            return {spec["name"]: data[spec["name"]][:count] for spec in inputs}
+        if len(inputs) == 1 and len(keys) == 1:
+            return {inputs[0]["name"]: data[keys[0]][:count]}
+    return None
+
+
 def sample_inputs(
     report: dict[str, Any], target_dir: Path, inputs: list[dict[str, Any]], count: int
 ) -> dict[str, np.ndarray]:
-    """The first `count` calibration samples when the build kept them, else seeded random inputs."""
-    calib = Path(report.get("calibration", {}).get("path") or target_dir.parent / "calib.npz")
-    if calib.is_file():
-        with np.load(calib) as data:
-            keys = list(data.keys())
-            if len(inputs) == 1 and inputs[0]["name"] not in keys and len(keys) == 1:
-                return {inputs[0]["name"]: data[keys[0]][:count]}
-            if all(spec["name"] in keys for spec in inputs):
-                return {spec["name"]: data[spec["name"]][:count] for spec in inputs}
+    """Held-out samples the build kept, else calibration samples, else seeded random inputs."""
+    candidates = [(report.get("samples") or {}).get("path"), "../calib.npz"]
+    for name in filter(None, candidates):
+        path = target_dir / name
+        if path.is_file() and (arrays := _arrays_for(path, inputs, count)) is not None:
+            return arrays
     rng = np.random.default_rng(0)
     return {
         spec["name"]: rng.standard_normal([count] + [d or 1 for d in spec["shape"][1:]]).astype(spec["dtype"])
@@ -278,15 +286,17 @@ def write_reproducible_tar(root: Path, out: Path) -> None:
 def build_manifest(report: dict[str, Any], target_dir: Path, profile: TargetProfile,
                    engine: Path | None, files: list[Path]) -> dict[str, Any]:
     """Everything but `files` and `selftest`, which depend on the staged tree."""
-    spec_source = engine if engine is not None and profile.engine in ORT_KINDS else reference_file(report, target_dir)
-    inputs, outputs = tensor_specs(spec_source) if spec_source else (report.get("inputs", []), report.get("outputs", []))
     model = report.get("model")
-    calib = report.get("calibration", {}).get("sha256")
+    model = model if isinstance(model, dict) else {"name": model}
+    spec_source = engine if engine is not None and profile.engine in ORT_KINDS else reference_file(report, target_dir)
+    inputs, outputs = tensor_specs(spec_source) if spec_source else (model.get("inputs", []), model.get("outputs", []))
+    calib = (report.get("quantization") or {}).get("calibration", {}).get("sha256")
+    calib = calib or report.get("calibration", {}).get("sha256")
     if calib is None and (target_dir.parent / "calib.npz").is_file():
         calib = sha256_file(target_dir.parent / "calib.npz")
     return {
         "format": BUNDLE_FORMAT,
-        "model": {"name": (model.get("name") if isinstance(model, dict) else model) or target_dir.resolve().parent.name},
+        "model": {"name": model.get("name") or target_dir.resolve().parent.name},
         "target": profile.model_dump(mode="json", exclude={"source"}),
         "engine": {
             "kind": profile.engine if report["engine"].get("kind") is None else report["engine"]["kind"],
@@ -298,7 +308,7 @@ def build_manifest(report: dict[str, Any], target_dir: Path, profile: TargetProf
         "inputs": inputs,
         "outputs": outputs,
         "preprocess": report.get("preprocess") or report.get("calibration", {}).get("preprocess"),
-        "labels": report.get("labels"),
+        "labels": report.get("labels") or model.get("labels"),
         "figures": {key: report[key] for key in FIGURE_KEYS if key in report},
         "runtime": runtime_requirements(profile, report, required_operators(files)),
         "calibration": {"sha256": calib},

@@ -50,12 +50,15 @@ def generate_keypair(out: Path, passphrase: str | None = None, overwrite: bool =
         serialization.BestAvailableEncryption(passphrase.encode()) if passphrase else serialization.NoEncryption()
     )
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-    with atomic_path(out) as tmp:
-        os.chmod(tmp, 0o600)  # before any secret byte is written
-        tmp.write_bytes(pem)
     public_line = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    with atomic_path(public_path) as tmp:
-        tmp.write_bytes(public_line + b" edgecompress-signing\n")
+    try:
+        with atomic_path(out) as tmp:
+            os.chmod(tmp, 0o600)  # before any secret byte is written
+            tmp.write_bytes(pem)
+        with atomic_path(public_path) as tmp:
+            tmp.write_bytes(public_line + b" edgecompress-signing\n")
+    except OSError as exc:
+        raise SigningKeyError(f"cannot write the key to {out} ({exc.strerror})", "pick a writable --out path") from None
     return KeyPair(out, public_path, key_id(private.public_key()))
 
 

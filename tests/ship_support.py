@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 SSH_USER = "ecship"
 
@@ -211,3 +212,13 @@ def stop_sshd(device: SshDevice) -> None:
     device.process.terminate()
     device.process.wait(timeout=10)
     shutil.rmtree(device.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    """A loopback OpenSSH "device" for one test module (skipped where sshd is not installed)."""
+    if find_sshd() is None:
+        pytest.skip("OpenSSH server (sshd) not installed: apt-get install openssh-server (see .ci/install-system-deps.sh)")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield server
+    stop_sshd(server)

@@ -18,18 +18,11 @@ from edgecompress.bundle import BundleOptions, build_bundle
 from edgecompress.errors import BundleError, ShipError, SigningKeyError
 from edgecompress.ship import Destination, SshOptions, rollback, ship
 from edgecompress.signing import generate_keypair
-from tests.ship_support import copy_build, find_sshd, start_sshd, stop_sshd, unprivileged_user
+from tests.ship_support import copy_build, device, find_sshd, unprivileged_user  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(
     find_sshd() is None, reason="OpenSSH server (sshd) not installed: apt-get install openssh-server"
 )
-
-
-@pytest.fixture(scope="module")
-def device(tmp_path_factory):
-    server = start_sshd(tmp_path_factory.mktemp("sshd"))
-    yield server
-    stop_sshd(server)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +187,7 @@ def test_failed_device_verification_keeps_current(device, bundles, installed) ->
     # a device whose Python cannot import onnxruntime fails `run.py --verify`
     [result] = ship(bundles["second"].path, [dest], ssh_options(device, remote_python="/usr/bin/python3"),
                     bundles["keys"].public_path)
-    assert not result.ok and "device failed: error: device does not match the bundle: onnxruntime is not installed" in result.reason
+    assert not result.ok and "checks on the device failed: error: device does not match the bundle: onnxruntime is not installed" in result.reason
     assert snapshot(root) == before
 
 
