@@ -39,8 +39,13 @@ def bundles(tmp_path_factory):
 
 
 def ssh_options(device, **changes) -> SshOptions:
+    """Real remote self-tests cost an onnxruntime start each; tests about transport use `quick`."""
     base = SshOptions(key=device.user_key, known_hosts=device.known_hosts, timeout=5, remote_python=sys.executable)
     return replace(base, **changes)
+
+
+def quick(device, **changes) -> SshOptions:
+    return ssh_options(device, remote_python="/no/python3", **changes)
 
 
 def fresh_destination(device, name: str) -> tuple[Path, Destination]:
@@ -76,7 +81,7 @@ def test_ship_installs_and_self_tests_on_the_device(device, bundles) -> None:
 
 def test_two_releases_then_rollback(device, bundles) -> None:
     root, dest = fresh_destination(device, "rollback")
-    options, key = ssh_options(device), bundles["keys"].public_path
+    options, key = quick(device), bundles["keys"].public_path
     first, second = (f"releases/{bundles[n].sha256[:16]}" for n in ("first", "second"))
     assert ship(bundles["first"].path, [dest], options, key)[0].ok
     [result] = ship(bundles["second"].path, [dest], options, key)
@@ -89,7 +94,7 @@ def test_two_releases_then_rollback(device, bundles) -> None:
 
 def test_connection_killed_mid_transfer_keeps_the_old_release(device, bundles) -> None:
     root, dest = fresh_destination(device, "interrupted")
-    options, key = ssh_options(device), bundles["keys"].public_path
+    options, key = quick(device), bundles["keys"].public_path
     assert ship(bundles["first"].path, [dest], options, key)[0].ok
     before = current_release(root)
     killed: list[int] = []
@@ -111,7 +116,7 @@ def test_connection_killed_mid_transfer_keeps_the_old_release(device, bundles) -
 def installed(device, bundles):
     """A device with the first release installed, to check that refusals change nothing."""
     root, dest = fresh_destination(device, "installed")
-    assert ship(bundles["first"].path, [dest], ssh_options(device), bundles["keys"].public_path)[0].ok
+    assert ship(bundles["first"].path, [dest], quick(device), bundles["keys"].public_path)[0].ok
     return root, dest
 
 
@@ -235,9 +240,9 @@ def test_closed_port_is_reported(bundles) -> None:
 def test_unknown_host_key_is_refused_unless_accepted(device, bundles, tmp_path) -> None:
     root, dest = fresh_destination(device, "hostkey")
     empty = tmp_path / "known_hosts"
-    [refused] = ship(bundles["first"].path, [dest], ssh_options(device, known_hosts=empty), bundles["keys"].public_path)
+    [refused] = ship(bundles["first"].path, [dest], quick(device, known_hosts=empty), bundles["keys"].public_path)
     assert not refused.ok and "not in known_hosts" in refused.reason and not root.exists()
-    [accepted] = ship(bundles["first"].path, [dest], ssh_options(device, known_hosts=empty, accept_new_host_key=True),
+    [accepted] = ship(bundles["first"].path, [dest], quick(device, known_hosts=empty, accept_new_host_key=True),
                       bundles["keys"].public_path)
     assert accepted.ok and f"[127.0.0.1]:{device.port}" in empty.read_text()
 
@@ -264,7 +269,7 @@ def test_parallel_ship_reports_every_host(device, bundles) -> None:
         with lock:
             seen.add(host)
 
-    results = ship(bundles["first"].path, dests, ssh_options(device), bundles["keys"].public_path, parallel=3,
+    results = ship(bundles["first"].path, dests, quick(device), bundles["keys"].public_path, parallel=3,
                    progress=record)
     assert [r.ok for r in results] == [True, True, True] and seen == {str(d) for d in dests}
     assert all((r / "current" / "manifest.json").is_file() for r in roots)
