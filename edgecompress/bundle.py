@@ -236,8 +236,15 @@ def write_samples(
         manifest["selftest"]["expected"].append(f"samples/expected_{index}.npy")
         _save_npy(staging / f"samples/expected_{index}.npy", output)
     scale = max(float(np.max(np.abs(o))) for o in outputs)
-    loose = 0.05 if source != "engine" else 0.02  # int8 kernels differ slightly between CPUs
-    manifest["selftest"].update({"atol": atol if atol is not None else max(1e-4, loose * scale), "source": source})
+    manifest["selftest"].update({"atol": atol if atol is not None else default_atol(scale, manifest), "source": source})
+
+
+def default_atol(scale: float, manifest: dict[str, Any]) -> float:
+    """int8 kernels round differently per ISA (x86 u8s8 vs ARM dot-product: measured 2.5% of the logit
+    range under aarch64 emulation), so allow 5% of the outputs' range, and never less than the engine's
+    own measured distance from fp32: a device may disagree with the workstation no more than int8 does."""
+    measured = (manifest["figures"].get("agreement") or {}).get("max_abs_diff") or 0.0
+    return max(1e-4, 0.05 * scale, float(measured))
 
 
 DEVICE_README = """# {model} for {target} ({kind}, {precision})

@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,7 +92,6 @@ class HostResult:
     previous: str | None = None
     checked_by: str = ""
     seconds: float = 0.0
-    details: list[str] = field(default_factory=list)
 
 
 class HostFailure(Exception):
@@ -140,7 +139,11 @@ class Connection:
             raise HostFailure(connect_failure_reason(exc, dest, ssh)) from None
         if ssh.accept_new_host_key:
             self._save_host_keys()
-        self.sftp = self.client.open_sftp()
+        try:
+            self.sftp = self.client.open_sftp()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self.client.close()
+            raise HostFailure(f"{dest.host}:{dest.port} has no SFTP service ({exc}); enable the sftp subsystem") from None
         self.sftp.get_channel().settimeout(ssh.timeout)
 
     def _save_host_keys(self) -> None:

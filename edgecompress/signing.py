@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,14 +53,28 @@ def generate_keypair(out: Path, passphrase: str | None = None, overwrite: bool =
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     public_line = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     try:
-        with atomic_path(out) as tmp:
-            os.chmod(tmp, 0o600)  # before any secret byte is written
-            tmp.write_bytes(pem)
+        _write_private(out, pem)
         with atomic_path(public_path) as tmp:
             tmp.write_bytes(public_line + b" edgecompress-signing\n")
     except OSError as exc:
         raise SigningKeyError(f"cannot write the key to {out} ({exc.strerror})", "pick a writable --out path") from None
     return KeyPair(out, public_path, key_id(private.public_key()))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write via a mkstemp file (mode 0600 from birth) renamed into place: never readable by others.
+
+    Not artifacts.atomic_path: that one gives artifacts ordinary (umask) modes on purpose.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
@@ -140,7 +155,7 @@ def verify_manifest_signature(
     if trusted is not None and key_id(trusted) != signer_id:
         raise BundleError(
             f"bundle is signed by key {signer_id}, not by the trusted key {key_id(trusted)}",
-            "ship only bundles signed with your own key, or pass the right --key",
+            "ship only bundles signed with your own key, or name the right public key (verify --key, ship --verify-key)",
         )
     try:
         signer.verify(signature, manifest_bytes)

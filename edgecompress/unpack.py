@@ -44,6 +44,10 @@ _UNLISTED_ALLOWED = (MANIFEST_NAME, SIGNATURE_NAME)
 _REFUSED_FIX = "do not use this bundle; rebuild it with `edgecompress bundle` and ship it again"
 
 
+def _mismatch(name: str) -> BundleError:
+    return BundleError(f"'{name}' does not match its sha256 in the manifest (tampered or corrupt)", _REFUSED_FIX)
+
+
 def check_member_name(name: str) -> str:
     """The member's normalized relative path, or BundleError when it could escape the tree."""
     if not name or name.startswith("/") or "\\" in name or "\x00" in name:
@@ -156,7 +160,7 @@ def verify_tree(root: Path, manifest: dict[str, Any]) -> None:
         if path.is_symlink() or not path.is_file():
             raise BundleError(f"'{name}' is missing or not a regular file", _REFUSED_FIX)
         if sha256_of(path) != entry["sha256"]:
-            raise BundleError(f"'{name}' does not match its sha256 in the manifest (tampered or corrupt)", _REFUSED_FIX)
+            raise _mismatch(name)
 
 
 def sha256_of(path: Path) -> str:
@@ -203,5 +207,5 @@ def _unpack_checked(tar: tarfile.TarFile, tmp: Path) -> dict[str, Any]:
         limit = MAX_MANIFEST_BYTES if name in _UNLISTED_ALLOWED else int(listed[name]["size"])
         digest = _extract_file(tar, member, tmp / name, limit)
         if name in listed and digest != listed[name]["sha256"]:
-            raise BundleError(f"'{name}' does not match its sha256 in the manifest (tampered or corrupt)", _REFUSED_FIX)
+            raise _mismatch(name)
     return manifest
