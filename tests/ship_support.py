@@ -172,7 +172,8 @@ class SshDevice:
         return pids
 
 
-def start_sshd(workdir: Path) -> SshDevice:
+def start_sshd(workdir: Path, chroot: Path | None = None) -> SshDevice:
+    """sshd on a free loopback port; with `chroot`, every session runs inside that directory."""
     sshd = find_sshd()
     assert sshd is not None
     user = pwd.getpwuid(os.geteuid()).pw_name
@@ -190,7 +191,7 @@ def start_sshd(workdir: Path) -> SshDevice:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {host_key}\nAuthorizedKeysFile {authorized}\n"
         f"PidFile {workdir}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
-        "LogLevel ERROR\n"
+        "LogLevel ERROR\n" + (f"ChrootDirectory {chroot}\n" if chroot else "")
     )
     Path("/run/sshd").mkdir(exist_ok=True)
     process = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], stderr=open(workdir / "sshd.log", "wb"))
@@ -222,3 +223,44 @@ def device(tmp_path_factory):
     server = start_sshd(tmp_path_factory.mktemp("sshd"))
     yield server
     stop_sshd(server)
+
+
+def arm64_root() -> Path:
+    """The emulated Debian arm64 root of the engines issue (scripts/arm64-emulated.sh setup)."""
+    from edgecompress.example import cache_dir
+
+    return Path(os.environ.get("EDGECOMPRESS_ARM64_ROOT") or cache_dir() / "arm64-root")
+
+
+def arm64_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (bind mount, chroot)"
+    if not (arm64_root() / "opt/ec/bin/python").exists():
+        return f"no emulated arm64 root with onnxruntime at {arm64_root()} (scripts/arm64-emulated.sh setup)"
+    if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        return "qemu-aarch64 binfmt handler not registered"
+    return None if find_sshd() else "sshd not installed"
+
+
+@pytest.fixture(scope="module")
+def arm64_device(tmp_path_factory):
+    """An aarch64 "device": sshd chrooting every session into the emulated arm64 root (QEMU user mode).
+
+    sshd wants a root-owned chroot path with no world-writable parent, so the root is
+    bind-mounted under /run for the duration.
+    """
+    reason = arm64_unavailable()
+    if reason:
+        pytest.skip(reason)
+    mount_point = Path(f"/run/ec-arm64-{os.getpid()}")
+    mount_point.mkdir(mode=0o755)
+    subprocess.run(["mount", "--bind", str(arm64_root()), str(mount_point)], check=True)
+    try:
+        server = start_sshd(tmp_path_factory.mktemp("sshd-arm64"), chroot=mount_point)
+        try:
+            yield server
+        finally:
+            stop_sshd(server)
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount_point)], check=False)  # sessions may still be exiting
+        mount_point.rmdir()

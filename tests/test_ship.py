@@ -18,7 +18,7 @@ from edgecompress.bundle import BundleOptions, build_bundle
 from edgecompress.errors import BundleError, ShipError, SigningKeyError
 from edgecompress.ship import Destination, SshOptions, rollback, ship
 from edgecompress.signing import generate_keypair
-from tests.ship_support import copy_build, device, find_sshd, unprivileged_user  # noqa: F401 (fixture)
+from tests.ship_support import arm64_device, copy_build, device, find_sshd, unprivileged_user  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(
     find_sshd() is None, reason="OpenSSH server (sshd) not installed: apt-get install openssh-server"
@@ -284,3 +284,23 @@ def test_malformed_destinations_are_refused(spec) -> None:
 def test_destination_forms_parse() -> None:
     assert Destination.parse("pi@10.0.0.7:2222:/opt/models") == Destination("10.0.0.7", "/opt/models", "pi", 2222)
     assert Destination.parse("gateway:/srv/m/") == Destination("gateway", "/srv/m", None, 22)
+
+
+def test_arm64_bundle_ships_and_self_tests_on_emulated_aarch64(arm64_device, bundles) -> None:
+    """The real proof for an ARM bundle: `uname -m` says aarch64, and run.py self-tests on aarch64 code."""
+    from tests.ship_support import arm64_root
+
+    inside = f"/opt/ec-ship-test-{os.getpid()}"
+    dest = Destination.parse(arm64_device.destination(inside))
+    try:
+        [result] = ship(bundles["arm"].path, [dest], ssh_options(arm64_device, remote_python="/opt/ec/bin/python",
+                        command_timeout=600), bundles["keys"].public_path)
+        assert result.ok, result.reason
+        assert result.checked_by == "run.py --verify + --selftest"
+        assert os.readlink(arm64_root() / inside.lstrip("/") / "current") == f"releases/{bundles['arm'].sha256[:16]}"
+        [refused] = ship(bundles["first"].path, [dest], ssh_options(arm64_device), bundles["keys"].public_path)
+        assert "bundle is for x86_64 (cpu) but the device reports aarch64" in refused.reason
+    finally:
+        import shutil
+
+        shutil.rmtree(arm64_root() / inside.lstrip("/"), ignore_errors=True)
