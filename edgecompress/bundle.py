@@ -152,27 +152,34 @@ def required_operators(engine_paths: list[Path]) -> list[str]:
 def runtime_requirements(
     profile: TargetProfile, report: dict[str, Any], ops: list[str]
 ) -> dict[str, Any]:
-    """What the device must have; the runner checks each of these before running."""
-    versions = report.get("versions", {})
+    """What the device must have; the runner checks each of these before running.
+
+    Facts come from the engine builder's metadata when it recorded them (the ARM builder's
+    operator list and converter version, the TensorRT builder's version and GPU), else from
+    the profile and this machine.
+    """
+    meta = report["engine"].get("metadata") or {}
     runtime: dict[str, Any] = {
         "arch": profile.arch,
         "threads": profile.threads,
         "providers": list(profile.options.get("providers", ["CPUExecutionProvider"])),
-        "required_operators": ops,
+        "required_operators": list(meta.get("required_operators") or ops),
     }
     if profile.engine in ORT_KINDS:
         import onnxruntime
 
-        built = str(versions.get("onnxruntime") or onnxruntime.__version__)
+        built = str(meta.get("converted_with_onnxruntime") or meta.get("onnxruntime")
+                    or report.get("versions", {}).get("onnxruntime") or onnxruntime.__version__)
         minimum = profile.options.get("onnxruntime_min") or ".".join(built.split(".")[:2])
         runtime["onnxruntime"] = {"built_with": built, "min_version": str(minimum)}
     else:
-        meta = {**report["engine"].get("metadata", {}), **report.get("tensorrt", {})}
+        plan = report["engine"].get("path") is not None
         runtime["tensorrt"] = {
-            "version": meta.get("tensorrt_version") or meta.get("version"),
-            "exact_version": report["engine"].get("path") is not None,  # a plan loads only on its own version
+            "version": meta.get("tensorrt_version"),
+            "min_version": None if plan else str(profile.options.get("tensorrt_major", "")),
+            "exact_version": plan,  # a plan loads only on the TensorRT version and GPU it was built with
             "compute_capability": meta.get("compute_capability"),
-            "gpu_name": meta.get("gpu_name"),
+            "gpu_name": meta.get("gpu"),
         }
         if profile.options.get("jetpack"):
             runtime["jetpack"] = profile.options["jetpack"]

@@ -27,6 +27,7 @@ import paramiko
 
 from edgecompress.device_runner.run import normalize_arch
 from edgecompress.errors import ShipError, SigningKeyError
+from edgecompress.progress import info
 from edgecompress.verify import VerifiedBundle, verify_bundle
 
 # (host label, bytes done, bytes total, stage) -> None
@@ -329,6 +330,7 @@ def ship(archive: Path, destinations: list[Destination], ssh: SshOptions = SshOp
     pkey = load_ssh_key(ssh.key, ssh.passphrase) if ssh.key else None
     with tempfile.TemporaryDirectory(prefix="ec-ship-") as tmp:
         verified = verify_bundle(archive, trusted_key, allow_unsigned, extract_to=Path(tmp) / "bundle")
+        info(f"verified here: {verified.describe()}")
         tree = Path(tmp) / "bundle"
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             return list(pool.map(lambda d: ship_to_host(verified, tree, d, ssh, pkey, progress), destinations))

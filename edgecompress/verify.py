@@ -38,7 +38,7 @@ class VerifiedBundle:
         elif self.trusted_key:
             how = f"signed by the trusted key {self.signer}"
         else:
-            how = f"signature valid, by key {self.signer} (not checked against a trusted key: pass --key KEY.pub)"
+            how = f"signature valid, by key {self.signer} (not checked against a trusted key: name its .pub with verify --key / ship --verify-key)"
         files = len(self.manifest["files"])
         return f"{self.archive.name}: {files} files match their sha256; {how}"
 
