@@ -295,3 +295,12 @@ def test_tensorrt_build_kit_bundle_states_what_the_device_needs(target_dir: Path
     result = run_py(root, "--verify")
     assert result.returncode == 1
     assert "bundle is for aarch64 but this device is x86_64; tensorrt is not installed" in result.stderr
+
+
+def test_selftest_fails_when_the_device_computes_other_classes(target_dir: Path, tmp_path: Path) -> None:
+    bundle = build_bundle(target_dir, tmp_path / "b.tar.gz")
+    root = verify_bundle(bundle.path, allow_unsigned=True, extract_to=tmp_path / "device").root
+    expected = np.load(root / "samples/expected_0.npy")
+    np.save(root / "samples/expected_0.npy", expected[:, ::-1])  # as if the device ranked classes differently
+    result = run_py(root, "--selftest")
+    assert result.returncode == 1 and "self-test FAILED" in result.stderr and "top-1 changes" in result.stderr

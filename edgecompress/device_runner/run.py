@@ -175,12 +175,17 @@ def selftest(root: Path) -> str:
     outputs = Engine(root, manifest).run(feeds)
     atol = float(manifest["selftest"]["atol"])
     worst = max(float(np.max(np.abs(np.asarray(o, np.float64) - e))) for o, e in zip(outputs, expected))
-    if worst > atol:
+    flipped = 0
+    if manifest["selftest"].get("top1_must_match"):
+        flipped = int(np.sum(np.argmax(outputs[0], axis=1) != np.argmax(expected[0], axis=1)))
+    if worst > atol or flipped:
         raise BundleError(
-            f"self-test FAILED: outputs differ from the workstation's by {worst:.3g} (tolerance {atol:.3g})",
+            f"self-test FAILED: outputs differ from the workstation's by {worst:.3g} (tolerance {atol:.3g}), "
+            f"{flipped} top-1 changes",
             "this device's runtime computes different results; rebuild for this device",
         )
-    return f"self-test passed: {len(next(iter(feeds.values())))} samples, max abs diff {worst:.3g} <= {atol:.3g}"
+    count = len(next(iter(feeds.values())))
+    return f"self-test passed: {count} samples, max abs diff {worst:.3g} <= {atol:.3g}, top-1 unchanged"
 
 
 def load_input(path: Path, manifest: dict[str, Any]) -> Any:
