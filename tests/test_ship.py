@@ -92,6 +92,17 @@ def test_two_releases_then_rollback(device, bundles) -> None:
     assert rollback(dest, options, release=bundles["second"].sha256[:16]).ok and current_release(root) == second
 
 
+def test_rollback_without_a_previous_release_changes_nothing(device, bundles) -> None:
+    root, dest = fresh_destination(device, "single")
+    assert ship(bundles["first"].path, [dest], quick(device), bundles["keys"].public_path)[0].ok
+    before = snapshot(root)
+    result = rollback(dest, quick(device))
+    assert not result.ok and "no previous release recorded" in result.reason
+    missing = rollback(dest, quick(device), release="0123456789abcdef")
+    assert not missing.ok and "releases/0123456789abcdef does not exist" in missing.reason
+    assert snapshot(root) == before
+
+
 def test_connection_killed_mid_transfer_keeps_the_old_release(device, bundles) -> None:
     root, dest = fresh_destination(device, "interrupted")
     options, key = quick(device), bundles["keys"].public_path
