@@ -73,3 +73,15 @@ class DistillationError(EdgecompressError):
 
 class PruningError(EdgecompressError):
     """A pruning option is out of range, or the structured pruner cannot follow the model."""
+
+
+class BundleError(EdgecompressError):
+    """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
+
+
+class SigningKeyError(EdgecompressError):
+    """A signing or SSH key file is missing, unreadable, malformed or its passphrase is wrong."""
+
+
+class ShipError(EdgecompressError):
+    """A destination is malformed or shipping to it failed (carries the host's reason)."""
