@@ -73,7 +73,7 @@ class BuildConfig(BaseModel):
     prune_ratio: float = Field(0.5, ge=0, lt=1, description="most to prune: fraction of channels or weights")
     prune_steps: int = Field(2, ge=1, le=20, description="prune -> fine-tune -> evaluate steps towards prune_ratio")
     channel_importance: Literal["l1", "taylor"] = Field("l1", description="channel ranking for --prune channels")
-    epochs: int = Field(5, ge=1, le=1000, description="distillation epochs of the student")
+    epochs: int = Field(8, ge=1, le=1000, description="distillation epochs of the student")
     finetune_epochs: int = Field(2, ge=1, le=1000, description="fine-tuning epochs after each prune step")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label loss (1 - alpha: teacher's soft targets)")
     distill_temperature: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
