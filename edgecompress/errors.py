@@ -57,3 +57,7 @@ class BudgetNotMetError(EdgecompressError):
     """The accuracy budget could not be met; the best engine found was kept."""
 
     exit_code = 3
+
+
+class BudgetError(EdgecompressError):
+    """The accuracy budget is out of range or cannot be measured (e.g. it needs labels)."""

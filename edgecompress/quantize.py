@@ -21,7 +21,6 @@ import onnx
 from edgecompress.artifacts import atomic_path
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.errors import QuantizationError
-from edgecompress.targets import TargetProfile
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 
@@ -65,25 +64,6 @@ class QuantRecipe:
 
     def with_options(self, **changes) -> "QuantRecipe":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-def recipe_for_target(profile: TargetProfile) -> QuantRecipe:
-    """Pick types that the target's integer kernels handle without saturating.
-
-    x86 without VNNI multiplies u8×s8 pairs with 16-bit saturation (vpmaddubsw), which
-    corrupts large activations; reduce_range (7-bit weights) avoids it at the same speed.
-    TensorRT wants symmetric int8 on both sides.
-    """
-    from edgecompress.isa import target_isa
-
-    isa = target_isa(profile)
-    if profile.engine == "tensorrt":
-        return QuantRecipe("int8", "int8", True, False, True, reason="TensorRT explicit quantization: symmetric s8s8")
-    if profile.arch == "x86_64" and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & isa):
-        return QuantRecipe(
-            reduce_range=True, reason="x86 without VNNI: u8s8 with reduce_range avoids vpmaddubsw saturation"
-        )
-    return QuantRecipe(reason=f"{profile.arch} with {'/'.join(sorted(isa)) or 'no special int8 ISA'}: u8s8 per-channel")
 
 
 class ArrayCalibrationReader:

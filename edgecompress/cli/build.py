@@ -32,6 +32,12 @@ def build(
     exporter: Optional[str] = _opt("exporter", "--exporter"),
     bench_runs: Optional[int] = _opt("bench_runs", "--bench-runs"),
     max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop"),
+    min_agreement: Optional[float] = _opt("min_agreement", "--min-agreement"),
+    allow_over_budget: Optional[bool] = _opt("allow_over_budget", "--allow-over-budget"),
+    max_excluded_layers: Optional[int] = _opt("max_excluded_layers", "--max-excluded-layers"),
+    repair_strategy: Optional[str] = _opt("repair_strategy", "--repair-strategy"),
+    precision: Optional[str] = _opt("precision", "--precision"),
+    diagnose: Optional[bool] = _opt("diagnose", "--diagnose/--no-diagnose"),
     seed: Optional[int] = _opt("seed", "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the same keys (underscored); options override it."),
 ) -> None:
