@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -69,33 +67,3 @@ def benchmark(
         if index >= 10 and time.perf_counter() > deadline:
             break
     return {name: _stats(times, batch) for name, times in samples.items()}, samples
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def measure_peak_memory(load: Callable[[], Runner], feeds: dict[str, np.ndarray], runs: int = 5) -> tuple[Runner, float | None]:
-    """Load a runner and run it a few times; return it with the peak RSS growth in MiB.
-
-    Linux lets a process reset its RSS high-water mark (clear_refs 5), so the figure is
-    the memory this engine's load and inference added, not the whole build's peak.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _status_kb("VmRSS")
-    except OSError:
-        before = None
-    runner = load()
-    for _ in range(runs):
-        runner.run(feeds)
-    peak = _status_kb("VmHWM")
-    if before is None or peak is None:
-        return runner, None
-    return runner, max(0.0, (peak - before) / 1024.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,9 +182,11 @@ def export_torch(
     # batch 2, not 1: torch.export specializes size-1 dimensions to constants
     examples = tuple(torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(0)) for shape in input_shapes.values())
     module = module.eval()
-    with atomic_path(out_path) as tmp:
-        _run_exporter(module, examples, names, tmp, opset, exporter)
-        model = onnx.load(str(tmp))
+    # the dynamo exporter may write external data beside its output: keep it in a scratch dir
+    with tempfile.TemporaryDirectory(prefix="edgecompress-export-") as scratch:
+        raw_path = Path(scratch) / "exported.onnx"
+        _run_exporter(module, examples, names, raw_path, opset, exporter)
+        model = onnx.load(str(raw_path))
     model = _finalize(model, out_path)
     diff = check_against_torch(module, out_path, examples, names, tolerance)
     return _info(model, out_path, diff)

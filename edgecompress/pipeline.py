@@ -220,13 +220,15 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
 
 def measure_engine(context: BuildContext, profile, builder, artifact: EngineArtifact, report: dict[str, Any]) -> dict[str, list[float]]:
     """Evaluate and benchmark the engine against the fp32 reference on the same runner API."""
-    from edgecompress.bench import benchmark, measure_peak_memory
+    from edgecompress.bench import benchmark
+    from edgecompress.memprobe import peak_memory_mb
 
     config = context.config
     batch = _batch_size(context, profile.batch.opt)
     feeds = _bench_feeds(context.eval_set, batch)
-    engine, engine_mb = measure_peak_memory(lambda: builder.load(artifact, profile), feeds)
-    reference, reference_mb = measure_peak_memory(lambda: OrtRunner(context.fp32.path, threads=profile.threads), feeds)
+    engine = builder.load(artifact, profile)
+    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
     evaluation = evaluate(engine, reference, context.eval_set, batch_size=_batch_size(context, 32))
     stats, samples = benchmark(
         {"engine": engine, "fp32": reference}, feeds, config.bench_runs, config.bench_warmup, config.bench_max_seconds
@@ -237,7 +239,11 @@ def measure_engine(context: BuildContext, profile, builder, artifact: EngineArti
     report["throughput_per_s"] = stats["engine"].throughput_per_s
     report["reference"]["latency_ms"] = stats["fp32"].to_dict()
     report["speedup_vs_fp32"] = stats["fp32"].p50 / stats["engine"].p50
-    report["memory"] = {"engine_peak_mb": engine_mb, "reference_peak_mb": reference_mb}
+    report["memory"] = {
+        "engine_peak_mb": peak_memory_mb(artifact, profile, feeds),
+        "reference_peak_mb": peak_memory_mb(reference_artifact, profile, feeds),
+        "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
+    }
     return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
 
 
