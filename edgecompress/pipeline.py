@@ -177,7 +177,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
         samples = measure_engine(context, profile, builder, artifact, report)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
     if chosen is not None:
-        report["quantization"].update(chosen.report_fields())
+        report["quantization"].update(chosen.report_fields(target_dir))
         report["verdict"] += chosen.choice.summary
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)

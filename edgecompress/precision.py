@@ -21,7 +21,7 @@ from edgecompress.artifacts import atomic_path, sha256_file
 from edgecompress.bench import LatencyStats, benchmark
 from edgecompress.engines.base import EngineBuilder, Runner
 from edgecompress.evaluate import EvalSet, Evaluation, evaluate
-from edgecompress.qdiagnose import Diagnosis, diagnose
+from edgecompress.qdiagnose import Diagnosis, diagnose, plot_layers
 from edgecompress.qrepair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
 from edgecompress.quantize import QuantRecipe
 from edgecompress.targets import TargetProfile
@@ -125,9 +125,12 @@ class TargetQuantization:
     choice: PrecisionChoice | None
     diagnosis: Diagnosis | None
 
-    def report_fields(self) -> dict[str, Any]:
+    def report_fields(self, target_dir: Path | None = None) -> dict[str, Any]:
+        """report.json's `quantization` additions; with `target_dir`, also the per-layer SQNR plot."""
         layers = [] if self.diagnosis is None else [layer.to_dict() for layer in self.diagnosis.layers]
+        plot = plot_layers(layers, Path(target_dir) / "quant_layers.png").name if layers and target_dir else None
         return {
+            "layers_plot": plot,
             "recipe": self.recipe.to_dict(),
             "model_path": str(self.model_path),
             "layers": layers,

@@ -10,7 +10,6 @@ node where the signal suddenly drops is the one to keep in fp32, not the last la
 
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -218,17 +217,12 @@ def plot_layers(layers: list[dict[str, Any]], out_path: Path) -> Path:
 
     figure, axis = plt.subplots(figsize=(max(6.0, 0.25 * len(layers)), 3.5))
     values = [layer["output_sqnr_db"] for layer in layers]
-    colors = ["tab:red" if layer.get("excluded") else "tab:blue" for layer in layers]
-    axis.bar(range(len(values)), values, color=colors)
+    axis.bar(range(len(values)), values, color=["tab:red" if layer["lost_db"] > 10 else "tab:blue" for layer in layers])
     axis.set_xticks(range(len(values)), [layer["node"].split("/")[-2] if "/" in layer["node"] else layer["node"] for layer in layers], rotation=90, fontsize=6)
     axis.set_ylabel("output SQNR (dB)")
-    axis.set_title("int8 vs fp32 per layer (higher is better)")
+    axis.set_title("int8 vs fp32 per layer (higher is better; red: lost > 10 dB)")
     figure.tight_layout()
     with atomic_path(out_path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
     return Path(out_path)
-
-
-def finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -132,7 +132,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
             except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        with atomic_path(out_path) as tmp:
+        with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
             try:
                 quantize_static(
                     str(prepared),

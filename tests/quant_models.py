@@ -9,13 +9,21 @@ activation ranges are ruined at that tensor: a deliberately fragile layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from edgecompress.data import digits_splits
+
+if TYPE_CHECKING:
+    from edgecompress.calib.load import CalibrationSet
+    from edgecompress.evaluate import EvalSet
+    from edgecompress.quantize import QuantRecipe
 
 
 class RidgeDigitsNet(nn.Module):
@@ -56,3 +64,41 @@ def export_onnx(model: nn.Module, path: Path, sample: np.ndarray) -> Path:
         dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, dynamo=False,
     )
     return path
+
+
+@dataclass(frozen=True)
+class DigitsQuantCase:
+    """A clean and a fragile fp32 model with the data to quantize and evaluate them."""
+
+    clean: Path
+    fragile: Path
+    calibration: "CalibrationSet"
+    eval_set: "EvalSet"
+    workdir: Path
+
+    def quantizer(self, fp32: Path) -> Callable[["QuantRecipe"], Path]:
+        """recipe -> int8 model, cached by recipe (what the pipeline's quantize stage does)."""
+        from edgecompress.artifacts import sha256_json
+        from edgecompress.quantize import quantize_model
+
+        def quantize(recipe: "QuantRecipe") -> Path:
+            out = self.workdir / f"{fp32.stem}.{sha256_json(recipe.cache_key())[:12]}.int8.onnx"
+            return out if out.is_file() else quantize_model(fp32, self.calibration, recipe, out)
+
+        return quantize
+
+
+@pytest.fixture(scope="session")
+def digits_case(tmp_path_factory: pytest.TempPathFactory) -> DigitsQuantCase:
+    from edgecompress.calib.load import calibration_set_from_arrays
+    from edgecompress.evaluate import EvalSet
+    from edgecompress.export import model_io, read_onnx
+
+    workdir = tmp_path_factory.mktemp("quant")
+    splits = digits_splits()
+    clean = export_onnx(ridge_digits_net(), workdir / "clean.onnx", splits.val.x)
+    fragile = export_onnx(ridge_digits_net(outlier_scale=1000.0), workdir / "fragile.onnx", splits.val.x)
+    inputs, _ = model_io(read_onnx(clean))
+    calibration = calibration_set_from_arrays({"input": splits.train.x[:128]}, inputs, "digits train")
+    eval_set = EvalSet({"input": splits.test.x}, splits.test.y, "digits test")
+    return DigitsQuantCase(clean, fragile, calibration, eval_set, workdir)
