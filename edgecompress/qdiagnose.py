@@ -194,18 +194,6 @@ def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max
     return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)
 
 
-def layer_table(diagnosis: Diagnosis, count: int | None = None) -> list[list[str]]:
-    """Rows for a text table, most damaging first (used by `inspect` and report.md)."""
-    rows = []
-    for layer in diagnosis.ranking()[:count]:
-        weight = "-" if layer.weight_sqnr_db is None else f"{layer.weight_sqnr_db:.1f}"
-        rows.append([layer.node, layer.op_type, f"{layer.output_sqnr_db:.1f}", f"{layer.output_cosine:.4f}", weight, f"{layer.lost_db:.1f}"])
-    return rows
-
-
-LAYER_COLUMNS = ["node", "op", "SQNR dB", "cosine", "weight SQNR dB", "lost dB"]
-
-
 def plot_layers(layers: list[dict[str, Any]], out_path: Path) -> Path:
     """Per-layer output SQNR in graph order (report's quantization plot)."""
     import matplotlib

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.artifacts import atomic_path, write_json_atomic, write_text_atomic
+from edgecompress.qinspect import quantization_markdown
 
 
 def versions() -> dict[str, str]:
@@ -105,6 +106,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- recipe: `{report['quantization']['recipe']}`",
         f"- calibration: {report['quantization']['calibration']['samples']} samples from "
         f"{report['quantization']['calibration']['source']} (sha256 {report['quantization']['calibration']['sha256'][:16]}…)",
+        *quantization_markdown(report["quantization"]),
         "",
         "## Versions",
         *[f"- {name}: {version}" for name, version in report["versions"].items()],
