@@ -61,3 +61,7 @@ class BudgetNotMetError(EdgecompressError):
 
 class BudgetError(EdgecompressError):
     """The accuracy budget is out of range or cannot be measured (e.g. it needs labels)."""
+
+
+class BuildDirError(EdgecompressError):
+    """The folder given is not a built target (no readable report.json)."""

@@ -6,11 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import EdgecompressError
-
-
-class BuildDirError(EdgecompressError):
-    """The folder given is not a built target (no readable report.json)."""
+from edgecompress.errors import BuildDirError
 
 
 def load_target_report(target_dir: Path) -> dict[str, Any]:

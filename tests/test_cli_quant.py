@@ -59,3 +59,8 @@ def test_build_that_misses_the_budget_exits_3_and_keeps_the_engine(monkeypatch, 
 def test_inspect_of_a_folder_without_report_fails_in_one_line(monkeypatch, tmp_path, capsys) -> None:
     assert run_cli(monkeypatch, "inspect", tmp_path) == 2
     assert "no report.json" in capsys.readouterr().err
+
+
+def test_precision_the_target_does_not_run_is_rejected(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, tmp_path / "b", "--precision", "fp16")) == 2
+    assert "precision 'fp16'" in capsys.readouterr().err
