@@ -7,18 +7,22 @@ Run: python benchmarks/quant_variants.py [--models mobilenetv2,resnet18,mobilene
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from edgecompress.zoo import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-WORK = Path("/tmp/ec-cache/qrepair/variants")
+from edgecompress.engines.ort_cpu import OrtRunner  # noqa: E402
+from edgecompress.zoo import build_model  # noqa: E402
+
+WORK = Path(os.environ.get("EDGECOMPRESS_CACHE", "/tmp/ec-cache")) / "quant-variants"
 VARIANTS = {
     "u8s8-pc": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True),
     "u8s8-pc-rr": dict(activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=True),
@@ -42,27 +46,25 @@ def trained_digits_model(name: str) -> torch.nn.Module:
     from edgecompress.data import digits_splits
 
     model = build_model(name)
-    ckpt = WORK.parent / f"{name}-trained.pt"
+    ckpt = WORK.parent / "bench-mobilenetv2-digits-e6.pt"  # shared with quant_repair.py
     if ckpt.exists():
         model.load_state_dict(torch.load(ckpt, weights_only=True))
         return model.eval()
     splits = digits_splits()
     result = fit(model, splits.train, splits.val, TrainConfig(epochs=6, lr=4e-3))
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     print(f"trained {name}: val {result.best_val_accuracy:.1f}%")
     torch.save(model.state_dict(), ckpt)
     return model.eval()
 
 
-def session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def session(path: Path) -> OrtRunner:
+    return OrtRunner(path, threads=2)  # the engine's own session options (no thread spinning)
 
 
-def run_all(sess: ort.InferenceSession, x: np.ndarray) -> np.ndarray:
-    name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))])
+def run_all(sess: OrtRunner, x: np.ndarray) -> np.ndarray:
+    name = sess.inputs[0].name
+    return np.concatenate([sess.run({name: x[i : i + 1]})[0] for i in range(len(x))])
 
 
 def measure(name: str, reps: int, rounds: int) -> None:
@@ -101,12 +103,12 @@ def measure(name: str, reps: int, rounds: int) -> None:
     times = {k: [] for k in sessions}
     for s in sessions.values():
         for _ in range(3):
-            s.run(None, feed)
+            s.run(feed)
     for _ in range(rounds):
         for k, s in sessions.items():
             t0 = time.perf_counter()
             for _ in range(reps):
-                s.run(None, feed)
+                s.run(feed)
             times[k].append((time.perf_counter() - t0) / reps * 1000)
     base = np.median(times["fp32"])
     print(f"\n## {name} (batch 1, 2 threads, median of {rounds} interleaved rounds x {reps})")

@@ -210,7 +210,9 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
         bench_runs=min(config.bench_runs, 100),
         bench_max_seconds=config.bench_max_seconds / 2,
     )
-    fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx") if "fp16" in profile.precisions else None
+    fp16 = None
+    if "fp16" in profile.precisions:
+        fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
     feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
     return quantize_for_target(
         context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r),

@@ -153,6 +153,23 @@ class PrecisionSettings:
     bench_max_seconds: float = 10.0
 
 
+def _candidates(
+    result: RepairResult, fp32_path: Path, fp16_path: Path | None, settings: PrecisionSettings,
+    evaluate_model: Callable[[Path], Evaluation],
+) -> list[Candidate]:
+    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed."""
+    first, best = result.tries[0], result.best
+    candidates = [Candidate("int8", first.model_path, first.met, first.evaluation)]
+    if best is not first:
+        candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
+    candidates[-1].within_budget = candidates[-1].within_budget or settings.allow_over_budget
+    candidates.append(Candidate("fp32", fp32_path, True))
+    if fp16_path is not None:
+        fp16_eval = evaluate_model(fp16_path)
+        candidates.append(Candidate("fp16", fp16_path, settings.budget.met(fp16_eval), fp16_eval))
+    return candidates
+
+
 def quantize_for_target(
     fp32_path: Path,
     eval_set: EvalSet,
@@ -175,16 +192,8 @@ def quantize_for_target(
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
         diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
-    first = result.tries[0]
-    candidates = [Candidate("int8", first.model_path, first.met, first.evaluation)]
-    if best is not first:
-        candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
-    best_int8 = candidates[-1]
-    best_int8.within_budget = best_int8.within_budget or settings.allow_over_budget
-    candidates.append(Candidate("fp32", fp32_path, True))
-    if fp16_path is not None:
-        fp16_eval = evaluate(models.load(fp16_path), reference, eval_set)
-        candidates.append(Candidate("fp16", fp16_path, settings.budget.met(fp16_eval), fp16_eval))
+    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set))
+    best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds)
     wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
     if settings.precision != "auto":
