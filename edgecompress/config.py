@@ -61,6 +61,9 @@ class BuildConfig(BaseModel):
     precision: Literal["auto", "int8", "fp32", "fp16"] = Field(
         "auto", description="engine precision; auto = the fastest candidate within the budget on the target's runner"
     )
+    equalize: Literal["auto", "on", "off"] = Field(
+        "auto", description="cross-layer equalization before int8; auto = on for per-tensor weights, where it measured to help"
+    )
     diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
     seed: int = Field(0, description="seed for every random choice")
 

@@ -125,6 +125,7 @@ def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
         percentile=config.percentile,
         per_channel=config.per_channel,
         nodes_to_exclude=tuple(config.nodes_to_exclude),
+        equalize=config.equalize == "on" or (config.equalize == "auto" and not config.per_channel),
     )
 
 
@@ -203,7 +204,9 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
         )
     settings = PrecisionSettings(
         budget,
-        RepairOptions(max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy),
+        RepairOptions(
+            max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off"
+        ),
         config.precision,
         config.allow_over_budget,
         config.diagnose,

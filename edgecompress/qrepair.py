@@ -1,7 +1,7 @@
 """Repair int8 within an accuracy budget by changing the recipe, never the graph.
 
 Order (cheapest first): the target's recipe as chosen → the other calibration methods
-(keep the best) → keep the nodes the diagnosis ranks most damaging in fp32, found by
+(keep the best) → cross-layer equalization (edgecompress/equalize.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
 doubling + bisection (few re-quantizations) or greedily (one node at a time, a node
 kept only if it helps). Every try is recorded with its accuracy and latency, and why
 the search stopped; when the budget is missed the best engine is kept and the caller
@@ -112,6 +112,7 @@ class RepairOptions:
     calibration_methods: tuple[str, ...] = CALIBRATION_METHODS
     max_excluded_layers: int = 8  # layers (a layer and the producers of its inputs) kept in fp32
     strategy: Literal["bisect", "greedy"] = "bisect"
+    try_equalize: bool = True  # one try with cross-layer equalization before keeping nodes in fp32
     diagnose_samples: int = 64
     latency_runs: int = 30  # timed runs per try, interleaved with fp32; 0 = do not time tries
 
@@ -188,13 +189,16 @@ def _pick_best(tries: list[RepairTry]) -> RepairTry:
     return max(tries, key=lambda t: t.quality())
 
 
-def _try_calibrations(session: RepairSession, recipe: QuantRecipe) -> RepairTry:
+def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTry:
     first = session.attempt(f"target recipe ({recipe.calibration_method})", recipe)
     if first.met:
         return first
     for method in session.options.calibration_methods:
         if method != recipe.calibration_method:
             session.attempt(f"calibration {method}", recipe.with_options(calibration_method=method))
+    best = max(session.tries, key=lambda t: t.quality())
+    if session.options.try_equalize and not best.recipe.equalize and not best.met:
+        session.attempt("cross-layer equalization", best.recipe.with_options(equalize=True))
     return max(session.tries, key=lambda t: t.quality())
 
 
@@ -247,7 +251,7 @@ def _greedy(session: RepairSession, base: RepairTry, ranking: Groups, limit: int
 def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     """Search recipes until one meets the budget or the search runs out (see module doc)."""
     session.budget.check_measurable(session.eval_set)
-    base = _try_calibrations(session, recipe)
+    base = _try_recipe_changes(session, recipe)
     if base.met:
         return RepairResult(_pick_best(session.tries), session.tries, True, f"met by {base.step}", session.budget)
     diagnosis = diagnose(session.fp32_path, base.model_path, session.eval_set.inputs, session.options.diagnose_samples)

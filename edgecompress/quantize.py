@@ -37,6 +37,7 @@ class QuantRecipe:
     calibration_method: CalibrationMethodName = "minmax"
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
+    equalize: bool = False  # cross-layer equalization of Conv→ReLU(6)→Conv pairs first (edgecompress/equalize.py)
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -111,6 +112,14 @@ def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
         )
 
 
+def _equalize_file(path: Path) -> None:
+    from edgecompress.equalize import equalize
+
+    model = onnx.load(str(path))
+    equalize(model)
+    onnx.save(model, str(path))
+
+
 def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
     """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
     from onnxruntime.quantization import QuantFormat, quantize_static
@@ -132,6 +141,8 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
             except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        if recipe.equalize:
+            _equalize_file(prepared)
         with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
             try:
                 quantize_static(

@@ -28,7 +28,7 @@ def data_files(digits_case, tmp_path_factory):
 
 def build_args(case, folder, out, *extra: str) -> list[str]:
     return ["build", "-m", case.fragile, "--calib", folder / "calib.npz", "--eval-data", folder / "eval.npz",
-            "--out", out, "--bench-runs", "10", *extra]
+            "--out", out, "--bench-runs", "10", "--equalize", "off", *extra]
 
 
 def test_build_repairs_within_budget_and_inspect_lists_layers(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:

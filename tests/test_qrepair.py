@@ -16,7 +16,7 @@ def session(case, budget: Budget, eval_set: EvalSet | None = None, **options) ->
     load = lambda path: OrtRunner(path, threads=1)  # noqa: E731
     return RepairSession(
         case.fragile, eval_set or case.eval_set, case.quantizer(case.fragile), load, load(case.fragile), budget,
-        options=RepairOptions(latency_runs=0, diagnose_samples=32, **options),
+        options=RepairOptions(**({"latency_runs": 0, "diagnose_samples": 32, "try_equalize": False} | options)),
     )
 
 
@@ -29,6 +29,12 @@ def test_repair_meets_the_budget_by_keeping_the_fragile_layer_in_fp32(digits_cas
     assert [t.step for t in result.tries[:3]] == ["target recipe (minmax)", "calibration entropy", "calibration percentile"]
     assert not any(t.met for t in result.tries[:3])  # calibration alone cannot fix an outlier channel
     result.raise_if_unmet(allow_over_budget=False)  # met: no error
+
+
+def test_cross_layer_equalization_repairs_an_outlier_channel_without_fp32_nodes(digits_case) -> None:
+    result = repair(session(digits_case, Budget(max_accuracy_drop=1.0), try_equalize=True), RECIPE)
+    assert result.met and result.fp32_nodes == []
+    assert result.best.step == "cross-layer equalization" and result.best.recipe.equalize
 
 
 def test_repair_stops_at_the_layer_limit_and_keeps_the_best_try(digits_case) -> None:

@@ -37,6 +37,7 @@ def build(
     max_excluded_layers: Optional[int] = _opt("max_excluded_layers", "--max-excluded-layers"),
     repair_strategy: Optional[str] = _opt("repair_strategy", "--repair-strategy"),
     precision: Optional[str] = _opt("precision", "--precision"),
+    equalize: Optional[str] = _opt("equalize", "--equalize"),
     diagnose: Optional[bool] = _opt("diagnose", "--diagnose/--no-diagnose"),
     seed: Optional[int] = _opt("seed", "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the same keys (underscored); options override it."),
