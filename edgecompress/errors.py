@@ -65,3 +65,15 @@ class BudgetError(EdgecompressError):
 
 class BuildDirError(EdgecompressError):
     """The folder given is not a built target (no readable report.json)."""
+
+
+class BundleError(EdgecompressError):
+    """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
+
+
+class SigningKeyError(EdgecompressError):
+    """A signing or SSH key file is missing, unreadable, malformed or its passphrase is wrong."""
+
+
+class ShipError(EdgecompressError):
+    """A destination is malformed or shipping to it failed (carries the host's reason)."""

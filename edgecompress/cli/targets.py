@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typer
-
 from edgecompress.cli import app
 
 
@@ -12,7 +10,7 @@ def targets() -> None:
     """List the target profiles in targets/ (pass a profile .toml path to --target for your own)."""
     from rich.table import Table
 
-    from edgecompress.progress import console
+    from edgecompress.progress import out_console
     from edgecompress.targets import all_profiles
 
     table = Table(title="target profiles")
@@ -28,5 +26,4 @@ def targets() -> None:
             f"{profile.batch.min}/{profile.batch.opt}/{profile.batch.max}",
             profile.description,
         )
-    console.print(table)
-    typer.echo("")
+    out_console.print(table)
