@@ -87,7 +87,7 @@ def cpu_models() -> tuple[TargetProfile, TargetModels]:
     return profile, TargetModels(OrtCpuBuilder(), profile)
 
 
-def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, workdir: Path, runs: int) -> dict:
+def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, workdir: Path, runs: int, equalize: bool) -> dict:
     from edgecompress.export import model_io, read_onnx
 
     inputs, _ = model_io(read_onnx(fp32))
@@ -102,7 +102,8 @@ def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, wor
         return out if out.is_file() else quantize_model(fp32, calibration, recipe, out)
 
     feeds = {"input": eval_set.inputs["input"][:1]}
-    settings = PrecisionSettings(Budget(max_accuracy_drop=1.0), RepairOptions(latency_runs=0), precision="int8", bench_runs=20)
+    options = RepairOptions(latency_runs=0, try_equalize=equalize)
+    settings = PrecisionSettings(Budget(max_accuracy_drop=1.0), options, precision="int8", bench_runs=20)
     result = quantize_for_target(fp32, eval_set, recipe_for_target(profile), quantize, models, feeds, settings)
     repaired = result.repair.best
     runners = {"fp32": models.load(fp32), "naive": models.load(naive), "repaired": models.load(repaired.model_path)}
@@ -116,10 +117,24 @@ def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, wor
         "fp32_nodes": len(repaired.recipe.nodes_to_exclude),
         "recipe": f"{repaired.recipe.activation_type.replace('int', 's').replace('us', 'u')}"
         f"{repaired.recipe.weight_type.replace('int', 's').replace('us', 'u')}"
-        f"{' reduce_range' if repaired.recipe.reduce_range else ''} {repaired.recipe.calibration_method}",
+        f"{' reduce_range' if repaired.recipe.reduce_range else ''} {repaired.recipe.calibration_method}"
+        f"{' + CLE' if repaired.recipe.equalize else ''}",
         "tries": len(result.repair.tries),
         "ms": {k: v.p50 for k, v in stats.items()},
     }
+
+
+def part1_rows(calib: np.ndarray, digits_eval: EvalSet, workdir: Path, runs: int) -> list[dict]:
+    cases = {  # name: (model, may repair try cross-layer equalization)
+        "mobilenetv2-digits (trained)": (trained_mobilenet_digits(), True),
+        "digits teacher + outlier channel": (teacher_with_outlier_channel(), True),
+        "digits teacher + outlier channel, --equalize off": (teacher_with_outlier_channel(), False),
+    }
+    rows = []
+    for i, (name, (model, equalize)) in enumerate(cases.items()):
+        fp32 = export(model, (1, 1, 32, 32), workdir / f"case{i}.onnx")
+        rows.append(repair_case(f"case{i}", fp32, calib, digits_eval, workdir, runs, equalize) | {"model": name})
+    return rows
 
 
 def print_repair_table(rows: list[dict]) -> None:
@@ -165,6 +180,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=200, help="timed runs per engine in part 1")
     parser.add_argument("--skip-224", action="store_true", help="leave the 224x224 models out of part 2")
+    parser.add_argument("--part", choices=["1", "2", "all"], default="all", help="run only part 1 or part 2")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("EDGECOMPRESS_QUIET", "1")
@@ -173,16 +189,10 @@ def main() -> None:
     calib = splits.train.x[:256]
     with tempfile.TemporaryDirectory(prefix="quant-repair-bench-") as tmp:
         workdir = Path(tmp)
-        cases = {
-            "mobilenetv2-digits (trained)": trained_mobilenet_digits(),
-            "digits teacher + outlier channel": teacher_with_outlier_channel(),
-        }
-        rows = [repair_case(name.split()[0] + str(i), export(model, (1, 1, 32, 32), workdir / f"case{i}.onnx"), calib, digits_eval, workdir, args.runs)
-                for i, (name, model) in enumerate(cases.items())]
-        for row, name in zip(rows, cases):
-            row["model"] = name
-        print_repair_table(rows)
-
+        if args.part != "2":
+            print_repair_table(part1_rows(calib, digits_eval, workdir, args.runs))
+        if args.part == "1":
+            return
         table = [precision_row("built-in example (digits teacher)", export(example_teacher(), (1, 1, 32, 32), workdir / "example.onnx"),
                                calib, digits_eval, Budget(max_accuracy_drop=1.0), workdir)]
         if not args.skip_224:

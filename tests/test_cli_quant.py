@@ -64,3 +64,23 @@ def test_inspect_of_a_folder_without_report_fails_in_one_line(monkeypatch, tmp_p
 def test_precision_the_target_does_not_run_is_rejected(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
     assert run_cli(monkeypatch, *build_args(digits_case, data_files, tmp_path / "b", "--precision", "fp16")) == 2
     assert "precision 'fp16'" in capsys.readouterr().err
+
+
+def test_unknown_node_in_exclusion_list_fails_before_anything_is_built(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    out = tmp_path / "b"
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, out, "--exclude-node", "/conv9/Conv")) == 2
+    assert "/conv9/Conv" in capsys.readouterr().err
+    assert not (out / "cpu" / "engine.onnx").exists()
+
+
+def test_accuracy_budget_without_labels_fails_in_one_line(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    np.savez(tmp_path / "unlabelled.npz", input=digits_case.eval_set.inputs["input"][:64])
+    args = build_args(digits_case, data_files, tmp_path / "b", "--max-accuracy-drop", "1.0")
+    args[args.index(data_files / "eval.npz")] = tmp_path / "unlabelled.npz"
+    assert run_cli(monkeypatch, *args) == 2
+    assert "labels" in capsys.readouterr().err
+
+
+def test_budget_out_of_range_is_a_config_error(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, tmp_path / "b", "--min-agreement", "1.5")) == 2
+    assert "min_agreement" in capsys.readouterr().err
