@@ -28,7 +28,7 @@ from edgecompress.bench import benchmark  # noqa: E402
 from edgecompress.calib.load import calibration_set_from_arrays  # noqa: E402
 from edgecompress.compress.trainer import TrainConfig, fit  # noqa: E402
 from edgecompress.data import digits_splits  # noqa: E402
-from edgecompress.engines.ort_cpu import OrtCpuBuilder, OrtRunner  # noqa: E402
+from edgecompress.engines.ort_cpu import OrtCpuBuilder  # noqa: E402
 from edgecompress.evaluate import EvalSet, evaluate  # noqa: E402
 from edgecompress.example import cache_dir, example_teacher  # noqa: E402
 from edgecompress.export import export_torch  # noqa: E402

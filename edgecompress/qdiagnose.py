@@ -186,9 +186,22 @@ def layer_errors(qdq_path: Path, errors: list[TensorError]) -> list[LayerError]:
     return layers
 
 
+# ORT's helpers keep every intermediate tensor of both models in memory; for CNNs those sum
+# to roughly 100x the input per sample, times ~4 for fp32 + QDQ (pre-Q, Q, DQ) copies.
+ACTIVATION_BYTES_PER_INPUT_BYTE = 400
+DIAGNOSE_MEMORY_BYTES = 1 << 30
+
+
+def samples_within_memory(inputs: dict[str, np.ndarray], max_samples: int) -> int:
+    """How many samples to diagnose on so that the kept activations stay near 1 GiB."""
+    per_sample = sum(array[:1].nbytes for array in inputs.values()) * ACTIVATION_BYTES_PER_INPUT_BYTE
+    count = len(next(iter(inputs.values())))
+    return max(1, min(max_samples, count, DIAGNOSE_MEMORY_BYTES // max(1, per_sample)))
+
+
 def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64) -> Diagnosis:
     """Per-tensor and per-layer int8 error on (up to `max_samples` of) held-out inputs."""
-    count = min(max_samples, len(next(iter(inputs.values()))))
+    count = samples_within_memory(inputs, max_samples)
     sample = {name: np.ascontiguousarray(array[:count]) for name, array in inputs.items()}
     errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample)
     return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)

@@ -2,7 +2,9 @@
 
 import math
 
-from edgecompress.qdiagnose import diagnose, plot_layers
+import numpy as np
+
+from edgecompress.qdiagnose import diagnose, plot_layers, samples_within_memory
 from edgecompress.quantize import QuantRecipe
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 
@@ -38,3 +40,10 @@ def test_layer_plot_is_written(digits_case, tmp_path) -> None:
     layers = diagnose(digits_case.clean, int8, digits_case.eval_set.inputs, max_samples=8).to_dict()["layers"]
     path = plot_layers(layers, tmp_path / "layers.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_large_inputs_are_diagnosed_on_fewer_samples() -> None:
+    digits = {"input": np.zeros((360, 1, 32, 32), np.float32)}
+    imagenet = {"input": np.zeros((64, 3, 224, 224), np.float32)}
+    assert samples_within_memory(digits, 64) == 64
+    assert 1 <= samples_within_memory(imagenet, 64) <= 8
