@@ -59,7 +59,7 @@ class BuildConfig(BaseModel):
     max_excluded_layers: int = Field(8, ge=0, description="most layers repair may keep in fp32")
     repair_strategy: Literal["bisect", "greedy"] = Field("bisect", description="how repair searches the sensitivity ranking")
     precision: Literal["auto", "int8", "fp32", "fp16"] = Field(
-        "auto", description="engine precision; auto = the fastest candidate within the budget on the target's runner"
+        "auto", description="engine precision; auto = the smallest candidate within the budget whose latency is within 10% of the fastest on the target's runner"
     )
     equalize: Literal["auto", "on", "off"] = Field(
         "auto", description="cross-layer equalization before int8; auto = on for per-tensor weights, where it measured to help"

@@ -97,6 +97,18 @@ def _slower_sentence(int8: Candidate, fp32: Candidate) -> str | None:
     return None
 
 
+# Timings within this fraction of the fastest count as a tie, and a tie goes to the smallest
+# model: on a busy or thermally throttled device a few percent is noise, while a 4x smaller
+# engine is a real gain, and the shipped precision should not flip from run to run.
+SPEED_TIE_MARGIN = 0.10
+
+
+def _fastest_with_margin(eligible: list[Candidate]) -> Candidate:
+    fastest = min(c.latency.p50 for c in eligible)
+    tied = [c for c in eligible if c.latency.p50 <= fastest * (1.0 + SPEED_TIE_MARGIN)]
+    return min(tied, key=lambda c: (c.model_path.stat().st_size, c.latency.p50))
+
+
 def choose_precision(
     candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float
 ) -> PrecisionChoice:
@@ -105,13 +117,16 @@ def choose_precision(
     for candidate in candidates:
         candidate.latency = stats[candidate.name]
     eligible = [c for c in candidates if c.within_budget] or candidates
-    chosen = min(eligible, key=lambda c: c.latency.p50)
+    chosen = _fastest_with_margin(eligible)
     fp32 = next((c for c in candidates if c.name == "fp32"), None)
     summary = []
     if fp32 is not None:
         summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32))]
     speed = "" if fp32 is None or chosen is fp32 else f", {fp32.latency.p50 / chosen.latency.p50:.2f}x vs fp32 {fp32.latency.p50:.3f} ms"
-    summary.append(f"Shipping {chosen.name}: the fastest candidate within the budget ({chosen.latency.p50:.3f} ms p50{speed}).")
+    summary.append(
+        f"Shipping {chosen.name}: the smallest candidate within the budget and within "
+        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed})."
+    )
     return PrecisionChoice(chosen, candidates, summary)
 
 
