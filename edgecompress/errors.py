@@ -67,6 +67,22 @@ class BuildDirError(EdgecompressError):
     """The folder given is not a built target (no readable report.json)."""
 
 
+class TrainingError(EdgecompressError):
+    """Training cannot start or resume (e.g. a checkpoint written by a different run)."""
+
+
+class TrainingDataError(EdgecompressError):
+    """Labelled training data (--data) is missing, unreadable or does not fit the model."""
+
+
+class DistillationError(EdgecompressError):
+    """Teacher and student do not fit together, or the distillation options are inconsistent."""
+
+
+class PruningError(EdgecompressError):
+    """A pruning option is out of range, or the structured pruner cannot follow the model."""
+
+
 class BundleError(EdgecompressError):
     """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
 
