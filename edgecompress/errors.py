@@ -93,3 +93,11 @@ class SigningKeyError(EdgecompressError):
 
 class ShipError(EdgecompressError):
     """A destination is malformed or shipping to it failed (carries the host's reason)."""
+
+
+class CalibrationChecksumError(CalibrationError):
+    """A calibration set's arrays do not match the sha256 in its manifest."""
+
+
+class DataFreeError(CalibrationError):
+    """Data-free calibration is impossible for this model (no BatchNorm statistics to match)."""

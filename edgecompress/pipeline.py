@@ -16,6 +16,7 @@ import numpy as np
 
 from edgecompress.artifacts import sha256_file, sha256_json
 from edgecompress.cache import cached_artifact, module_hash
+from edgecompress.calib.diagnostics import diagnose
 from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_from_arrays, load_calibration_set
 from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.config import BuildConfig
@@ -127,8 +128,8 @@ def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildCon
         calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
-    if len(calibration) < 32:
-        warn(f"calibration set has only {len(calibration)} samples; 128 or more give steadier int8 ranges")
+    for finding in diagnose(calibration.arrays):
+        warn(f"calibration: {finding}")
     return calibration
 
 
@@ -328,6 +329,8 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
                 "source": context.calibration.source,
                 "sha256": context.calibration.sha256,
                 "samples": len(context.calibration),
+                "manifest_verified": bool(context.calibration.manifest),
+                "made_from": context.calibration.manifest.get("source", {}).get("kind"),
             },
         },
         "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},
