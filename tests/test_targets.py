@@ -1,0 +1,107 @@
+"""Target profiles: the built-in devices, aliases, user files and the mistakes users make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgecompress.engines import check_profile, get_builder
+from edgecompress.errors import TargetError
+from edgecompress.targets import all_profiles, known_target_names, load_profile
+
+ISSUE_TARGETS = ["cpu", "gpu", "jetson", "jetson-orin-nano", "jetson-agx-orin", "raspberry-pi-5",
+                 "raspberry-pi-4", "android-arm64", "arm64"]
+
+
+def test_every_device_of_the_issue_has_a_profile():
+    assert set(ISSUE_TARGETS) <= set(known_target_names())
+
+
+@pytest.mark.parametrize("name", [n for n in ISSUE_TARGETS if n != "cpu"])
+def test_builtin_profile_options_are_valid_for_its_engine(name):
+    profile = load_profile(name)
+    check_profile(profile)  # raises on a misspelt or out-of-range engine option
+    assert get_builder(profile.engine).kind == profile.engine
+
+
+def test_arm_boards_run_ort_format_and_jetsons_tensorrt():
+    engines = {p.name: p.engine for p in all_profiles()}
+    assert {engines[n] for n in ("raspberry-pi-5", "raspberry-pi-4", "android-arm64", "arm64")} == {"ort-arm"}
+    assert {engines[n] for n in ("gpu", "jetson", "jetson-orin-nano", "jetson-agx-orin")} == {"tensorrt"}
+
+
+def test_alias_keeps_its_own_name_and_inherits_the_rest():
+    alias, base = load_profile("jetson"), load_profile("jetson-orin-nano")
+    assert alias.name == "jetson" and alias.alias_of == "jetson-orin-nano"
+    assert (alias.engine, alias.precisions, alias.batch, alias.options) == (
+        base.engine, base.precisions, base.batch, base.options)
+    assert alias.source.endswith("jetson.toml")
+
+
+def _write(tmp_path: Path, text: str, name: str = "my-board.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_user_profile_is_accepted_by_path(tmp_path):
+    path = _write(tmp_path, 'engine = "ort-arm"\narch = "aarch64"\nthreads = 2\n[options]\nproviders = ["CPUExecutionProvider"]\n')
+    profile = load_profile(str(path))
+    check_profile(profile)
+    assert (profile.name, profile.threads, profile.source) == ("my-board", 2, str(path))
+
+
+def test_user_profile_may_alias_a_builtin_one(tmp_path):
+    path = _write(tmp_path, 'alias_of = "raspberry-pi-5"\nthreads = 2\n')
+    profile = load_profile(str(path))
+    assert (profile.engine, profile.threads, profile.alias_of) == ("ort-arm", 2, "raspberry-pi-5")
+
+
+def test_unknown_target_lists_the_known_ones():
+    with pytest.raises(TargetError) as error:
+        load_profile("jetson-nano-2gb")
+    assert "unknown target 'jetson-nano-2gb'" in str(error.value)
+    assert "raspberry-pi-5" in error.value.fix and "jetson-agx-orin" in error.value.fix
+
+
+def test_profile_missing_a_required_key_names_it(tmp_path):
+    path = _write(tmp_path, 'arch = "aarch64"\n')
+    with pytest.raises(TargetError, match="engine"):
+        load_profile(str(path))
+
+
+def test_profile_with_a_misspelt_key_names_it(tmp_path):
+    path = _write(tmp_path, 'engine = "ort-arm"\narch = "aarch64"\nprecision = ["int8"]\n')
+    with pytest.raises(TargetError, match="precision"):
+        load_profile(str(path))
+
+
+def test_profile_with_a_wrong_value_names_key_and_allowed_values(tmp_path):
+    path = _write(tmp_path, 'engine = "tensorrt"\narch = "armv7"\n')
+    with pytest.raises(TargetError, match="arch"):
+        load_profile(str(path))
+
+
+def test_misspelt_engine_option_is_rejected_up_front(tmp_path):
+    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\n[options]\ndla_cores = 1\n')
+    with pytest.raises(TargetError, match=r"options\.dla_cores"):
+        check_profile(load_profile(str(path)))
+
+
+def test_misspelt_arm_option_is_rejected_up_front(tmp_path):
+    path = _write(tmp_path, 'alias_of = "raspberry-pi-5"\n[options]\nprovider = ["CPUExecutionProvider"]\n')
+    with pytest.raises(TargetError, match=r"options\.provider"):
+        check_profile(load_profile(str(path)))
+
+
+def test_fp32_on_dla_is_a_precision_the_device_cannot_run(tmp_path):
+    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\nprecisions = ["fp32"]\n')
+    with pytest.raises(TargetError, match="fp32 on DLA"):
+        check_profile(load_profile(str(path)))
+
+
+def test_dla_with_a_dynamic_batch_is_rejected(tmp_path):
+    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\n[batch]\nmin = 1\nopt = 1\nmax = 4\n')
+    with pytest.raises(TargetError, match="static shapes"):
+        check_profile(load_profile(str(path)))
