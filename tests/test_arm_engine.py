@@ -87,7 +87,7 @@ def test_ort_engine_runs_on_emulated_aarch64_and_agrees_with_x86(pi5_engine):
         pytest.skip(f"arm64 emulation unavailable: {reason}")
     profile, artifact = pi5_engine
     x86 = get_builder("ort-arm").load(artifact, profile).run({"input": BATCH})[0]
-    emulated = run_emulated(artifact.path, {"input": BATCH}, repeats=2)
+    emulated = run_emulated({"int8": artifact.path}, {"input": BATCH}, repeats=2)["int8"]
     assert emulated.machine == "aarch64" and "emulated" in emulated.label
     assert np.array_equal(emulated.outputs[0].argmax(1), x86.argmax(1))
     assert np.abs(emulated.outputs[0] - x86).max() < 0.05 * np.abs(x86).max()

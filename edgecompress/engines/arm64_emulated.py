@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,6 @@ class EmulatedRun:
     machine: str
     onnxruntime: str
     label: str = "emulated (QEMU user-mode aarch64): not device speed"
-    extra: dict = field(default_factory=dict)
 
 
 def arm64_root() -> Path:
@@ -69,21 +68,27 @@ def _script(*args: str) -> None:
                                "see scripts/arm64-emulated.sh (needs root, qemu-user-static, debootstrap)")
 
 
-def run_emulated(engine: Path, feeds: dict[str, np.ndarray], repeats: int = 10, threads: int = 1,
-                 root: Path | None = None) -> EmulatedRun:
-    """Run `engine` (an .ort file) once for outputs, then `repeats` timed runs, on aarch64."""
+def run_emulated(engines: dict[str, Path], feeds: dict[str, np.ndarray], repeats: int = 10, threads: int = 1,
+                 root: Path | None = None) -> dict[str, EmulatedRun]:
+    """Run each labelled .ort engine once for outputs, then `repeats` interleaved timed runs, on aarch64."""
     root = root or arm64_root()
     reason = unavailable_reason(root)
     if reason:
         raise EngineBuildError(f"cannot run on emulated aarch64: {reason}", "see README.md, 'arm64 under QEMU'")
     with tempfile.TemporaryDirectory(prefix="ec-arm64-job.") as job_name:
         job = Path(job_name)
-        shutil.copyfile(engine, job / "engine.ort")
+        for label, engine in engines.items():
+            shutil.copyfile(engine, job / f"{label}.ort")
         shutil.copyfile(_ort_job.__file__, job / "job.py")
         np.savez(job / "feeds.npz", **feeds)
-        (job / "settings.json").write_text(json.dumps({"repeats": repeats, "threads": threads}))
+        settings = {"engines": {label: f"{label}.ort" for label in engines}, "repeats": repeats, "threads": threads}
+        (job / "settings.json").write_text(json.dumps(settings))
         _script("run", str(root), str(job))
         result = json.loads((job / "result.json").read_text())
-        with np.load(job / "outputs.npz") as saved:
-            outputs = [saved[f"arr_{i}"] for i in range(len(saved.files))]
-    return EmulatedRun(outputs, result["latency_ms"], result["machine"], result["onnxruntime"])
+        return {label: EmulatedRun(_load_outputs(job / f"outputs-{label}.npz"), result["latency_ms"][label],
+                                   result["machine"], result["onnxruntime"]) for label in engines}
+
+
+def _load_outputs(path: Path) -> list[np.ndarray]:
+    with np.load(path) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
