@@ -8,7 +8,10 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)
+# progress and messages go to stderr; results (tables) to stdout. Pipes get a wide,
+# uncoloured console so tables are not cut at 80 columns in logs and CI.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+out_console = Console(width=None if sys.stdout.isatty() else 140)
 quiet = bool(os.environ.get("EDGECOMPRESS_QUIET"))
 
 

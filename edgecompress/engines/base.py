@@ -82,3 +82,14 @@ class EngineBuilder(Protocol):
     def build(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact: ...
 
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...
+
+
+def onnx_precision(onnx_path: Path) -> str:
+    """'int8' when the graph holds QuantizeLinear/QLinear nodes, else 'fp16' or 'fp32' by its inputs' type."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") or node.op_type.startswith("QLinear") for node in model.graph.node):
+        return "int8"
+    fp16 = onnx.TensorProto.FLOAT16
+    return "fp16" if any(value.type.tensor_type.elem_type == fp16 for value in model.graph.input) else "fp32"

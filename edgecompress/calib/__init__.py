@@ -1,0 +1,5 @@
+"""Calibration sets: one `.npz` of model inputs (+ a manifest), made by `edgecompress calib`."""
+
+from edgecompress.calib.load import CalibrationSet, arrays_sha256, load_calibration_set
+
+__all__ = ["CalibrationSet", "arrays_sha256", "load_calibration_set"]

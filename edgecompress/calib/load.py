@@ -1,0 +1,131 @@
+"""Load a calibration set and prove it fits the model before anything is quantized.
+
+Format: an `.npz` whose keys are the model's input names, each an array with the batch
+on axis 0 (a single-input model also accepts one array under any key, e.g. `x`).
+Labels may ride along under `y`/`labels`; they are not model inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress.engines.base import TensorSpec
+from edgecompress.errors import CalibrationError
+
+LABEL_KEYS = ("y", "labels")
+MAKE_A_SET = "make one with `edgecompress calib --from DIR|FILE.npz|digits --out calib.npz`"
+
+
+@dataclass
+class CalibrationSet:
+    """Model inputs by name, each (N, ...) with the same N; `sha256` identifies the content."""
+
+    arrays: dict[str, np.ndarray]
+    sha256: str
+    source: str
+    labels: np.ndarray | None = None
+    manifest: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batches(self, batch_size: int):
+        for start in range(0, len(self), batch_size):
+            yield {name: array[start : start + batch_size] for name, array in self.arrays.items()}
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """Content hash over names, dtypes, shapes and bytes: the identity of a set."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise CalibrationError(f"calibration file {path} does not exist", MAKE_A_SET)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise CalibrationError(f"{path} is not a readable .npz/.npy file ({exc})", MAKE_A_SET) from exc
+
+
+def _read_any(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".npy":
+        try:
+            return {"x": np.load(path, allow_pickle=False)}
+        except (ValueError, OSError) as exc:
+            raise CalibrationError(f"{path} is not a readable .npy file ({exc})", MAKE_A_SET) from exc
+    return _read_npz(path)
+
+
+def match_inputs(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: str) -> dict[str, np.ndarray]:
+    """Map stored arrays to model inputs by name (or the single array to the single input)."""
+    candidates = {k: v for k, v in arrays.items() if k not in LABEL_KEYS} or dict(arrays)
+    names = [spec.name for spec in inputs]
+    if all(name in candidates for name in names):
+        return {name: candidates[name] for name in names}
+    if len(inputs) == 1 and len(candidates) == 1:
+        return {names[0]: next(iter(candidates.values()))}
+    raise CalibrationError(
+        f"{where} has arrays {sorted(candidates)} but the model's inputs are {names}",
+        "store one array per model input under the input's name",
+    )
+
+
+def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: str) -> dict[str, np.ndarray]:
+    """Check count, finiteness, rank, fixed dims and dtype; cast float arrays to the input's dtype."""
+    fitted: dict[str, np.ndarray] = {}
+    counts = {name: len(array) if array.ndim else 0 for name, array in arrays.items()}
+    for spec in inputs:
+        array = arrays[spec.name]
+        if array.ndim == 0 or len(array) == 0:
+            raise CalibrationError(f"{where}: input '{spec.name}' has no samples (empty set)", MAKE_A_SET)
+        if array.ndim != len(spec.shape):
+            raise CalibrationError(
+                f"{where}: input '{spec.name}' is {array.shape} (rank {array.ndim}) but the model expects rank "
+                f"{len(spec.shape)} {list(spec.shape)}",
+                "store arrays with the batch on axis 0 and the model's layout",
+            )
+        for axis, (want, have) in enumerate(zip(spec.shape[1:], array.shape[1:]), start=1):
+            if want is not None and want != have:
+                raise CalibrationError(
+                    f"{where}: input '{spec.name}' has size {have} on axis {axis}, the model needs {want} "
+                    f"(set shape {array.shape}, model {['?' if d is None else d for d in spec.shape]})",
+                    "regenerate the set with the model's input size (edgecompress calib --size ...)",
+                )
+        if np.issubdtype(array.dtype, np.floating) != np.issubdtype(np.dtype(spec.dtype), np.floating):
+            raise CalibrationError(
+                f"{where}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}",
+                "store the preprocessed model inputs, not raw pixels or labels",
+            )
+        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+            bad = int(np.sum(~np.isfinite(array)))
+            raise CalibrationError(f"{where}: input '{spec.name}' contains {bad} NaN/Inf values", "fix or drop those samples")
+        fitted[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
+    if len(set(counts[name] for name in fitted)) > 1:
+        raise CalibrationError(f"{where}: inputs have different sample counts {counts}", "store the same N for every input")
+    return fitted
+
+
+def load_calibration_set(path: Path, inputs: list[TensorSpec]) -> CalibrationSet:
+    """Read, match and check a set; verify its manifest checksum when one is beside it."""
+    path = Path(path)
+    raw = _read_any(path)
+    arrays = check_fits(match_inputs(raw, inputs, str(path)), inputs, str(path))
+    labels = next((raw[key] for key in LABEL_KEYS if key in raw), None)
+    return CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), source=str(path), labels=labels)
+
+
+def calibration_set_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str) -> CalibrationSet:
+    fitted = check_fits(match_inputs(arrays, inputs, source), inputs, source)
+    return CalibrationSet(arrays=fitted, sha256=arrays_sha256(fitted), source=source)

@@ -1,0 +1,66 @@
+"""The command line: thin typer commands over the public Python functions.
+
+One module per command; each registers itself on `app`. Errors caused by the user's
+input become one line on stderr with the fix and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgecompress import __version__
+
+app = typer.Typer(
+    name="edgecompress",
+    help="Take a trained model to a small, fast, verified int8 engine for an edge device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgecompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """edgecompress: compress, export, quantize, build, verify and ship edge engines."""
+
+
+from edgecompress.cli import build as _build  # noqa: E402,F401  (registers commands)
+from edgecompress.cli import targets as _targets  # noqa: E402,F401
+
+
+def main() -> None:
+    from edgecompress.errors import EdgecompressError
+    from edgecompress.progress import console
+
+    try:
+        app(standalone_mode=False)
+    except EdgecompressError as error:
+        console.print(f"[bold red]error:[/bold red] {error.problem}", highlight=False, soft_wrap=True)
+        if error.fix:
+            console.print(f"  [bold]fix:[/bold] {error.fix}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted; finished artifacts are kept, unfinished ones were not written")
+        sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as error:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

@@ -1,0 +1,49 @@
+"""`edgecompress build`: options mirror the config keys; the command line overrides --config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgecompress.cli import app
+from edgecompress.config import describe
+
+
+def _opt(key: str, *flags: str, **kwargs):
+    return typer.Option(None, *flags, help=describe(key), show_default=False, **kwargs)
+
+
+@app.command()
+def build(
+    model: Optional[str] = _opt("model", "--model", "-m"),
+    weights: Optional[Path] = _opt("weights", "--weights"),
+    input_shape: Optional[list[str]] = _opt("input_shape", "--input-shape"),
+    target: Optional[list[str]] = _opt("target", "--target", "-t"),
+    calib: Optional[Path] = _opt("calib", "--calib"),
+    eval_data: Optional[Path] = _opt("eval_data", "--eval-data"),
+    out: Optional[Path] = _opt("out", "--out", "-o"),
+    calibration_method: Optional[str] = _opt("calibration_method", "--calibration-method"),
+    percentile: Optional[float] = _opt("percentile", "--percentile"),
+    per_channel: Optional[bool] = _opt("per_channel", "--per-channel/--per-tensor"),
+    nodes_to_exclude: Optional[list[str]] = _opt("nodes_to_exclude", "--exclude-node"),
+    opset: Optional[int] = _opt("opset", "--opset"),
+    exporter: Optional[str] = _opt("exporter", "--exporter"),
+    bench_runs: Optional[int] = _opt("bench_runs", "--bench-runs"),
+    max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop"),
+    seed: Optional[int] = _opt("seed", "--seed"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the same keys (underscored); options override it."),
+) -> None:
+    """Build verified, benchmarked engines; with no options, the built-in digits example for `cpu`."""
+    overrides = {key: value for key, value in locals().items() if key != "config"}
+    from edgecompress.config import load_config
+    from edgecompress.pipeline import build as run_build
+    from edgecompress.progress import console, out_console
+    from edgecompress.report import summary_table
+
+    build_config = load_config(config, overrides)
+    reports = run_build(build_config)
+    out_console.print(summary_table(reports))
+    for report in reports:
+        console.print(f"report: {build_config.out / report['target'] / 'report.md'}")

@@ -1,0 +1,32 @@
+"""`edgecompress targets`: the device profiles a build can name."""
+
+from __future__ import annotations
+
+import typer
+
+from edgecompress.cli import app
+
+
+@app.command()
+def targets() -> None:
+    """List the target profiles in targets/ (pass a profile .toml path to --target for your own)."""
+    from rich.table import Table
+
+    from edgecompress.progress import console
+    from edgecompress.targets import all_profiles
+
+    table = Table(title="target profiles")
+    for column in ("name", "engine", "arch", "precisions", "threads", "batch", "description"):
+        table.add_column(column)
+    for profile in all_profiles():
+        table.add_row(
+            profile.name,
+            profile.engine,
+            profile.arch,
+            ",".join(profile.precisions),
+            str(profile.threads or "all"),
+            f"{profile.batch.min}/{profile.batch.opt}/{profile.batch.max}",
+            profile.description,
+        )
+    console.print(table)
+    typer.echo("")

@@ -1,0 +1,251 @@
+"""`edgecompress build`: model → fp32 ONNX → int8 → per-target engine → verified report.
+
+Each stage is a function from artifact to artifact, cached on its inputs' content
+hashes, so a second build for another target reuses export and quantization.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.artifacts import sha256_file, sha256_json
+from edgecompress.cache import cached_artifact, module_hash
+from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_from_arrays, load_calibration_set
+from edgecompress.config import BuildConfig
+from edgecompress.engines import EngineArtifact, get_builder
+from edgecompress.engines.ort_cpu import OrtRunner
+from edgecompress.errors import CalibrationError
+from edgecompress.evaluate import EvalSet, evaluate
+from edgecompress.export import OnnxModelInfo, export_torch, model_io, opset_of, prepare_onnx, read_onnx
+from edgecompress.model_source import SourceModel, load_source_model
+from edgecompress.progress import info, warn
+from edgecompress.quantize import QuantRecipe, quantize_model, recipe_for_target
+from edgecompress.report import verdicts, versions, write_report
+from edgecompress.targets import TargetProfile, load_profiles
+
+EXAMPLE_CALIBRATION_COUNT = 256
+
+
+@dataclass
+class BuildContext:
+    """What every target's build shares: the config, the fp32 model and the data."""
+
+    config: BuildConfig
+    source: SourceModel
+    fp32: OnnxModelInfo
+    calibration: CalibrationSet
+    eval_set: EvalSet
+
+
+def build(config: BuildConfig) -> list[dict[str, Any]]:
+    """Run the whole build; returns one report dict per target."""
+    profiles = load_profiles(config.target)  # a typo in --target fails before any work
+    config.out.mkdir(parents=True, exist_ok=True)
+    source = load_source_model(config.model, config.weights, config.input_shape)
+    fp32 = export_stage(source, config)
+    calibration = calibration_stage(source, fp32, config)
+    context = BuildContext(config, source, fp32, calibration, eval_stage(source, fp32, calibration, config))
+    return [build_target(context, profile) for profile in profiles]
+
+
+def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
+    path = config.out / "model.fp32.onnx"
+    if source.is_onnx:
+        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "stage": "prepare-v1"}
+        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes))  # noqa: E731
+    else:
+        key = {
+            "module": module_hash(source.module),
+            "input_shapes": source.input_shapes,
+            "opset": config.opset,
+            "exporter": config.exporter,
+            "tolerance": config.export_tolerance,
+            "stage": "export-v1",
+        }
+        produce = lambda out: _record(  # noqa: E731
+            export_torch(source.module, source.input_shapes, out, config.opset, config.exporter, config.export_tolerance)
+        )
+    result, reused = cached_artifact(path, key, produce)
+    diff = result.get("max_abs_diff")
+    info(f"export: {'reused' if reused else 'wrote'} {path}" + (f" (ORT vs PyTorch max |diff| {diff:.2g})" if diff is not None else ""))
+    model = read_onnx(path)
+    inputs, outputs = model_io(model)
+    return OnnxModelInfo(path, inputs, outputs, opset_of(model), diff)
+
+
+def _record(model_info: OnnxModelInfo) -> dict[str, Any]:
+    return {"max_abs_diff": model_info.export_max_abs_diff, "opset": model_info.opset}
+
+
+def _is_example(source: SourceModel) -> bool:
+    from edgecompress.model_source import EXAMPLE_NAME
+
+    return source.name == EXAMPLE_NAME
+
+
+def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig) -> CalibrationSet:
+    if config.calib is not None:
+        calibration = load_calibration_set(config.calib, fp32.inputs)
+    elif _is_example(source):
+        from edgecompress.data import digits_splits
+
+        train = digits_splits(config.seed).train
+        arrays = {fp32.inputs[0].name: train.x[:EXAMPLE_CALIBRATION_COUNT]}
+        calibration = calibration_set_from_arrays(arrays, fp32.inputs, "digits train split (built-in example)")
+    else:
+        raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
+    if len(calibration) < 32:
+        warn(f"calibration set has only {len(calibration)} samples; 128 or more give steadier int8 ranges")
+    return calibration
+
+
+def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig) -> EvalSet:
+    if config.eval_data is not None:
+        held_out = load_calibration_set(config.eval_data, fp32.inputs)
+        return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
+    if _is_example(source):
+        from edgecompress.data import digits_splits
+
+        test = digits_splits(config.seed).test
+        return EvalSet({fp32.inputs[0].name: test.x}, test.y, "digits test split (held out)")
+    warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
+    return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
+
+
+def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
+    return recipe_for_target(profile).with_options(
+        calibration_method=config.calibration_method,
+        percentile=config.percentile,
+        per_channel=config.per_channel,
+        nodes_to_exclude=tuple(config.nodes_to_exclude),
+    )
+
+
+def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
+    """int8 models are shared by targets whose recipes agree (cached by content)."""
+    import onnxruntime
+
+    key = {
+        "fp32": sha256_file(context.fp32.path),
+        "calibration": context.calibration.sha256,
+        "recipe": recipe.cache_key(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+    path = context.config.out / "int8" / f"model.int8.{sha256_json(key)[:12]}.onnx"
+    _, reused = cached_artifact(path, key, lambda out: quantize_model(context.fp32.path, context.calibration, recipe, out) and None)
+    info(f"quantize: {'reused' if reused else 'wrote'} {path} ({recipe.label})")
+    return path
+
+
+def _batch_size(context: BuildContext, wanted: int) -> int:
+    fixed = context.fp32.inputs[0].shape[0]
+    return fixed if isinstance(fixed, int) else wanted
+
+
+def _bench_feeds(eval_set: EvalSet, batch: int) -> dict[str, np.ndarray]:
+    feeds = {}
+    for name, array in eval_set.inputs.items():
+        repeats = int(np.ceil(batch / len(array)))
+        feeds[name] = np.ascontiguousarray(np.concatenate([array] * repeats)[:batch])
+    return feeds
+
+
+def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any]:
+    started = time.perf_counter()
+    config = context.config
+    builder = get_builder(profile.engine)
+    recipe = target_recipe(profile, config)
+    int8_path = quantize_stage(context, recipe)
+    target_dir = config.out / profile.name
+    target_dir.mkdir(parents=True, exist_ok=True)
+    artifact = builder.build(int8_path, profile, target_dir)
+    report = base_report(context, profile, artifact, recipe, int8_path)
+    samples: dict[str, list[float]] = {}
+    if artifact.runnable_here and builder.available() is None:
+        samples = measure_engine(context, profile, builder, artifact, report)
+    report["verdict"] = verdicts(report, config.max_accuracy_drop)
+    report["build"]["seconds"] = round(time.perf_counter() - started, 2)
+    write_report(report, target_dir, samples)
+    for line in report["verdict"]:
+        (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line}")
+    return report
+
+
+def measure_engine(context: BuildContext, profile, builder, artifact: EngineArtifact, report: dict[str, Any]) -> dict[str, list[float]]:
+    """Evaluate and benchmark the engine against the fp32 reference on the same runner API."""
+    from edgecompress.bench import benchmark
+    from edgecompress.memprobe import peak_memory_mb
+
+    config = context.config
+    batch = _batch_size(context, profile.batch.opt)
+    feeds = _bench_feeds(context.eval_set, batch)
+    engine = builder.load(artifact, profile)
+    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
+    evaluation = evaluate(engine, reference, context.eval_set, batch_size=_batch_size(context, 32))
+    stats, samples = benchmark(
+        {"engine": engine, "fp32": reference}, feeds, config.bench_runs, config.bench_warmup, config.bench_max_seconds
+    )
+    report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
+    report["agreement"] = vars(evaluation.agreement)
+    report["latency_ms"] = stats["engine"].to_dict()
+    report["throughput_per_s"] = stats["engine"].throughput_per_s
+    report["reference"]["latency_ms"] = stats["fp32"].to_dict()
+    report["speedup_vs_fp32"] = stats["fp32"].p50 / stats["engine"].p50
+    report["memory"] = {
+        "engine_peak_mb": peak_memory_mb(artifact, profile, feeds),
+        "reference_peak_mb": peak_memory_mb(reference_artifact, profile, feeds),
+        "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
+    }
+    return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
+
+
+def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, recipe: QuantRecipe, int8_path: Path) -> dict[str, Any]:
+    engine_size = artifact.path.stat().st_size if artifact.path else sum(p.stat().st_size for p in artifact.files if p.is_file())
+    reference_size = context.fp32.path.stat().st_size
+    return {
+        "target": profile.name,
+        "model": {
+            "name": context.source.name,
+            "source": context.config.model or "built-in digits example",
+            "inputs": [spec.to_dict() for spec in context.fp32.inputs],
+            "outputs": [spec.to_dict() for spec in context.fp32.outputs],
+            "opset": context.fp32.opset,
+            "labels": context.source.labels,
+        },
+        "profile": profile.summary(),
+        "engine": {
+            "kind": artifact.kind,
+            "path": str(artifact.path) if artifact.path else None,
+            "precision": artifact.precision,
+            "size_bytes": engine_size,
+            "files": [str(p) for p in artifact.files],
+            "runnable_here": artifact.runnable_here,
+            "note": artifact.note,
+            "metadata": artifact.metadata,
+        },
+        "reference": {"path": str(context.fp32.path), "precision": "fp32", "size_bytes": reference_size, "latency_ms": None},
+        "size_ratio_vs_fp32": reference_size / engine_size if engine_size else None,
+        "quantization": {
+            "recipe": recipe.to_dict(),
+            "model_path": str(int8_path),
+            "calibration": {
+                "source": context.calibration.source,
+                "sha256": context.calibration.sha256,
+                "samples": len(context.calibration),
+            },
+        },
+        "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},
+        "agreement": None,
+        "latency_ms": None,
+        "throughput_per_s": None,
+        "memory": {},
+        "versions": versions(),
+        "build": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": context.config.model_dump(mode="json")},
+    }

@@ -1,0 +1,180 @@
+"""Quantize stage: fp32 ONNX + calibration set + recipe → static int8 QDQ ONNX.
+
+The `QuantRecipe` is the only thing that decides how a model is quantized. Targets pick
+a recipe from their instruction set; diagnosis and repair change the recipe and run this
+stage again — nothing patches quantized graphs by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import onnx
+
+from edgecompress.artifacts import atomic_path
+from edgecompress.calib.load import CalibrationSet
+from edgecompress.errors import QuantizationError
+from edgecompress.targets import TargetProfile
+
+CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How to quantize: types, granularity, calibration and the nodes kept in fp32."""
+
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    calibration_method: CalibrationMethodName = "minmax"
+    percentile: float = 99.999
+    nodes_to_exclude: tuple[str, ...] = ()
+    reason: str = ""  # why this recipe was chosen (recorded in report.json)
+
+    @property
+    def label(self) -> str:
+        """Short human description, e.g. 'u8s8 per-channel reduce_range minmax'."""
+        sign = {"int8": "s8", "uint8": "u8"}
+        types = sign[self.activation_type] + sign[self.weight_type]
+        parts = [types, "per-channel" if self.per_channel else "per-tensor", self.calibration_method]
+        if self.reduce_range:
+            parts.insert(2, "reduce_range")
+        if self.nodes_to_exclude:
+            parts.append(f"{len(self.nodes_to_exclude)} nodes fp32")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        return data
+
+    def cache_key(self) -> dict:
+        """Everything that changes the quantized bytes (the reason does not)."""
+        data = self.to_dict()
+        data.pop("reason")
+        return data
+
+    def with_options(self, **changes) -> "QuantRecipe":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def recipe_for_target(profile: TargetProfile) -> QuantRecipe:
+    """Pick types that the target's integer kernels handle without saturating.
+
+    x86 without VNNI multiplies u8×s8 pairs with 16-bit saturation (vpmaddubsw), which
+    corrupts large activations; reduce_range (7-bit weights) avoids it at the same speed.
+    TensorRT wants symmetric int8 on both sides.
+    """
+    from edgecompress.isa import target_isa
+
+    isa = target_isa(profile)
+    if profile.engine == "tensorrt":
+        return QuantRecipe("int8", "int8", True, False, True, reason="TensorRT explicit quantization: symmetric s8s8")
+    if profile.arch == "x86_64" and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & isa):
+        return QuantRecipe(
+            reduce_range=True, reason="x86 without VNNI: u8s8 with reduce_range avoids vpmaddubsw saturation"
+        )
+    return QuantRecipe(reason=f"{profile.arch} with {'/'.join(sorted(isa)) or 'no special int8 ISA'}: u8s8 per-channel")
+
+
+class ArrayCalibrationReader:
+    """ONNX Runtime `CalibrationDataReader` over a calibration set, a few samples at a time."""
+
+    def __init__(self, calibration: CalibrationSet, batch_size: int = 16) -> None:
+        self._calibration = calibration
+        self._batch_size = batch_size
+        self._iterator = calibration.batches(batch_size)
+
+    def get_next(self) -> dict | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = self._calibration.batches(self._batch_size)
+
+
+def _calibration_method(recipe: QuantRecipe):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[recipe.calibration_method]
+
+
+def _quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
+
+
+def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
+    """A node name that is not in the graph is a typo; say so instead of silently ignoring it."""
+    if not nodes:
+        return
+    names = {node.name for node in onnx.load(str(fp32_path), load_external_data=False).graph.node}
+    unknown = [name for name in nodes if name not in names]
+    if unknown:
+        sample = ", ".join(sorted(names)[:8])
+        raise QuantizationError(
+            f"nodes_to_exclude names nodes that are not in the model: {', '.join(unknown)}",
+            f"use node names of the fp32 model (e.g. {sample}; `edgecompress inspect` lists them)",
+        )
+
+
+def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
+    """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    check_exclusions(fp32_path, recipe.nodes_to_exclude)
+    extra_options = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "WeightSymmetric": True,
+        "CalibMovingAverage": False,
+    }
+    if recipe.calibration_method == "percentile":
+        extra_options["CalibPercentile"] = recipe.percentile
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
+        prepared = Path(workdir) / "prepared.onnx"
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        with atomic_path(out_path) as tmp:
+            try:
+                quantize_static(
+                    str(prepared),
+                    str(tmp),
+                    ArrayCalibrationReader(calibration),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=_quant_type(recipe.activation_type),
+                    weight_type=_quant_type(recipe.weight_type),
+                    per_channel=recipe.per_channel,
+                    reduce_range=recipe.reduce_range,
+                    calibrate_method=_calibration_method(recipe),
+                    nodes_to_exclude=list(recipe.nodes_to_exclude),
+                    extra_options=extra_options,
+                )
+            except Exception as exc:
+                raise QuantizationError(
+                    f"static quantization failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}",
+                    "try another calibration_method, or exclude the failing node with nodes_to_exclude",
+                ) from exc
+    return Path(out_path)
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
