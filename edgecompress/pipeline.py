@@ -18,7 +18,7 @@ from edgecompress.artifacts import sha256_file, sha256_json
 from edgecompress.cache import cached_artifact, module_hash
 from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_from_arrays, load_calibration_set
 from edgecompress.config import BuildConfig
-from edgecompress.engines import EngineArtifact, get_builder
+from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.errors import CalibrationError
 from edgecompress.evaluate import EvalSet, evaluate
@@ -46,6 +46,8 @@ class BuildContext:
 def build(config: BuildConfig) -> list[dict[str, Any]]:
     """Run the whole build; returns one report dict per target."""
     profiles = load_profiles(config.target)  # a typo in --target fails before any work
+    for profile in profiles:
+        check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
     source = load_source_model(config.model, config.weights, config.input_shape)
     fp32 = export_stage(source, config)
@@ -169,6 +171,8 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     samples: dict[str, list[float]] = {}
     if artifact.runnable_here and builder.available() is None:
         samples = measure_engine(context, profile, builder, artifact, report)
+    else:
+        report["int8_model_check"] = check_int8_model(context, profile, int8_path)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)
@@ -204,6 +208,19 @@ def measure_engine(context: BuildContext, profile, builder, artifact: EngineArti
         "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
     }
     return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
+
+
+def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:
+    """When the engine is built on the device, still show what int8 did to the model before anything ships."""
+    batch = _batch_size(context, 32)
+    int8 = OrtRunner(int8_path, threads=profile.threads)
+    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch)
+    return {
+        "how": "the int8 QDQ model on ONNX Runtime CPU here; the device engine's own kernels are measured on the device",
+        "accuracy": {"fp32": evaluation.accuracy_reference, "int8": evaluation.accuracy_engine, "data": evaluation.data},
+        "agreement": vars(evaluation.agreement),
+    }
 
 
 def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, recipe: QuantRecipe, int8_path: Path) -> dict[str, Any]:

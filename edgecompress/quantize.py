@@ -35,6 +35,7 @@ class QuantRecipe:
     per_channel: bool = True
     reduce_range: bool = False
     symmetric_activations: bool = False
+    quantize_bias: bool = True  # int32 biases; TensorRT's parser takes float biases only
     calibration_method: CalibrationMethodName = "minmax"
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
@@ -78,7 +79,8 @@ def recipe_for_target(profile: TargetProfile) -> QuantRecipe:
 
     isa = target_isa(profile)
     if profile.engine == "tensorrt":
-        return QuantRecipe("int8", "int8", True, False, True, reason="TensorRT explicit quantization: symmetric s8s8")
+        return QuantRecipe("int8", "int8", True, False, True, quantize_bias=False,
+                           reason="TensorRT explicit quantization: symmetric s8s8, float biases")
     if profile.arch == "x86_64" and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & isa):
         return QuantRecipe(
             reduce_range=True, reason="x86 without VNNI: u8s8 with reduce_range avoids vpmaddubsw saturation"
@@ -141,6 +143,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "CalibMovingAverage": False,
+        "QuantizeBias": recipe.quantize_bias,
     }
     if recipe.calibration_method == "percentile":
         extra_options["CalibPercentile"] = recipe.percentile

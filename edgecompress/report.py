@@ -61,6 +61,12 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     agreement = report.get("agreement")
     if agreement and agreement.get("top1") is not None:
         lines.append(f"Agreement with fp32: {100 * agreement['top1']:.2f}% top-1 on {agreement['samples']} samples.")
+    check = report.get("int8_model_check")
+    if check:
+        lines.append(
+            f"Before the device build, the int8 model agrees with fp32 on {100 * check['agreement']['top1']:.2f}% "
+            f"top-1 ({check['agreement']['samples']} samples; {check['how']})."
+        )
     if report["engine"].get("note"):
         lines.append(report["engine"]["note"])
     return lines
@@ -101,6 +107,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Verdict",
         *[f"- {line}" for line in report.get("verdict", [])],
         "",
+        *_engine_section(report["engine"]),
         "## Quantization",
         f"- recipe: `{report['quantization']['recipe']}`",
         f"- calibration: {report['quantization']['calibration']['samples']} samples from "
@@ -112,6 +119,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("latency_plot"):
         lines[4:4] = [f"![latency]({report['latency_plot']})", ""]
     return "\n".join(lines) + "\n"
+
+
+def _engine_section(engine: dict[str, Any]) -> list[str]:
+    """Facts the builder wants a reader to see (portability, providers, preflight...)."""
+    lines = engine.get("metadata", {}).get("summary") or []
+    return ["## Engine", *[f"- {line}" for line in lines], ""] if lines else []
 
 
 def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) -> Path | None:

@@ -1,49 +1,33 @@
-"""Tiny real int8 QDQ models for the engine tests: a small CNN on the digits data."""
+"""Tiny real int8 QDQ models for the engine tests: a small CNN, quantized on the digits data.
+
+Built with the pipeline's own export and quantize stages, with the recipes the targets use.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
 import onnx
+import pytest
 import torch
 from onnx import helper
 
+from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.data import digits_splits
+from edgecompress.export import export_torch
+from edgecompress.quantize import QuantRecipe, quantize_model, recipe_for_target
+from edgecompress.targets import load_profile
 from edgecompress.zoo import build_model
 
 
-class _Batches:
-    """onnxruntime's CalibrationDataReader shape: one input dict per call, None at the end."""
-
-    def __init__(self, x: np.ndarray) -> None:
-        self._feeds = iter({"input": x[i : i + 8]} for i in range(0, len(x), 8))
-
-    def get_next(self):
-        return next(self._feeds, None)
-
-
-def export_fp32(path: Path) -> Path:
+def export_fp32(path: Path):
     torch.manual_seed(0)
-    model = build_model("cnn-tiny").eval()
-    torch.onnx.export(
-        model, torch.zeros(1, 1, 32, 32), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
-    )
-    return path
+    return export_torch(build_model("cnn-tiny").eval(), {"input": (1, 1, 32, 32)}, path)
 
 
-def quantize(fp32: Path, out: Path, symmetric_int8: bool = True) -> Path:
-    """Static QDQ; symmetric int8 with float biases is TensorRT's form, else ORT's uint8 defaults."""
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
-    quantize_static(
-        str(fp32), str(out), _Batches(digits_splits().val.x[:32]), quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QInt8 if symmetric_int8 else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": symmetric_int8, "QuantizeBias": not symmetric_int8},
-    )
-    return out
+def quantize(fp32, out: Path, recipe: QuantRecipe) -> Path:
+    calibration = calibration_set_from_arrays({"input": digits_splits().val.x[:32]}, fp32.inputs, "digits val")
+    return quantize_model(fp32.path, calibration, recipe, out)
 
 
 def with_extra_node(model_path: Path, out: Path, op_type: str, node_name: str, domain: str = "") -> Path:
@@ -60,11 +44,11 @@ def with_extra_node(model_path: Path, out: Path, op_type: str, node_name: str, d
 
 @pytest.fixture(scope="session")
 def qdq_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """fp32, symmetric-int8 QDQ and uint8 QDQ versions of one tiny CNN (built once per session)."""
+    """fp32, the TensorRT recipe's int8 (s8s8, float biases) and the ARM recipe's int8 (u8s8, int32 biases)."""
     root = tmp_path_factory.mktemp("models")
     fp32 = export_fp32(root / "model.fp32.onnx")
     return {
-        "fp32": fp32,
-        "int8": quantize(fp32, root / "model.int8.onnx"),
-        "uint8": quantize(fp32, root / "model.uint8.onnx", symmetric_int8=False),
+        "fp32": fp32.path,
+        "int8": quantize(fp32, root / "model.int8.onnx", recipe_for_target(load_profile("jetson"))),
+        "uint8": quantize(fp32, root / "model.uint8.onnx", recipe_for_target(load_profile("raspberry-pi-5"))),
     }

@@ -111,15 +111,17 @@ def test_dla_misses_are_warnings_with_gpu_fallback_and_errors_without(qdq_models
     model = with_extra_node(qdq_models["int8"], tmp_path / "exp.onnx", "Exp", "head/exp")
     with_fallback = preflight(model, dla=True, gpu_fallback=True)
     without = preflight(model, dla=True, gpu_fallback=False)
-    assert with_fallback.errors == [] and [i.node for i in with_fallback.warnings] == ["head/exp"]
-    assert [i.node for i in without.errors] == ["head/exp"]
+    assert with_fallback.errors == [] and "head/exp" in [i.node for i in with_fallback.warnings]
+    assert [i.node for i in without.errors] == [i.node for i in with_fallback.warnings]
+    assert preflight(model, dla=False).warnings == []
 
 
 def test_build_with_an_unsupported_op_names_it_and_writes_nothing(qdq_models, tmp_path):
     bad = with_extra_node(qdq_models["int8"], tmp_path / "bad.onnx", "Det", "head/determinant")
     out_dir = tmp_path / "jetson"
-    with pytest.raises(EngineBuildError, match=r"head/determinant.*Det"):
+    with pytest.raises(EngineBuildError) as error:
         get_builder("tensorrt").build(bad, load_profile("jetson"), out_dir)
+    assert "Det is not supported" in str(error.value) and "'head/determinant'" in str(error.value)
     assert not out_dir.exists() or list(out_dir.iterdir()) == []
 
 

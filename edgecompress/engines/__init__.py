@@ -37,4 +37,10 @@ def check_profile(profile: TargetProfile) -> None:
         check(profile)
 
 
-__all__ = ["EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "check_profile", "get_builder"]
+def describe_profile(profile: TargetProfile) -> str:
+    """A builder's one-line view of a profile (engine options, what builds on this host)."""
+    describe = getattr(get_builder(profile.engine), "describe", None)
+    return describe(profile) if describe is not None else ""
+
+
+__all__ = ["EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "check_profile", "describe_profile", "get_builder"]

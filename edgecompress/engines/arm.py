@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -85,6 +86,20 @@ def _rejected_nodes(model: onnx.ModelProto, message: str) -> str:
     return f"op {op_type} in node(s) {', '.join(repr(n) for n in nodes) or '(unknown)'}"
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """The converter logs INFO lines about temp paths; users only need its errors."""
+    loggers = [logging.getLogger(n) for n in [name, *logging.root.manager.loggerDict] if n.startswith(name)]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 def convert_to_ort(onnx_path: Path, options: ArmOptions, work_dir: Path) -> tuple[Path, Path]:
     """Run ONNX Runtime's converter; returns the .ort and the required-operators config."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
@@ -93,7 +108,7 @@ def convert_to_ort(onnx_path: Path, options: ArmOptions, work_dir: Path) -> tupl
     shutil.copyfile(onnx_path, source)
     out = work_dir / "out"
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), _quiet_logger("ort_format_model"):
             convert_onnx_models_to_ort(
                 source, output_dir=out, optimization_styles=[OptimizationStyle[options.optimization_style]],
                 target_platform="arm", enable_type_reduction=options.type_reduction,
@@ -129,6 +144,13 @@ class ArmBuilder:
     def check(self, profile: TargetProfile) -> None:
         arm_options(profile)
 
+    def describe(self, profile: TargetProfile) -> str:
+        """One line for `edgecompress targets`: providers on the device and what runs here."""
+        options = arm_options(profile)
+        chosen, _ = providers_here(options.providers)
+        device = "→".join(p.removesuffix("ExecutionProvider") for p in options.providers)
+        return f".ort {device}; here: {'→'.join(p.removesuffix('ExecutionProvider') for p in chosen)}"
+
     def build(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact:
         options = arm_options(profile)
         out_dir = Path(out_dir)
@@ -149,6 +171,7 @@ class ArmBuilder:
         import onnxruntime as ort
 
         _, notice = providers_here(options.providers)
+        operators = required_operators(config)
         return EngineArtifact(
             target=profile.name, kind=self.kind, precision=profile.precisions[0], path=engine,
             files=[engine, config], note=notice,
@@ -158,7 +181,13 @@ class ArmBuilder:
                                        f"--include_ops_by_config {config.name})",
                 "optimization_style": options.optimization_style, "target_platform": "arm",
                 "device_providers": list(options.providers), "threads": profile.threads,
-                "required_operators": required_operators(config), "sha256": sha256_file(engine),
+                "required_operators": operators, "sha256": sha256_file(engine),
+                "summary": [
+                    f"ORT format ({options.optimization_style} optimizations for arm), converted with onnxruntime "
+                    f"{ort.__version__}; the device needs onnxruntime >= {ort.__version__}",
+                    f"device providers: {', '.join(options.providers)}" + (f" — here: {notice}" if notice else ""),
+                    f"{len(operators)} operators in {config.name} (minimal build: --include_ops_by_config)",
+                ],
             },
         )
 

@@ -175,8 +175,25 @@ def write_build_kit(onnx_path: Path, profile: TargetProfile, out_dir: Path) -> E
         target=profile.name, kind="tensorrt", precision=_build_precision(profile), path=None,
         files=sorted(kit.iterdir()), note=note,
         metadata={"trtexec": shlex.join(command), "build_settings": settings, "preflight": report.to_dict(),
-                  "portability": NOT_PORTABLE, "built_on_device": True},
+                  "portability": NOT_PORTABLE, "built_on_device": True,
+                  "summary": [f"build on the device: `sh {KIT_DIR}/build_engine.sh` runs `{shlex.join(command)}`",
+                              f"kit: {', '.join(p.name for p in sorted(kit.iterdir()))}",
+                              *_summary(report, settings)]},
     )
+
+
+def _summary(report: PreflightReport, settings: dict[str, Any], facts: dict[str, Any] | None = None) -> list[str]:
+    """Report lines shared by a plan built here and a kit built on the device."""
+    where = f"DLA core {settings['dla_core']}" + (" with GPU fallback" if settings["gpu_fallback"] else "") \
+        if settings["dla_core"] is not None else "GPU"
+    lines = [f"TensorRT {report.trt_major}.x preflight: {report.nodes_checked} nodes checked, "
+             f"{len(report.errors)} errors, {len(report.warnings)} warnings; runs on {where}",
+             *[f"preflight warning: {line}" for line in report.to_dict()["warnings"][:10]],
+             f"portability: {NOT_PORTABLE}"]
+    if facts:
+        lines.insert(0, f"built with TensorRT {facts['tensorrt_version']} on {facts['gpu']} "
+                        f"(compute capability {facts['compute_capability']})")
+    return lines
 
 
 def _build_precision(profile: TargetProfile) -> str:
@@ -197,6 +214,14 @@ class TensorRTBuilder:
 
     def check(self, profile: TargetProfile) -> None:
         trt_options(profile)
+
+    def describe(self, profile: TargetProfile) -> str:
+        """One line for `edgecompress targets`: device options and what a build here produces."""
+        options = trt_options(profile)
+        where = f"DLA{options.dla_core}" + ("+GPU" if options.gpu_fallback else "") \
+            if options.dla_core is not None else "GPU"
+        here = "plan" if self.available() is None and _host_is(profile.arch) else "device kit"
+        return f"TRT {options.tensorrt_major} {where}; here: {here}"
 
     def build(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact:
         reason = self.available()
@@ -222,7 +247,8 @@ class TensorRTBuilder:
             target=profile.name, kind="tensorrt", precision=_build_precision(profile), path=plan, files=[plan],
             metadata={**facts, "build_settings": settings, "preflight": report.to_dict(),
                       "trtexec": shlex.join(trtexec_command(onnx_path.name, PLAN_NAME, settings)),
-                      "portability": NOT_PORTABLE, "built_on_device": False},
+                      "portability": NOT_PORTABLE, "built_on_device": False,
+                      "summary": _summary(report, settings, facts)},
             note=NOT_PORTABLE,
         )
 

@@ -80,15 +80,25 @@ class PreflightReport:
         }
 
     def raise_for_errors(self, model_path: Path | str) -> None:
+        """One error listing each distinct problem once, with the nodes that have it."""
         if not self.errors:
             return
-        shown = "; ".join(issue.line() for issue in self.errors[:5])
-        more = f" (+{len(self.errors) - 5} more)" if len(self.errors) > 5 else ""
+        by_problem: dict[str, list[str]] = {}
+        for issue in self.errors:
+            by_problem.setdefault(f"{issue.op_type}: {issue.problem}", []).append(issue.node)
+        shown = "; ".join(f"{problem} (node{'s' if len(nodes) > 1 else ''} {_names(nodes)})"
+                          for problem, nodes in by_problem.items())
+        quantization = any(i.op_type in ("QuantizeLinear", "DequantizeLinear") for i in self.errors)
         raise EngineBuildError(
-            f"TensorRT {self.trt_major} would reject {model_path}: {shown}{more}",
-            "replace or remove those ops in the model (or exclude them from int8), "
-            "then build again; see the preflight section of the report",
+            f"TensorRT {self.trt_major} would reject {model_path}: {shown}",
+            "quantize for TensorRT (symmetric int8, float biases: the tensorrt recipe)" if quantization else
+            "replace those ops with ones TensorRT supports (or a plugin), then build again",
         )
+
+
+def _names(nodes: list[str], shown: int = 3) -> str:
+    names = ", ".join(f"'{n}'" for n in nodes[:shown])
+    return names + (f" and {len(nodes) - shown} more" if len(nodes) > shown else "")
 
 
 def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
