@@ -22,7 +22,8 @@ from edgecompress.zoo import build_model
 
 def export_fp32(path: Path):
     torch.manual_seed(0)
-    return export_torch(build_model("cnn-tiny").eval(), {"input": (1, 1, 32, 32)}, path)
+    # the TorchScript exporter: 3 s instead of 15 s here, same graph for these tests
+    return export_torch(build_model("cnn-tiny").eval(), {"input": (1, 1, 32, 32)}, path, exporter="torchscript")
 
 
 def quantize(fp32, out: Path, recipe: QuantRecipe) -> Path:

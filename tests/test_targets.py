@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,30 @@ def test_dla_with_a_dynamic_batch_is_rejected(tmp_path):
     path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\n[batch]\nmin = 1\nopt = 1\nmax = 4\n')
     with pytest.raises(TargetError, match="static shapes"):
         check_profile(load_profile(str(path)))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    repo = Path(__file__).resolve().parents[1]
+    return subprocess.run([sys.executable, "-m", "edgecompress", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=120)
+
+
+def test_cli_build_with_an_unknown_target_fails_before_any_work(tmp_path):
+    done = _cli("build", "--target", "jetson-nano-2gb", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "unknown target 'jetson-nano-2gb'" in done.stderr and "raspberry-pi-5" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_build_with_a_misspelt_engine_option_fails_before_any_work(tmp_path):
+    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\n[options]\ndla_cores = 1\n')
+    done = _cli("build", "--target", str(path), "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert done.returncode == 2 and "options.dla_cores" in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_targets_lists_every_profile_with_its_alias():
+    done = _cli("targets", cwd=Path.cwd())
+    table = done.stdout + done.stderr
+    assert done.returncode == 0
+    assert all(name in table for name in ISSUE_TARGETS) and "jetson-orin-nano" in table and "device kit" in table

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import typer
-
 from edgecompress.cli import app
 
 
@@ -13,7 +11,7 @@ def targets() -> None:
     from rich.table import Table
 
     from edgecompress.engines import describe_profile
-    from edgecompress.progress import console
+    from edgecompress.progress import out_console
     from edgecompress.targets import all_profiles
 
     table = Table(title="target profiles")
@@ -30,7 +28,8 @@ def targets() -> None:
             describe_profile(profile),
             profile.description,
         )
-    console.print(table)
-    console.print("here: what a build on this host makes (plan = TensorRT engine, device kit = build on the "
-                  "device, .ort runs here on the listed providers)")
-    typer.echo("")
+    out_console.print(table)
+    out_console.print(
+        "here: what a build on this host makes (plan = TensorRT engine, device kit = build on the device, "
+        ".ort runs here on the listed providers)"
+    )

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgecompress.artifacts import atomic_path, sha256_file
 from edgecompress.engines.base import EngineArtifact, TensorSpec
 from edgecompress.errors import EngineBuildError, TargetError
+from edgecompress.quantize import host_arch
 from edgecompress.targets import TargetProfile
 
 ENGINE_NAME = "engine.ort"
@@ -187,6 +188,9 @@ class ArmBuilder:
                     f"{ort.__version__}; the device needs onnxruntime >= {ort.__version__}",
                     f"device providers: {', '.join(options.providers)}" + (f" — here: {notice}" if notice else ""),
                     f"{len(operators)} operators in {config.name} (minimal build: --include_ops_by_config)",
+                    f"accuracy and latency in this report come from running the .ort on this {host_arch()} host; "
+                    "on the device only the outputs carry over, not the speed"
+                    + ("; check aarch64 outputs with scripts/arm64-emulated.sh" if host_arch() != profile.arch else ""),
                 ],
             },
         )
