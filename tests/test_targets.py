@@ -68,46 +68,25 @@ def test_unknown_target_lists_the_known_ones():
     assert "raspberry-pi-5" in error.value.fix and "jetson-agx-orin" in error.value.fix
 
 
-def test_profile_missing_a_required_key_names_it(tmp_path):
-    path = _write(tmp_path, 'arch = "aarch64"\n')
-    with pytest.raises(TargetError, match="engine"):
-        load_profile(str(path))
+@pytest.mark.parametrize("text, named", [
+    ('arch = "aarch64"\n', "engine"),  # a required key is missing
+    ('engine = "ort-arm"\narch = "aarch64"\nprecision = ["int8"]\n', "precision"),  # misspelt key
+    ('engine = "tensorrt"\narch = "armv7"\n', "arch"),  # value outside the allowed ones
+])
+def test_bad_profile_file_names_the_key(tmp_path, text, named):
+    with pytest.raises(TargetError, match=named):
+        load_profile(str(_write(tmp_path, text)))
 
 
-def test_profile_with_a_misspelt_key_names_it(tmp_path):
-    path = _write(tmp_path, 'engine = "ort-arm"\narch = "aarch64"\nprecision = ["int8"]\n')
-    with pytest.raises(TargetError, match="precision"):
-        load_profile(str(path))
-
-
-def test_profile_with_a_wrong_value_names_key_and_allowed_values(tmp_path):
-    path = _write(tmp_path, 'engine = "tensorrt"\narch = "armv7"\n')
-    with pytest.raises(TargetError, match="arch"):
-        load_profile(str(path))
-
-
-def test_misspelt_engine_option_is_rejected_up_front(tmp_path):
-    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\n[options]\ndla_cores = 1\n')
-    with pytest.raises(TargetError, match=r"options\.dla_cores"):
-        check_profile(load_profile(str(path)))
-
-
-def test_misspelt_arm_option_is_rejected_up_front(tmp_path):
-    path = _write(tmp_path, 'alias_of = "raspberry-pi-5"\n[options]\nprovider = ["CPUExecutionProvider"]\n')
-    with pytest.raises(TargetError, match=r"options\.provider"):
-        check_profile(load_profile(str(path)))
-
-
-def test_fp32_on_dla_is_a_precision_the_device_cannot_run(tmp_path):
-    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\nprecisions = ["fp32"]\n')
-    with pytest.raises(TargetError, match="fp32 on DLA"):
-        check_profile(load_profile(str(path)))
-
-
-def test_dla_with_a_dynamic_batch_is_rejected(tmp_path):
-    path = _write(tmp_path, 'alias_of = "jetson-agx-orin"\n[batch]\nmin = 1\nopt = 1\nmax = 4\n')
-    with pytest.raises(TargetError, match="static shapes"):
-        check_profile(load_profile(str(path)))
+@pytest.mark.parametrize("text, named", [
+    ('alias_of = "jetson-agx-orin"\n[options]\ndla_cores = 1\n', r"options\.dla_cores"),
+    ('alias_of = "raspberry-pi-5"\n[options]\nprovider = ["CPUExecutionProvider"]\n', r"options\.provider"),
+    ('alias_of = "jetson-agx-orin"\nprecisions = ["fp32"]\n', "fp32 on DLA"),  # DLA runs int8/fp16 only
+    ('alias_of = "jetson-agx-orin"\n[batch]\nmin = 1\nopt = 1\nmax = 4\n', "static shapes"),  # DLA
+])
+def test_bad_engine_options_are_rejected_up_front(tmp_path, text, named):
+    with pytest.raises(TargetError, match=named):
+        check_profile(load_profile(str(_write(tmp_path, text))))
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

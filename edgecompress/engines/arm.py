@@ -24,7 +24,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress.artifacts import atomic_path, sha256_file
-from edgecompress.engines.base import EngineArtifact, TensorSpec
+from edgecompress.engines.base import EngineArtifact, TensorSpec, onnx_precision
 from edgecompress.errors import EngineBuildError, TargetError
 from edgecompress.quantize import host_arch
 from edgecompress.targets import TargetProfile
@@ -166,15 +166,16 @@ class ArmBuilder:
                 shutil.copyfile(ort_file, tmp)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return self._artifact(out_dir / ENGINE_NAME, config_final, profile, options)
+        return self._artifact(out_dir / ENGINE_NAME, config_final, profile, options, onnx_precision(onnx_path))
 
-    def _artifact(self, engine: Path, config: Path, profile: TargetProfile, options: ArmOptions) -> EngineArtifact:
+    def _artifact(self, engine: Path, config: Path, profile: TargetProfile, options: ArmOptions,
+                  precision: str) -> EngineArtifact:
         import onnxruntime as ort
 
         _, notice = providers_here(options.providers)
         operators = required_operators(config)
         return EngineArtifact(
-            target=profile.name, kind=self.kind, precision=profile.precisions[0], path=engine,
+            target=profile.name, kind=self.kind, precision=precision, path=engine,
             files=[engine, config], note=notice,
             metadata={
                 "format": "ort", "converted_with_onnxruntime": ort.__version__,

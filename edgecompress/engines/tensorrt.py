@@ -172,7 +172,7 @@ def write_build_kit(onnx_path: Path, profile: TargetProfile, out_dir: Path) -> E
     note = (f"the TensorRT engine must be built on the device: copy {kit} to the {profile.name} and run "
             f"`sh build_engine.sh` there, i.e. `{shlex.join(command)}` (or `python3 build_engine.py`)")
     return EngineArtifact(
-        target=profile.name, kind="tensorrt", precision=_build_precision(profile), path=None,
+        target=profile.name, kind="tensorrt", precision=_build_precision(model, profile), path=None,
         files=sorted(kit.iterdir()), note=note,
         metadata={"trtexec": shlex.join(command), "build_settings": settings, "preflight": report.to_dict(),
                   "portability": NOT_PORTABLE, "built_on_device": True,
@@ -196,8 +196,11 @@ def _summary(report: PreflightReport, settings: dict[str, Any], facts: dict[str,
     return lines
 
 
-def _build_precision(profile: TargetProfile) -> str:
-    return next((p for p in ("int8", "fp16") if p in profile.precisions), "fp32")
+def _build_precision(model: onnx.ModelProto, profile: TargetProfile) -> str:
+    """int8 needs the model's Q/DQ scales as well as the flag; fp16 needs only the flag."""
+    if "int8" in profile.precisions and _has_qdq(model):
+        return "int8"
+    return "fp16" if "fp16" in profile.precisions else "fp32"
 
 
 class TensorRTBuilder:
@@ -230,11 +233,13 @@ class TensorRTBuilder:
         return self._build_here(Path(onnx_path), profile, Path(out_dir))
 
     def _build_here(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact:
+        import tensorrt as trt
+
         from edgecompress.example import cache_dir
 
         model, report = _check_model(onnx_path, profile)
-        facts = _trt_build.gpu_info()
-        cache = cache_dir() / "tensorrt" / f"{facts['gpu'].replace(' ', '_')}.timing.cache"
+        facts = _trt_build.gpu_info()  # timings are only valid for one GPU model and TensorRT version
+        cache = cache_dir() / "tensorrt" / f"{facts['gpu'].replace(' ', '_')}-trt{trt.__version__}.timing.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         settings = build_settings(model, profile, str(cache))
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,7 +249,7 @@ class TensorRTBuilder:
         except RuntimeError as exc:
             raise EngineBuildError(str(exc), "check the preflight warnings and the TensorRT log") from exc
         return EngineArtifact(
-            target=profile.name, kind="tensorrt", precision=_build_precision(profile), path=plan, files=[plan],
+            target=profile.name, kind="tensorrt", precision=_build_precision(model, profile), path=plan, files=[plan],
             metadata={**facts, "build_settings": settings, "preflight": report.to_dict(),
                       "trtexec": shlex.join(trtexec_command(onnx_path.name, PLAN_NAME, settings)),
                       "portability": NOT_PORTABLE, "built_on_device": False,
