@@ -64,8 +64,8 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     check = report.get("int8_model_check")
     if check:
         lines.append(
-            f"Before the device build, the int8 model agrees with fp32 on {100 * check['agreement']['top1']:.2f}% "
-            f"top-1 ({check['agreement']['samples']} samples; {check['how']})."
+            f"The int8 model agrees with fp32 on {100 * check['agreement']['top1']:.2f}% top-1 as the device "
+            f"computes it ({check['agreement']['samples']} samples; {check['how']})."
         )
     if report["engine"].get("note"):
         lines.append(report["engine"]["note"])
@@ -169,13 +169,15 @@ def summary_table(reports: list[dict[str, Any]]):
         latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
         speedup = reference["p50"] / latency["p50"] if latency and reference else None
         agreement = (report.get("agreement") or {}).get("top1")
+        simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1")
         table.add_row(
             report["target"],
             f"{report['engine']['kind']} {report['engine']['precision']}",
             f"{report['engine']['size_bytes'] / 1024:.0f} KiB",
             _fmt(report["accuracy"].get("fp32"), ".2f", "%"),
             _fmt(report["accuracy"].get("engine"), ".2f", "%"),
-            _fmt(100 * agreement if agreement is not None else None, ".1f", "%"),
+            _fmt(100 * agreement, ".1f", "%") if agreement is not None else _fmt(
+                100 * simulated if simulated is not None else None, ".1f", "% sim"),
             _fmt(latency.get("p50"), ".3f"),
             _fmt(latency.get("p90"), ".3f"),
             _fmt(latency.get("p99"), ".3f"),
