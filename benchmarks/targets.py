@@ -11,8 +11,8 @@ Rows are labelled by where they were measured:
   host x86      the engine on this machine (an ARM `.ort` runs here on the CPU provider)
   emulated      aarch64 onnxruntime under QEMU user-mode emulation (scripts/arm64-emulated.sh):
                 proves the aarch64 build runs and agrees; its latency is NOT device speed
-  device build  TensorRT without a GPU here: kit size, and agreement of the int8 QDQ model
-                on ONNX Runtime (the plan's own latency needs the device)
+  device build  TensorRT without a GPU here: kit size, and agreement of simulated int8 (the QDQ
+                model with Q/DQ in float, as TensorRT computes it); the plan's latency needs the device
 """
 
 from __future__ import annotations
@@ -99,10 +99,10 @@ def host_row(workload: Workload, profile: TargetProfile, work: Path, runs: int) 
     row = {"model": workload.name, "target": profile.name, "precision": artifact.precision,
            "engine_bytes": artifact.path.stat().st_size if artifact.path else _kit_model_bytes(artifact)}
     if not artifact.runnable_here:
-        int8 = OrtRunner(int8_for(workload, profile, work), threads=profile.threads)
+        int8 = OrtRunner(int8_for(workload, profile, work), threads=profile.threads, level="disable")
         proxy = evaluate(int8, reference, workload.eval_set)
         return row | {"where": "device build", "agreement_top1": proxy.agreement.top1, "latency_ms": None,
-                      "note": "agreement of the int8 QDQ model on ONNX Runtime; plan latency needs the device"}
+                      "note": "agreement of simulated int8 (Q/DQ in float); plan latency needs the device"}
     engine = builder.load(artifact, profile)
     agreement = evaluate(engine, reference, workload.eval_set).agreement.top1
     feeds = {"input": next(iter(workload.eval_set.inputs.values()))[:1]}
