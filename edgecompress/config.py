@@ -65,7 +65,7 @@ def describe(key: str) -> str:
     field = BuildConfig.model_fields[key]
     default = field.default_factory() if field.default_factory else field.default
     shown = "unset" if default is None else ", ".join(map(str, default)) if isinstance(default, list) else default
-    return f"{field.description} [default: {shown or 'none'}]"
+    return f"{field.description} (default: {shown or 'none'})"
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -57,3 +57,15 @@ class BudgetNotMetError(EdgecompressError):
     """The accuracy budget could not be met; the best engine found was kept."""
 
     exit_code = 3
+
+
+class BundleError(EdgecompressError):
+    """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
+
+
+class SigningKeyError(EdgecompressError):
+    """A signing or SSH key file is missing, unreadable, malformed or its passphrase is wrong."""
+
+
+class ShipError(EdgecompressError):
+    """A destination is malformed or shipping to it failed (carries the host's reason)."""

@@ -91,6 +91,13 @@ def _is_example(source: SourceModel) -> bool:
     return source.name == EXAMPLE_NAME
 
 
+def _preprocess_spec(source: SourceModel) -> dict[str, Any] | None:
+    """How raw images become inputs, when known (the built-in example's spec); bundles carry it to devices."""
+    from edgecompress.data import DIGITS_SPEC
+
+    return DIGITS_SPEC.to_dict() if _is_example(source) else None
+
+
 def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig) -> CalibrationSet:
     if config.calib is not None:
         calibration = load_calibration_set(config.calib, fp32.inputs)
@@ -168,6 +175,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     target_dir.mkdir(parents=True, exist_ok=True)
     artifact = builder.build(int8_path, profile, target_dir)
     report = base_report(context, profile, artifact, recipe, int8_path)
+    report["samples"] = samples_stage(context.eval_set, target_dir)
     samples: dict[str, list[float]] = {}
     if artifact.runnable_here and builder.available() is None:
         samples = measure_engine(context, profile, builder, artifact, report)
@@ -179,6 +187,19 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     for line in report["verdict"]:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line}")
     return report
+
+
+SAMPLE_COUNT = 8
+
+
+def samples_stage(eval_set: EvalSet, target_dir: Path) -> dict[str, Any]:
+    """Keep a few held-out inputs beside the engine: bundles carry them for the device self-test."""
+    from edgecompress.artifacts import atomic_path
+
+    path = target_dir / "samples.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
+    return {"path": path.name, "count": min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), "source": eval_set.description}
 
 
 def measure_engine(context: BuildContext, profile, builder, artifact: EngineArtifact, report: dict[str, Any]) -> dict[str, list[float]]:
@@ -243,6 +264,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
             "opset": context.fp32.opset,
             "labels": context.source.labels,
         },
+        "preprocess": _preprocess_spec(context.source),
         "profile": profile.summary(),
         "engine": {
             "kind": artifact.kind,

@@ -34,9 +34,16 @@ def build(
     max_accuracy_drop: Optional[float] = _opt("max_accuracy_drop", "--max-accuracy-drop"),
     seed: Optional[int] = _opt("seed", "--seed"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML file with the same keys (underscored); options override it."),
+    bundle: bool = typer.Option(False, "--bundle", help="Also pack each target into OUT/<target>/bundle.tar.gz for `edgecompress ship`."),
+    sign: Optional[Path] = typer.Option(None, "--sign", help="With --bundle: sign bundles with this key (from `edgecompress keygen`)."),
+    passphrase: Optional[str] = typer.Option(None, "--passphrase", envvar="EDGECOMPRESS_KEY_PASSPHRASE", help="Passphrase of the --sign key.", show_default=False),
 ) -> None:
     """Build verified, benchmarked engines; with no options, the built-in digits example for `cpu`."""
-    overrides = {key: value for key, value in locals().items() if key != "config"}
+    overrides = {key: value for key, value in locals().items() if key not in ("config", "bundle", "sign", "passphrase")}
+    if sign is not None:
+        from edgecompress.signing import load_private_key
+
+        load_private_key(sign, passphrase)  # a bad key fails before the build, not after it
     from edgecompress.config import load_config
     from edgecompress.pipeline import build as run_build
     from edgecompress.progress import console, out_console
@@ -47,3 +54,9 @@ def build(
     out_console.print(summary_table(reports))
     for report in reports:
         console.print(f"report: {build_config.out / report['target'] / 'report.md'}")
+    if bundle or sign is not None:
+        from edgecompress.bundle import BundleOptions
+        from edgecompress.cli.ship import make_bundles
+
+        targets = [build_config.out / report["target"] for report in reports]
+        make_bundles(targets, BundleOptions(sign_key=sign, passphrase=passphrase))
