@@ -5,7 +5,8 @@
 #                                                 aarch64 onnxruntime wheel in /opt/ec (a venv)
 #   scripts/arm64-emulated.sh run ROOT JOB_DIR    run JOB_DIR/job.py with that venv's python inside ROOT;
 #                                                 JOB_DIR is copied in and its results copied back
-#   scripts/arm64-emulated.sh                     setup, then the opt-in tests and benchmark for arm64
+#   scripts/arm64-emulated.sh                     setup, then the opt-in test and the digits benchmark on arm64
+#                                                 (add ResNet-18: python3 benchmarks/targets.py --targets arm64)
 #
 # Needs root (debootstrap, chroot, mount) and network access to deb.debian.org and PyPI.
 # First setup takes ~5+ minutes and ~0.6 GB. Latencies measured here are EMULATED: they say
@@ -95,7 +96,7 @@ case "${1:-all}" in
   all)
     root=$(setup_root "$DEFAULT_ROOT")
     cd "$(dirname "$0")/.."
-    EDGECOMPRESS_ARM64_ROOT="$root" python3 -m pytest -q -m arm64_emulated tests/test_arm_engine.py
-    EDGECOMPRESS_ARM64_ROOT="$root" python3 benchmarks/targets.py --targets arm64 ;;
+    EDGECOMPRESS_ARM64=1 EDGECOMPRESS_ARM64_ROOT="$root" python3 -m pytest -q -m arm64_emulated tests/test_arm_engine.py
+    EDGECOMPRESS_ARM64_ROOT="$root" python3 benchmarks/targets.py --targets arm64 --models digits ;;
   *) die "usage: $0 [setup [ROOT] | run ROOT JOB_DIR]" ;;
 esac

@@ -62,8 +62,10 @@ def test_profile_without_xnnpack_has_no_notice(qdq_models, tmp_path):
 
 def test_type_reduction_profile_writes_the_typed_operator_config(qdq_models, tmp_path):
     artifact = get_builder("ort-arm").build(qdq_models["int8"], load_profile("android-arm64"), tmp_path)
-    assert "{" in (tmp_path / "required_operators.config").read_text()  # per-op type lists
-    assert artifact.metadata["required_operators"]
+    config = (tmp_path / "required_operators.config").read_text()
+    assert '{"inputs"' in config and "# - engine.ort" in config  # per-op type lists, no scratch paths
+    assert "com.microsoft:QLinearConv@1" in artifact.metadata["required_operators"]
+    assert not any("{" in op for op in artifact.metadata["required_operators"])
 
 
 def test_op_the_converter_rejects_is_named_and_nothing_is_written(qdq_models, tmp_path):

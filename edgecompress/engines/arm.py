@@ -45,6 +45,7 @@ class ArmOptions(BaseModel):
         "Fixed", description="Fixed bakes optimizations in; Runtime leaves some to the device (NNAPI/CoreML)"
     )
     type_reduction: bool = Field(False, description="also record op types, for a smaller minimal build")
+    onnxruntime_min: str | None = Field(None, description="oldest onnxruntime the device may run (bundle requirement)")
 
 
 def arm_options(profile: TargetProfile) -> ArmOptions:
@@ -125,12 +126,14 @@ def convert_to_ort(onnx_path: Path, options: ArmOptions, work_dir: Path) -> tupl
 
 
 def required_operators(config: Path) -> list[str]:
-    """`domain;opset;Op1,Op2` lines of the config, flattened to `domain:Op@opset`."""
+    """`domain;opset;Op1,Op2{types}` lines of the config, flattened to `domain:Op@opset`."""
     ops = []
     for line in config.read_text().splitlines():
         if line and not line.startswith("#"):
-            domain, opset, names = line.split(";")[:3]
-            ops += [f"{domain}:{name}@{opset}" for name in names.split(",") if name and not name.startswith("{")]
+            domain, opset, names = line.split(";", 2)
+            while "{" in names:  # type-reduced configs append a JSON type list to each op
+                names = re.sub(r"\{[^{}]*\}", "", names)
+            ops += [f"{domain}:{name}@{opset}" for name in names.split(",") if name]
     return ops
 
 
@@ -161,7 +164,8 @@ class ArmBuilder:
             ort_file, config = convert_to_ort(Path(onnx_path), options, work)
             config_final = out_dir / "required_operators.config"
             with atomic_path(config_final) as tmp:  # config first: an .ort on disk always has its config
-                shutil.copyfile(config, tmp)
+                # the converter names its scratch path in a comment; name the shipped file instead
+                tmp.write_text(re.sub(r"(?m)^# - .*$", f"# - {ENGINE_NAME}", config.read_text()))
             with atomic_path(out_dir / ENGINE_NAME) as tmp:
                 shutil.copyfile(ort_file, tmp)
         finally:

@@ -44,6 +44,7 @@ class TensorRTOptions(BaseModel):
     dla_core: int | None = Field(None, ge=0, description="DLA core to build for; None = GPU only")
     gpu_fallback: bool = Field(True, description="let layers DLA cannot run fall back to the GPU")
     timing_cache: bool = Field(True, description="save and reuse the builder's timing cache")
+    jetpack: str | None = Field(None, description="JetPack release the device must run (bundle requirement)")
 
 
 def trt_options(profile: TargetProfile) -> TensorRTOptions:
