@@ -35,7 +35,8 @@ from edgecompress.engines import get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.evaluate import EvalSet, compare_outputs, evaluate
 from edgecompress.export import OnnxModelInfo, export_torch
-from edgecompress.quantize import quantize_model, recipe_for_target
+from edgecompress.isa import recipe_for_target
+from edgecompress.quantize import quantize_model
 from edgecompress.targets import TargetProfile, load_profile
 
 

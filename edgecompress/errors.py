@@ -59,6 +59,14 @@ class BudgetNotMetError(EdgecompressError):
     exit_code = 3
 
 
+class BudgetError(EdgecompressError):
+    """The accuracy budget is out of range or cannot be measured (e.g. it needs labels)."""
+
+
+class BuildDirError(EdgecompressError):
+    """The folder given is not a built target (no readable report.json)."""
+
+
 class BundleError(EdgecompressError):
     """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
 

@@ -20,12 +20,13 @@ from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_
 from edgecompress.config import BuildConfig
 from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.errors import CalibrationError
+from edgecompress.errors import CalibrationError, ConfigError
 from edgecompress.evaluate import EvalSet, evaluate
 from edgecompress.export import OnnxModelInfo, export_torch, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.model_source import SourceModel, load_source_model
 from edgecompress.progress import info, warn
-from edgecompress.quantize import QuantRecipe, host_arch, quantize_model, recipe_for_target
+from edgecompress.isa import recipe_for_target
+from edgecompress.quantize import QuantRecipe, host_arch, quantize_model
 from edgecompress.report import verdicts, versions, write_report
 from edgecompress.targets import TargetProfile, load_profiles
 
@@ -133,6 +134,7 @@ def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
         percentile=config.percentile,
         per_channel=config.per_channel,
         nodes_to_exclude=tuple(config.nodes_to_exclude),
+        equalize=config.equalize == "on" or (config.equalize == "auto" and not config.per_channel),
     )
 
 
@@ -170,11 +172,16 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     config = context.config
     builder = get_builder(profile.engine)
     recipe = target_recipe(profile, config)
-    int8_path = quantize_stage(context, recipe)
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
-    artifact = builder.build(int8_path, profile, target_dir)
-    report = base_report(context, profile, artifact, recipe, int8_path)
+    chosen = None
+    if builder.available() is None:
+        chosen = quantize_target_stage(context, profile, builder, recipe)
+        recipe, model_path = chosen.recipe, chosen.model_path
+    else:
+        model_path = quantize_stage(context, recipe)
+    artifact = builder.build(model_path, profile, target_dir)
+    report = base_report(context, profile, artifact, recipe, model_path)
     report["samples"] = samples_stage(context.eval_set, target_dir)
     samples: dict[str, list[float]] = {}
     if artifact.runnable_here and builder.available() is None:
@@ -182,11 +189,50 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     if not artifact.runnable_here or profile.arch != host_arch():
         report["int8_model_check"] = check_int8_model(context, profile, int8_path)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
+    if chosen is not None:
+        report["quantization"].update(chosen.report_fields(target_dir))
+        report["verdict"] += chosen.choice.summary
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)
     for line in report["verdict"]:
-        (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line}")
+        (warn if line.startswith("WARNING") or "SLOWER" in line or "misses" in line else info)(f"{profile.name}: {line}")
+    if chosen is not None:
+        chosen.repair.raise_if_unmet(config.allow_over_budget)
     return report
+
+
+def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe):
+    """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
+    from edgecompress.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
+    from edgecompress.qrepair import Budget, RepairOptions
+
+    config = context.config
+    budget = Budget(config.max_accuracy_drop, config.min_agreement)
+    budget.check_measurable(context.eval_set)
+    if config.precision != "auto" and config.precision not in profile.precisions:
+        raise ConfigError(
+            f"precision '{config.precision}' is not one that target '{profile.name}' runs ({', '.join(profile.precisions)})",
+            "use --precision auto or one of the target's precisions",
+        )
+    settings = PrecisionSettings(
+        budget,
+        RepairOptions(
+            max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off"
+        ),
+        config.precision,
+        config.allow_over_budget,
+        config.diagnose,
+        bench_runs=min(config.bench_runs, 100),
+        bench_max_seconds=config.bench_max_seconds / 2,
+    )
+    fp16 = None
+    if "fp16" in profile.precisions:
+        fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
+    feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
+    return quantize_for_target(
+        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r),
+        TargetModels(builder, profile), feeds, settings, fp16,
+    )
 
 
 SAMPLE_COUNT = 8

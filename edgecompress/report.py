@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.artifacts import atomic_path, write_json_atomic, write_text_atomic
+from edgecompress.qinspect import quantization_markdown
 
 
 def versions() -> dict[str, str]:
@@ -37,7 +38,7 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     lines: list[str] = []
     engine, reference = report.get("latency_ms"), report.get("reference", {}).get("latency_ms")
     precision = report["engine"]["precision"]
-    if engine and reference:
+    if engine and reference and precision != "fp32":  # an fp32 engine is the reference (precision choice)
         ratio = reference["p50"] / engine["p50"]
         if ratio < 1.0:
             lines.append(
@@ -112,6 +113,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- recipe: `{report['quantization']['recipe']}`",
         f"- calibration: {report['quantization']['calibration']['samples']} samples from "
         f"{report['quantization']['calibration']['source']} (sha256 {report['quantization']['calibration']['sha256'][:16]}…)",
+        *quantization_markdown(report["quantization"]),
         "",
         "## Versions",
         *[f"- {name}: {version}" for name, version in report["versions"].items()],
@@ -167,7 +169,8 @@ def summary_table(reports: list[dict[str, Any]]):
         table.add_column(column, justify="right" if column not in ("target", "engine") else "left")
     for report in reports:
         latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
-        speedup = reference["p50"] / latency["p50"] if latency and reference else None
+        fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
+        speedup = reference["p50"] / latency["p50"] if latency and reference and not fp32_engine else None
         agreement = (report.get("agreement") or {}).get("top1")
         simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1")
         table.add_row(
@@ -181,6 +184,7 @@ def summary_table(reports: list[dict[str, Any]]):
             _fmt(latency.get("p50"), ".3f"),
             _fmt(latency.get("p90"), ".3f"),
             _fmt(latency.get("p99"), ".3f"),
-            "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]" if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
+            "is fp32" if fp32_engine else "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]"
+            if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
         )
     return table
