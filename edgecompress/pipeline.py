@@ -186,8 +186,8 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     samples: dict[str, list[float]] = {}
     if artifact.runnable_here and builder.available() is None:
         samples = measure_engine(context, profile, builder, artifact, report)
-    if not artifact.runnable_here or profile.arch != host_arch():
-        report["int8_model_check"] = check_int8_model(context, profile, int8_path)
+    if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
+        report["int8_model_check"] = check_int8_model(context, profile, model_path)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
     if chosen is not None:
         report["quantization"].update(chosen.report_fields(target_dir))
