@@ -73,7 +73,8 @@ def recipe_for_target(profile: TargetProfile) -> "QuantRecipe":
     isa = target_isa(profile)
     named = "/".join(sorted(isa)) or "no int8 extensions"
     if profile.engine == "tensorrt":
-        return QuantRecipe("int8", "int8", True, False, True, reason="TensorRT explicit quantization: symmetric s8s8 per-channel")
+        return QuantRecipe("int8", "int8", True, False, True, quantize_bias=False,
+                           reason="TensorRT explicit quantization: symmetric s8s8 per-channel, float biases")
     if profile.arch == "aarch64":
         return QuantRecipe(
             "int8", "int8", True, False, reason=f"aarch64 ({named}): int32 accumulation does not saturate; s8s8 per-channel"

@@ -34,6 +34,7 @@ class QuantRecipe:
     per_channel: bool = True
     reduce_range: bool = False
     symmetric_activations: bool = False
+    quantize_bias: bool = True  # int32 biases; TensorRT's parser takes float biases only
     calibration_method: CalibrationMethodName = "minmax"
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
@@ -130,6 +131,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "CalibMovingAverage": False,
+        "QuantizeBias": recipe.quantize_bias,
     }
     if recipe.calibration_method == "percentile":
         extra_options["CalibPercentile"] = recipe.percentile

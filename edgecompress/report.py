@@ -62,6 +62,12 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     agreement = report.get("agreement")
     if agreement and agreement.get("top1") is not None:
         lines.append(f"Agreement with fp32: {100 * agreement['top1']:.2f}% top-1 on {agreement['samples']} samples.")
+    check = report.get("int8_model_check")
+    if check:
+        lines.append(
+            f"The int8 model agrees with fp32 on {100 * check['agreement']['top1']:.2f}% top-1 as the device "
+            f"computes it ({check['agreement']['samples']} samples; {check['how']})."
+        )
     if report["engine"].get("note"):
         lines.append(report["engine"]["note"])
     return lines
@@ -103,6 +109,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *[f"- {line}" for line in report.get("verdict", [])],
         "",
         *compression_markdown(report.get("compression")),
+        *_engine_section(report["engine"]),
         "## Quantization",
         f"- recipe: `{report['quantization']['recipe']}`",
         f"- calibration: {report['quantization']['calibration']['samples']} samples from "
@@ -141,6 +148,12 @@ def compression_markdown(compression: dict[str, Any] | None) -> list[str]:
                   f"{s['params']:,} params — {'accepted' if s['accepted'] else 'REJECTED'}" for s in gate["steps"]]
         lines.append(f"- stopped: {gate['stopped']}")
     return [*lines, ""]
+
+
+def _engine_section(engine: dict[str, Any]) -> list[str]:
+    """Facts the builder wants a reader to see (portability, providers, preflight...)."""
+    lines = engine.get("metadata", {}).get("summary") or []
+    return ["## Engine", *[f"- {line}" for line in lines], ""] if lines else []
 
 
 def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) -> Path | None:
@@ -186,13 +199,15 @@ def summary_table(reports: list[dict[str, Any]]):
         fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
         speedup = reference["p50"] / latency["p50"] if latency and reference and not fp32_engine else None
         agreement = (report.get("agreement") or {}).get("top1")
+        simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1")
         table.add_row(
             report["target"],
             f"{report['engine']['kind']} {report['engine']['precision']}",
             f"{report['engine']['size_bytes'] / 1024:.0f} KiB",
             _fmt(report["accuracy"].get("fp32"), ".2f", "%"),
             _fmt(report["accuracy"].get("engine"), ".2f", "%"),
-            _fmt(100 * agreement if agreement is not None else None, ".1f", "%"),
+            _fmt(100 * agreement, ".1f", "%") if agreement is not None else _fmt(
+                100 * simulated if simulated is not None else None, ".1f", "% sim"),
             _fmt(latency.get("p50"), ".3f"),
             _fmt(latency.get("p90"), ".3f"),
             _fmt(latency.get("p99"), ".3f"),
