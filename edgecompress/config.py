@@ -52,6 +52,19 @@ class BuildConfig(BaseModel):
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=100, description="accuracy budget in top-1 points (compression vs teacher, int8 vs fp32)"
     )
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="budget without labels: fraction of samples whose top-1 must match fp32"
+    )
+    allow_over_budget: bool = Field(False, description="keep and ship the best int8 even when it misses the budget (exit 0)")
+    max_excluded_layers: int = Field(8, ge=0, description="most layers repair may keep in fp32")
+    repair_strategy: Literal["bisect", "greedy"] = Field("bisect", description="how repair searches the sensitivity ranking")
+    precision: Literal["auto", "int8", "fp32", "fp16"] = Field(
+        "auto", description="engine precision; auto = the smallest candidate within the budget whose latency is within 10% of the fastest on the target's runner"
+    )
+    equalize: Literal["auto", "on", "off"] = Field(
+        "auto", description="cross-layer equalization before int8; auto = on for per-tensor weights, where it measured to help"
+    )
+    diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
     seed: int = Field(0, description="seed for every random choice")
     # compression (PyTorch models only): distillation, pruning and the accuracy gate
     data: str | None = Field(

@@ -59,6 +59,14 @@ class BudgetNotMetError(EdgecompressError):
     exit_code = 3
 
 
+class BudgetError(EdgecompressError):
+    """The accuracy budget is out of range or cannot be measured (e.g. it needs labels)."""
+
+
+class BuildDirError(EdgecompressError):
+    """The folder given is not a built target (no readable report.json)."""
+
+
 class TrainingError(EdgecompressError):
     """Training cannot start or resume (e.g. a checkpoint written by a different run)."""
 
@@ -85,3 +93,11 @@ class SigningKeyError(EdgecompressError):
 
 class ShipError(EdgecompressError):
     """A destination is malformed or shipping to it failed (carries the host's reason)."""
+
+
+class CalibrationChecksumError(CalibrationError):
+    """A calibration set's arrays do not match the sha256 in its manifest."""
+
+
+class DataFreeError(CalibrationError):
+    """Data-free calibration is impossible for this model (no BatchNorm statistics to match)."""

@@ -24,6 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecompress.engines.arm64_emulated import arm64_root  # noqa: F401 - re-exported for test_ship
+from edgecompress.engines.arm64_emulated import unavailable_reason as emulation_unavailable
+
 SSH_USER = "ecship"
 
 
@@ -239,18 +242,11 @@ def device(tmp_path_factory):
     stop_sshd(server)
 
 
-def arm64_root() -> Path:
-    """The emulated Debian arm64 root of the engines issue (scripts/arm64-emulated.sh setup)."""
-    from edgecompress.example import cache_dir
-
-    return Path(os.environ.get("EDGECOMPRESS_ARM64_ROOT") or cache_dir() / "arm64-root")
-
-
 def arm64_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (bind mount, chroot)"
-    if not (arm64_root() / "opt/ec/bin/python").exists():
-        return f"no emulated arm64 root with onnxruntime at {arm64_root()} (scripts/arm64-emulated.sh setup)"
+    """Why the emulated arm64 device cannot be used here (root, the arm64 root, binfmt, sshd), or None."""
+    reason = emulation_unavailable()
+    if reason:
+        return reason
     if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
         return "qemu-aarch64 binfmt handler not registered"
     return None if find_sshd() else "sshd not installed"

@@ -49,7 +49,7 @@ def test_targets_lists_the_cpu_profile():
 
 def test_builtin_example_builds_a_verified_int8_engine(tmp_path):
     out = tmp_path / "build"
-    result = edgecompress("build", "--out", str(out), "--bench-runs", "20")
+    result = edgecompress("build", "--out", str(out), "--bench-runs", "20", "--precision", "int8")
     assert result.returncode == 0, result.stderr
     assert "edgecompress build summary" in result.stdout
     report = json.loads((out / "cpu" / "report.json").read_text())
@@ -65,7 +65,7 @@ def test_builtin_example_builds_a_verified_int8_engine(tmp_path):
     assert (out / "cpu" / "latency.png").read_bytes()[:4] == b"\x89PNG"
     # a second build reuses export and quantization (content-hash cache)
     again = subprocess.run(
-        [sys.executable, "-m", "edgecompress", "build", "--out", str(out), "--bench-runs", "10"],
+        [sys.executable, "-m", "edgecompress", "build", "--out", str(out), "--bench-runs", "10", "--precision", "int8"],
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO), EDGECOMPRESS_QUIET=""), timeout=900,
     )
     assert again.returncode == 0 and "export: reused" in again.stderr and "quantize: reused" in again.stderr
@@ -96,7 +96,7 @@ def test_third_party_onnx_builds_with_input_shape(tmp_path, tiny_calib):
     model = _third_party_onnx(tmp_path / "other.onnx")
     out = tmp_path / "build"
     result = edgecompress("build", "--model", str(model), "--input-shape", "pixels:1,1,8,8", "--calib", str(tiny_calib),
-                          "--target", "cpu", "--out", str(out), "--bench-runs", "10")
+                          "--target", "cpu", "--out", str(out), "--bench-runs", "10", "--precision", "int8")
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "cpu" / "report.json").read_text())
     assert report["model"]["opset"] >= 17 and report["engine"]["precision"] == "int8"
@@ -110,7 +110,7 @@ def test_factory_model_with_weights(tmp_path, tiny_calib):
     torch.save(make_tiny_net().state_dict(), weights)
     out = tmp_path / "build"
     result = edgecompress("build", "--model", "tests.conftest:make_tiny_net", "--weights", str(weights),
-                          "--input-shape", "1,1,8,8", "--calib", str(tiny_calib), "--out", str(out), "--bench-runs", "10",
+                          "--input-shape", "1,1,8,8", "--calib", str(tiny_calib), "--out", str(out), "--bench-runs", "10", "--precision", "int8",
                           "--exporter", "torchscript", cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "cpu" / "report.json").read_text())["engine"]["precision"] == "int8"

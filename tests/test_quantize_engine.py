@@ -13,7 +13,8 @@ from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.errors import QuantizationError, TargetError
 from edgecompress.evaluate import EvalSet, evaluate
 from edgecompress.export import model_io
-from edgecompress.quantize import QuantRecipe, quantize_model, recipe_for_target
+from edgecompress.isa import recipe_for_target
+from edgecompress.quantize import QuantRecipe, quantize_model
 from edgecompress.targets import load_profile
 
 
