@@ -167,7 +167,7 @@ def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) ->
 
     figure, axis = plt.subplots(figsize=(6, 3.2), dpi=110)
     names = list(samples)
-    axis.boxplot([samples[name] for name in names], vert=False, showfliers=True)
+    axis.boxplot([samples[name] for name in names], orientation="horizontal", showfliers=True)
     axis.set_yticks(range(1, len(names) + 1), names)
     axis.set_xlabel("latency per run (ms)")
     axis.set_title(title, fontsize=10)
