@@ -59,6 +59,42 @@ class BudgetNotMetError(EdgecompressError):
     exit_code = 3
 
 
+class BudgetError(EdgecompressError):
+    """The accuracy budget is out of range or cannot be measured (e.g. it needs labels)."""
+
+
+class BuildDirError(EdgecompressError):
+    """The folder given is not a built target (no readable report.json)."""
+
+
+class TrainingError(EdgecompressError):
+    """Training cannot start or resume (e.g. a checkpoint written by a different run)."""
+
+
+class TrainingDataError(EdgecompressError):
+    """Labelled training data (--data) is missing, unreadable or does not fit the model."""
+
+
+class DistillationError(EdgecompressError):
+    """Teacher and student do not fit together, or the distillation options are inconsistent."""
+
+
+class PruningError(EdgecompressError):
+    """A pruning option is out of range, or the structured pruner cannot follow the model."""
+
+
+class BundleError(EdgecompressError):
+    """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
+
+
+class SigningKeyError(EdgecompressError):
+    """A signing or SSH key file is missing, unreadable, malformed or its passphrase is wrong."""
+
+
+class ShipError(EdgecompressError):
+    """A destination is malformed or shipping to it failed (carries the host's reason)."""
+
+
 class CalibrationChecksumError(CalibrationError):
     """A calibration set's arrays do not match the sha256 in its manifest."""
 

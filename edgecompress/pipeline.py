@@ -7,7 +7,7 @@ hashes, so a second build for another target reuses export and quantization.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -18,15 +18,18 @@ from edgecompress.artifacts import sha256_file, sha256_json
 from edgecompress.cache import cached_artifact, module_hash
 from edgecompress.calib.diagnostics import diagnose
 from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_from_arrays, load_calibration_set
+from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.config import BuildConfig
-from edgecompress.engines import EngineArtifact, get_builder
+from edgecompress.data import DigitsSplits as Splits
+from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.errors import CalibrationError
+from edgecompress.errors import CalibrationError, ConfigError
 from edgecompress.evaluate import EvalSet, evaluate
 from edgecompress.export import OnnxModelInfo, export_torch, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.model_source import SourceModel, load_source_model
 from edgecompress.progress import info, warn
-from edgecompress.quantize import QuantRecipe, quantize_model, recipe_for_target
+from edgecompress.isa import recipe_for_target
+from edgecompress.quantize import QuantRecipe, host_arch, quantize_model
 from edgecompress.report import verdicts, versions, write_report
 from edgecompress.targets import TargetProfile, load_profiles
 
@@ -42,16 +45,24 @@ class BuildContext:
     fp32: OnnxModelInfo
     calibration: CalibrationSet
     eval_set: EvalSet
+    compression: Compression | None = None
 
 
 def build(config: BuildConfig) -> list[dict[str, Any]]:
     """Run the whole build; returns one report dict per target."""
     profiles = load_profiles(config.target)  # a typo in --target fails before any work
+    for profile in profiles:
+        check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
     source = load_source_model(config.model, config.weights, config.input_shape)
+    compression = compress_stage(source, config)
+    if compression is not None:  # export the compressed student in the source model's place
+        source = replace(source, module=compression.module, content_hash=module_hash(compression.module))
+    labelled = compression.splits if compression is not None else None
     fp32 = export_stage(source, config)
-    calibration = calibration_stage(source, fp32, config)
-    context = BuildContext(config, source, fp32, calibration, eval_stage(source, fp32, calibration, config))
+    calibration = calibration_stage(source, fp32, config, labelled)
+    eval_set = eval_stage(source, fp32, calibration, config, labelled)
+    context = BuildContext(config, source, fp32, calibration, eval_set, compression)
     return [build_target(context, profile) for profile in profiles]
 
 
@@ -90,15 +101,33 @@ def _is_example(source: SourceModel) -> bool:
     return source.name == EXAMPLE_NAME
 
 
-def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig) -> CalibrationSet:
-    if config.calib is not None:
-        calibration = load_calibration_set(config.calib, fp32.inputs)
-    elif _is_example(source):
+def _preprocess_spec(source: SourceModel) -> dict[str, Any] | None:
+    """How raw images become inputs, when known (the built-in example's spec); bundles carry it to devices."""
+    from edgecompress.data import DIGITS_SPEC
+
+    return DIGITS_SPEC.to_dict() if _is_example(source) else None
+
+
+def _labelled_data(source: SourceModel, config: BuildConfig, labelled: Splits | None) -> Splits | None:
+    """The compression data when there was compression, else the example's digits, else None."""
+    if labelled is None and _is_example(source):
         from edgecompress.data import digits_splits
 
-        train = digits_splits(config.seed).train
-        arrays = {fp32.inputs[0].name: train.x[:EXAMPLE_CALIBRATION_COUNT]}
-        calibration = calibration_set_from_arrays(arrays, fp32.inputs, "digits train split (built-in example)")
+        return digits_splits(config.seed)
+    return labelled
+
+
+def _data_name(source: SourceModel, config: BuildConfig) -> str:
+    return "digits (built-in example)" if _is_example(source) and config.data is None else str(config.data)
+
+
+def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
+    labelled = _labelled_data(source, config, labelled)
+    if config.calib is not None:
+        calibration = load_calibration_set(config.calib, fp32.inputs)
+    elif labelled is not None:
+        arrays = {fp32.inputs[0].name: labelled.train.x[:EXAMPLE_CALIBRATION_COUNT]}
+        calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
     for finding in diagnose(calibration.arrays):
@@ -106,15 +135,15 @@ def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildCon
     return calibration
 
 
-def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig) -> EvalSet:
+def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig,
+               labelled: Splits | None = None) -> EvalSet:
+    labelled = _labelled_data(source, config, labelled)
     if config.eval_data is not None:
         held_out = load_calibration_set(config.eval_data, fp32.inputs)
         return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
-    if _is_example(source):
-        from edgecompress.data import digits_splits
-
-        test = digits_splits(config.seed).test
-        return EvalSet({fp32.inputs[0].name: test.x}, test.y, "digits test split (held out)")
+    if labelled is not None:
+        test = labelled.test
+        return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{_data_name(source, config)} test split (held out)")
     warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
     return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
 
@@ -125,6 +154,7 @@ def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
         percentile=config.percentile,
         per_channel=config.per_channel,
         nodes_to_exclude=tuple(config.nodes_to_exclude),
+        equalize=config.equalize == "on" or (config.equalize == "auto" and not config.per_channel),
     )
 
 
@@ -162,20 +192,82 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     config = context.config
     builder = get_builder(profile.engine)
     recipe = target_recipe(profile, config)
-    int8_path = quantize_stage(context, recipe)
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
-    artifact = builder.build(int8_path, profile, target_dir)
-    report = base_report(context, profile, artifact, recipe, int8_path)
+    chosen = None
+    if builder.available() is None:
+        chosen = quantize_target_stage(context, profile, builder, recipe)
+        recipe, model_path = chosen.recipe, chosen.model_path
+    else:
+        model_path = quantize_stage(context, recipe)
+    artifact = builder.build(model_path, profile, target_dir)
+    report = base_report(context, profile, artifact, recipe, model_path)
+    report["samples"] = samples_stage(context.eval_set, target_dir)
     samples: dict[str, list[float]] = {}
     if artifact.runnable_here and builder.available() is None:
         samples = measure_engine(context, profile, builder, artifact, report)
+    if context.compression is not None:
+        report["compression"] = compression_report(context.compression.record, report)
+    if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
+        report["int8_model_check"] = check_int8_model(context, profile, model_path)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
+    if chosen is not None:
+        report["quantization"].update(chosen.report_fields(target_dir))
+        report["verdict"] += chosen.choice.summary
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)
     for line in report["verdict"]:
-        (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line}")
+        (warn if line.startswith("WARNING") or "SLOWER" in line or "misses" in line else info)(f"{profile.name}: {line}")
+    if chosen is not None:
+        chosen.repair.raise_if_unmet(config.allow_over_budget)
     return report
+
+
+def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe):
+    """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
+    from edgecompress.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
+    from edgecompress.qrepair import Budget, RepairOptions
+
+    config = context.config
+    budget = Budget(config.max_accuracy_drop, config.min_agreement)
+    budget.check_measurable(context.eval_set)
+    if config.precision != "auto" and config.precision not in profile.precisions:
+        raise ConfigError(
+            f"precision '{config.precision}' is not one that target '{profile.name}' runs ({', '.join(profile.precisions)})",
+            "use --precision auto or one of the target's precisions",
+        )
+    settings = PrecisionSettings(
+        budget,
+        RepairOptions(
+            max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off"
+        ),
+        config.precision,
+        config.allow_over_budget,
+        config.diagnose,
+        bench_runs=min(config.bench_runs, 100),
+        bench_max_seconds=config.bench_max_seconds / 2,
+    )
+    fp16 = None
+    if "fp16" in profile.precisions:
+        fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
+    feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
+    return quantize_for_target(
+        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r),
+        TargetModels(builder, profile), feeds, settings, fp16,
+    )
+
+
+SAMPLE_COUNT = 8
+
+
+def samples_stage(eval_set: EvalSet, target_dir: Path) -> dict[str, Any]:
+    """Keep a few held-out inputs beside the engine: bundles carry them for the device self-test."""
+    from edgecompress.artifacts import atomic_path
+
+    path = target_dir / "samples.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
+    return {"path": path.name, "count": min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), "source": eval_set.description}
 
 
 def measure_engine(context: BuildContext, profile, builder, artifact: EngineArtifact, report: dict[str, Any]) -> dict[str, list[float]]:
@@ -207,6 +299,26 @@ def measure_engine(context: BuildContext, profile, builder, artifact: EngineArti
     return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
 
 
+def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:
+    """What int8 does to the model on the device's arithmetic, when this host cannot run the device's engine.
+
+    With graph optimizations off, ONNX Runtime computes Q/DQ in float: exact int8 rounding
+    without the 16-bit saturation of x86 kernels lacking VNNI, i.e. what TensorRT and ARM
+    kernels compute (digits example: 100% agreement here and on emulated aarch64, 96.4%
+    through this host's fused int8 kernels).
+    """
+    batch = _batch_size(context, 32)
+    int8 = OrtRunner(int8_path, threads=profile.threads, level="disable")
+    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch)
+    return {
+        "how": "simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
+               "the device engine itself is measured on the device",
+        "accuracy": {"fp32": evaluation.accuracy_reference, "int8": evaluation.accuracy_engine, "data": evaluation.data},
+        "agreement": vars(evaluation.agreement),
+    }
+
+
 def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, recipe: QuantRecipe, int8_path: Path) -> dict[str, Any]:
     engine_size = artifact.path.stat().st_size if artifact.path else sum(p.stat().st_size for p in artifact.files if p.is_file())
     reference_size = context.fp32.path.stat().st_size
@@ -220,6 +332,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
             "opset": context.fp32.opset,
             "labels": context.source.labels,
         },
+        "preprocess": _preprocess_spec(context.source),
         "profile": profile.summary(),
         "engine": {
             "kind": artifact.kind,

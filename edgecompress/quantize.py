@@ -21,7 +21,6 @@ import onnx
 from edgecompress.artifacts import atomic_path
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.errors import QuantizationError
-from edgecompress.targets import TargetProfile
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 
@@ -35,9 +34,11 @@ class QuantRecipe:
     per_channel: bool = True
     reduce_range: bool = False
     symmetric_activations: bool = False
+    quantize_bias: bool = True  # int32 biases; TensorRT's parser takes float biases only
     calibration_method: CalibrationMethodName = "minmax"
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
+    equalize: bool = False  # cross-layer equalization of Conv→ReLU(6)→Conv pairs first (edgecompress/equalize.py)
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -65,25 +66,6 @@ class QuantRecipe:
 
     def with_options(self, **changes) -> "QuantRecipe":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-
-def recipe_for_target(profile: TargetProfile) -> QuantRecipe:
-    """Pick types that the target's integer kernels handle without saturating.
-
-    x86 without VNNI multiplies u8×s8 pairs with 16-bit saturation (vpmaddubsw), which
-    corrupts large activations; reduce_range (7-bit weights) avoids it at the same speed.
-    TensorRT wants symmetric int8 on both sides.
-    """
-    from edgecompress.isa import target_isa
-
-    isa = target_isa(profile)
-    if profile.engine == "tensorrt":
-        return QuantRecipe("int8", "int8", True, False, True, reason="TensorRT explicit quantization: symmetric s8s8")
-    if profile.arch == "x86_64" and not ({"avx512_vnni", "avx_vnni", "amx_int8"} & isa):
-        return QuantRecipe(
-            reduce_range=True, reason="x86 without VNNI: u8s8 with reduce_range avoids vpmaddubsw saturation"
-        )
-    return QuantRecipe(reason=f"{profile.arch} with {'/'.join(sorted(isa)) or 'no special int8 ISA'}: u8s8 per-channel")
 
 
 class ArrayCalibrationReader:
@@ -131,6 +113,14 @@ def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
         )
 
 
+def _equalize_file(path: Path) -> None:
+    from edgecompress.equalize import equalize
+
+    model = onnx.load(str(path))
+    equalize(model)
+    onnx.save(model, str(path))
+
+
 def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
     """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
     from onnxruntime.quantization import QuantFormat, quantize_static
@@ -141,6 +131,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "CalibMovingAverage": False,
+        "QuantizeBias": recipe.quantize_bias,
     }
     if recipe.calibration_method == "percentile":
         extra_options["CalibPercentile"] = recipe.percentile
@@ -152,11 +143,13 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
             except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        if recipe.equalize:
+            _equalize_file(prepared)
         if recipe.calibration_method == "entropy":
             from edgecompress.calib.ranges import entropy_overrides
 
             extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
-        with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print
+        with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
             try:
                 quantize_static(
                     str(prepared),

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.artifacts import atomic_path, write_json_atomic, write_text_atomic
+from edgecompress.qinspect import quantization_markdown
 
 
 def versions() -> dict[str, str]:
@@ -37,7 +38,7 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     lines: list[str] = []
     engine, reference = report.get("latency_ms"), report.get("reference", {}).get("latency_ms")
     precision = report["engine"]["precision"]
-    if engine and reference:
+    if engine and reference and precision != "fp32":  # an fp32 engine is the reference (precision choice)
         ratio = reference["p50"] / engine["p50"]
         if ratio < 1.0:
             lines.append(
@@ -61,6 +62,12 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     agreement = report.get("agreement")
     if agreement and agreement.get("top1") is not None:
         lines.append(f"Agreement with fp32: {100 * agreement['top1']:.2f}% top-1 on {agreement['samples']} samples.")
+    check = report.get("int8_model_check")
+    if check:
+        lines.append(
+            f"The int8 model agrees with fp32 on {100 * check['agreement']['top1']:.2f}% top-1 as the device "
+            f"computes it ({check['agreement']['samples']} samples; {check['how']})."
+        )
     if report["engine"].get("note"):
         lines.append(report["engine"]["note"])
     return lines
@@ -101,10 +108,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Verdict",
         *[f"- {line}" for line in report.get("verdict", [])],
         "",
+        *compression_markdown(report.get("compression")),
+        *_engine_section(report["engine"]),
         "## Quantization",
         f"- recipe: `{report['quantization']['recipe']}`",
         f"- calibration: {report['quantization']['calibration']['samples']} samples from "
         f"{report['quantization']['calibration']['source']} (sha256 {report['quantization']['calibration']['sha256'][:16]}…)",
+        *quantization_markdown(report["quantization"]),
         "",
         "## Versions",
         *[f"- {name}: {version}" for name, version in report["versions"].items()],
@@ -112,6 +122,38 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("latency_plot"):
         lines[4:4] = [f"![latency]({report['latency_plot']})", ""]
     return "\n".join(lines) + "\n"
+
+
+def compression_markdown(compression: dict[str, Any] | None) -> list[str]:
+    """The teacher -> student -> pruned -> engine table and the accuracy gate's decisions."""
+    if not compression:
+        return []
+    lines = [
+        "## Compression",
+        "",
+        "| stage | model | top-1 | params | FLOPs | size | latency p50 | runtime |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {s['name']} | {s.get('model', '')} | {_fmt(s.get('accuracy'), '.2f', ' %')} | {s['params']:,} | "
+            f"{s['flops'] / 1e6:.1f} M | {s['size_bytes'] / 1024:.1f} KiB | {_fmt(s.get('latency_ms'), '.3f', ' ms')} | "
+            f"{s.get('runtime', '')} |"
+            for s in compression["stages"]
+        ],
+    ]
+    gate = compression.get("gate")
+    if gate:
+        lines += ["", f"Accuracy gate ({gate['method']}, target ratio {gate['target_ratio']}, budget "
+                  f"{gate['max_accuracy_drop']} points vs the teacher's {gate['reference_val_accuracy']:.2f} % on validation):"]
+        lines += [f"- step {s['step']}: ratio {s['ratio']:.2f}, val {s['val_accuracy']:.2f} % (drop {s['drop']:+.2f}), "
+                  f"{s['params']:,} params — {'accepted' if s['accepted'] else 'REJECTED'}" for s in gate["steps"]]
+        lines.append(f"- stopped: {gate['stopped']}")
+    return [*lines, ""]
+
+
+def _engine_section(engine: dict[str, Any]) -> list[str]:
+    """Facts the builder wants a reader to see (portability, providers, preflight...)."""
+    lines = engine.get("metadata", {}).get("summary") or []
+    return ["## Engine", *[f"- {line}" for line in lines], ""] if lines else []
 
 
 def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) -> Path | None:
@@ -125,7 +167,7 @@ def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) ->
 
     figure, axis = plt.subplots(figsize=(6, 3.2), dpi=110)
     names = list(samples)
-    axis.boxplot([samples[name] for name in names], vert=False, showfliers=True)
+    axis.boxplot([samples[name] for name in names], orientation="horizontal", showfliers=True)
     axis.set_yticks(range(1, len(names) + 1), names)
     axis.set_xlabel("latency per run (ms)")
     axis.set_title(title, fontsize=10)
@@ -154,18 +196,22 @@ def summary_table(reports: list[dict[str, Any]]):
         table.add_column(column, justify="right" if column not in ("target", "engine") else "left")
     for report in reports:
         latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
-        speedup = reference["p50"] / latency["p50"] if latency and reference else None
+        fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
+        speedup = reference["p50"] / latency["p50"] if latency and reference and not fp32_engine else None
         agreement = (report.get("agreement") or {}).get("top1")
+        simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1")
         table.add_row(
             report["target"],
             f"{report['engine']['kind']} {report['engine']['precision']}",
             f"{report['engine']['size_bytes'] / 1024:.0f} KiB",
             _fmt(report["accuracy"].get("fp32"), ".2f", "%"),
             _fmt(report["accuracy"].get("engine"), ".2f", "%"),
-            _fmt(100 * agreement if agreement is not None else None, ".1f", "%"),
+            _fmt(100 * agreement, ".1f", "%") if agreement is not None else _fmt(
+                100 * simulated if simulated is not None else None, ".1f", "% sim"),
             _fmt(latency.get("p50"), ".3f"),
             _fmt(latency.get("p90"), ".3f"),
             _fmt(latency.get("p99"), ".3f"),
-            "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]" if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
+            "is fp32" if fp32_engine else "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]"
+            if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
         )
     return table

@@ -57,6 +57,7 @@ class TargetProfile(BaseModel):
     batch: BatchRange = BatchRange()
     options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options")
     source: str = Field("", description="file the profile was read from (filled in by the loader)")
+    alias_of: str = Field("", description="the profile this one renames (filled in by the loader)")
 
     def summary(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -115,9 +116,8 @@ def load_profile(name_or_path: str, _seen: tuple[str, ...] = ()) -> TargetProfil
         if alias in _seen:
             raise TargetError(f"target alias loop: {' -> '.join(_seen + (alias,))}", "fix alias_of")
         base = load_profile(str(alias), _seen + (name_or_path,))
-        merged = base.model_dump() | {k: v for k, v in data.items()}
-        merged.setdefault("name", path.stem)
-        data = merged
+        # the alias keeps its own name (build folders and reports say what the user asked for)
+        data = base.model_dump() | {"name": path.stem, "alias_of": base.name} | data
     data.setdefault("name", path.stem)
     data["source"] = str(path)
     try:

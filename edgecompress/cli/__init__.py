@@ -37,19 +37,25 @@ def _root(
 
 from edgecompress.cli import build as _build  # noqa: E402,F401  (registers commands)
 from edgecompress.cli import calib as _calib  # noqa: E402,F401
+from edgecompress.cli import inspect as _inspect  # noqa: E402,F401
 from edgecompress.cli import targets as _targets  # noqa: E402,F401
+from edgecompress.cli import ship as _ship  # noqa: E402,F401
 
 
 def main() -> None:
     from edgecompress.errors import EdgecompressError
     from edgecompress.progress import console
 
+    from rich.markup import escape
+
     try:
-        app(standalone_mode=False)
-    except EdgecompressError as error:
-        console.print(f"[bold red]error:[/bold red] {error.problem}", highlight=False, soft_wrap=True)
+        code = app(standalone_mode=False)  # non-standalone click returns typer.Exit's code instead of raising
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except EdgecompressError as error:  # escape: messages quote user text such as "[user@]host"
+        console.print(f"[bold red]error:[/bold red] {escape(error.problem)}", highlight=False, soft_wrap=True)
         if error.fix:
-            console.print(f"  [bold]fix:[/bold] {error.fix}", highlight=False, soft_wrap=True)
+            console.print(f"  [bold]fix:[/bold] {escape(error.fix)}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("interrupted; finished artifacts are kept, unfinished ones were not written")

@@ -6,11 +6,14 @@ from importlib import import_module
 
 from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner, TensorSpec
 from edgecompress.errors import TargetError
+from edgecompress.targets import TargetProfile
 
 # engine kind -> "module:attribute"; modules import lazily so optional runtimes
 # (TensorRT) are only touched when a profile asks for them.
 _BUILDERS = {
     "ort-cpu": "edgecompress.engines.ort_cpu:OrtCpuBuilder",
+    "ort-arm": "edgecompress.engines.arm:ArmBuilder",
+    "tensorrt": "edgecompress.engines.tensorrt:TensorRTBuilder",
 }
 
 
@@ -24,4 +27,20 @@ def get_builder(kind: str) -> EngineBuilder:
     return getattr(import_module(module_name), attribute)()
 
 
-__all__ = ["EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "get_builder"]
+def check_profile(profile: TargetProfile) -> None:
+    """Validate a profile's engine options up front, so a typo fails before hours of work.
+
+    Builders with engine-specific options expose `check(profile)`; the others have none.
+    """
+    check = getattr(get_builder(profile.engine), "check", None)
+    if check is not None:
+        check(profile)
+
+
+def describe_profile(profile: TargetProfile) -> str:
+    """A builder's one-line view of a profile (engine options, what builds on this host)."""
+    describe = getattr(get_builder(profile.engine), "describe", None)
+    return describe(profile) if describe is not None else ""
+
+
+__all__ = ["EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "check_profile", "describe_profile", "get_builder"]

@@ -42,6 +42,9 @@ def session_options(threads: int, level: str = "all", optimized_path: Path | Non
     options.intra_op_num_threads = threads or (os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # Idle pool threads spin by default and steal the cores of the next session run in an
+    # interleaved benchmark: on this 2-core host that inflated fp32 p50 3-4x (4.7 -> 18 ms).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     return options

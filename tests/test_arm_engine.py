@@ -1,0 +1,95 @@
+"""The ARM engine: ORT-format conversion, required-operators config, the Runner, bad models."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edgecompress.data import digits_splits
+from edgecompress.engines import get_builder
+from edgecompress.engines.arm import ENGINE_NAME
+from edgecompress.errors import EngineBuildError
+from edgecompress.targets import load_profile
+from tests._int8_models import qdq_models, with_extra_node  # noqa: F401 - fixture
+
+BATCH = digits_splits().test.x[:64]
+
+
+@pytest.fixture(scope="module")
+def pi5_engine(qdq_models, tmp_path_factory):
+    profile = load_profile("raspberry-pi-5")
+    out_dir = tmp_path_factory.mktemp("raspberry-pi-5")
+    return profile, get_builder("ort-arm").build(qdq_models["int8"], profile, out_dir)
+
+
+def test_build_writes_the_ort_model_and_its_required_operators_config(pi5_engine):
+    _, artifact = pi5_engine
+    assert artifact.path.name == ENGINE_NAME and artifact.path.read_bytes()[4:8] == b"ORTM"
+    config = artifact.path.with_name("required_operators.config")
+    assert config in artifact.files
+    assert "QLinearConv" in config.read_text()
+    assert "com.microsoft:QLinearConv@1" in artifact.metadata["required_operators"]
+    assert sorted(p.name for p in artifact.path.parent.iterdir()) == [ENGINE_NAME, config.name]
+
+
+def test_artifact_records_the_device_providers_and_the_cpu_fallback_notice(pi5_engine):
+    _, artifact = pi5_engine
+    assert artifact.metadata["device_providers"] == ["XNNPACKExecutionProvider", "CPUExecutionProvider"]
+    assert "XNNPACKExecutionProvider not in this onnxruntime build" in artifact.note
+
+
+def test_runner_falls_back_to_cpu_and_matches_the_int8_onnx(pi5_engine, qdq_models):
+    profile, artifact = pi5_engine
+    runner = get_builder("ort-arm").load(artifact, profile)
+    assert runner.providers == ["CPUExecutionProvider"] and "XNNPACK" in runner.notice
+    assert [t.name for t in runner.inputs] == ["input"] and runner.inputs[0].shape[1:] == (1, 32, 32)
+    (ort_out,) = runner.run({"input": BATCH})
+    session = ort.InferenceSession(str(qdq_models["int8"]), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"input": BATCH})
+    assert np.array_equal(ort_out.argmax(1), onnx_out.argmax(1))
+    assert np.abs(ort_out - onnx_out).max() < 0.05 * np.abs(onnx_out).max()
+
+
+def test_profile_without_xnnpack_has_no_notice(qdq_models, tmp_path):
+    profile = load_profile("arm64")
+    artifact = get_builder("ort-arm").build(qdq_models["int8"], profile, tmp_path)
+    assert artifact.note is None
+    assert get_builder("ort-arm").load(artifact, profile).notice is None
+
+
+def test_type_reduction_profile_writes_the_typed_operator_config(qdq_models, tmp_path):
+    artifact = get_builder("ort-arm").build(qdq_models["int8"], load_profile("android-arm64"), tmp_path)
+    config = (tmp_path / "required_operators.config").read_text()
+    assert '{"inputs"' in config and "# - engine.ort" in config  # per-op type lists, no scratch paths
+    assert "com.microsoft:QLinearConv@1" in artifact.metadata["required_operators"]
+    assert not any("{" in op for op in artifact.metadata["required_operators"])
+
+
+def test_op_the_converter_rejects_is_named_and_nothing_is_written(qdq_models, tmp_path):
+    bad = with_extra_node(qdq_models["int8"], tmp_path / "bad.onnx", "FancyNorm", "head/fancy_norm",
+                          domain="com.example")
+    out_dir = tmp_path / "raspberry-pi-5"
+    with pytest.raises(EngineBuildError) as error:
+        get_builder("ort-arm").build(bad, load_profile("raspberry-pi-5"), out_dir)
+    assert "FancyNorm" in str(error.value) and "head/fancy_norm" in str(error.value)
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.arm64_emulated
+def test_ort_engine_runs_on_emulated_aarch64_and_agrees_with_x86(pi5_engine):
+    from edgecompress.engines.arm64_emulated import run_emulated, unavailable_reason
+
+    if not os.environ.get("EDGECOMPRESS_ARM64"):
+        pytest.skip("opt-in: set EDGECOMPRESS_ARM64=1 (or run scripts/arm64-emulated.sh)")
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"arm64 emulation unavailable: {reason}")
+    profile, artifact = pi5_engine
+    x86 = get_builder("ort-arm").load(artifact, profile).run({"input": BATCH})[0]
+    emulated = run_emulated({"int8": artifact.path}, {"input": BATCH}, repeats=2)["int8"]
+    assert emulated.machine == "aarch64" and "emulated" in emulated.label
+    assert np.array_equal(emulated.outputs[0].argmax(1), x86.argmax(1))
+    assert np.abs(emulated.outputs[0] - x86).max() < 0.05 * np.abs(x86).max()

@@ -1,0 +1,51 @@
+"""`edgecompress build` end to end for a Jetson (on-device kit) and a Raspberry Pi 5 (.ort)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgecompress.config import BuildConfig
+from edgecompress.data import digits_splits
+from edgecompress.pipeline import build
+from tests._int8_models import qdq_models  # noqa: F401 - fixture
+
+
+@pytest.fixture(scope="module")
+def reports(qdq_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("build")
+    splits = digits_splits()
+    np.savez(root / "calib.npz", input=splits.val.x[:64])
+    np.savez(root / "eval.npz", input=splits.test.x[:64], y=splits.test.y[:64])
+    config = BuildConfig(model=str(qdq_models["fp32"]), target=["jetson", "raspberry-pi-5"], calib=root / "calib.npz",
+                         eval_data=root / "eval.npz", out=root / "out", bench_runs=10, bench_warmup=1)
+    return config.out, {report["target"]: report for report in build(config)}
+
+
+def test_jetson_build_writes_the_kit_and_says_to_build_on_the_device(reports):
+    out, by_target = reports
+    report = json.loads((out / "jetson" / "report.json").read_text())
+    assert report["engine"]["path"] is None and report["engine"]["metadata"]["built_on_device"]
+    assert (out / "jetson" / "device-build-kit" / "build_engine.sh").is_file()
+    assert not list(out.rglob("engine.plan"))
+    assert "must be built on the device" in (out / "jetson" / "report.md").read_text()
+    assert "trtexec --onnx=model.int8.onnx" in report["engine"]["note"]
+    assert report["quantization"]["recipe"]["quantize_bias"] is False  # TensorRT takes float biases
+
+
+def test_jetson_report_still_shows_what_int8_did_to_the_model(reports):
+    _, by_target = reports
+    check = by_target["jetson"]["int8_model_check"]
+    assert check["agreement"]["samples"] == 64 and check["agreement"]["top1"] > 0.5
+    assert "simulated int8" in check["how"]
+
+
+def test_raspberry_pi_5_build_runs_the_ort_engine_here(reports):
+    out, by_target = reports
+    report = by_target["raspberry-pi-5"]
+    assert report["engine"]["path"].endswith("engine.ort") and (out / "raspberry-pi-5" / "required_operators.config").is_file()
+    assert report["agreement"]["samples"] == 64 and report["latency_ms"]["p50"] > 0
+    assert report["engine"]["metadata"]["device_providers"][0] == "XNNPACKExecutionProvider"
+    assert "## Engine" in (out / "raspberry-pi-5" / "report.md").read_text()

@@ -1,0 +1,86 @@
+"""`edgecompress build` with a budget, and `edgecompress inspect`, through the real CLI entry point."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from edgecompress.cli import main
+from tests.quant_models import digits_case  # noqa: F401  (fixture)
+
+
+def run_cli(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["edgecompress", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+        raise SystemExit(0)
+    return exited.value.code or 0
+
+
+@pytest.fixture(scope="module")
+def data_files(digits_case, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    np.savez(folder / "calib.npz", input=digits_case.calibration.arrays["input"])
+    np.savez(folder / "eval.npz", input=digits_case.eval_set.inputs["input"], y=digits_case.eval_set.labels)
+    return folder
+
+
+def build_args(case, folder, out, *extra: str) -> list[str]:
+    return ["build", "-m", case.fragile, "--calib", folder / "calib.npz", "--eval-data", folder / "eval.npz",
+            "--out", out, "--bench-runs", "10", "--equalize", "off", *extra]
+
+
+def test_build_repairs_within_budget_and_inspect_lists_layers(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    out = tmp_path / "build"
+    args = build_args(digits_case, data_files, out, "--max-accuracy-drop", "1.0", "--precision", "int8")
+    assert run_cli(monkeypatch, *args) == 0
+    report = json.loads((out / "cpu" / "report.json").read_text())
+    assert report["engine"]["precision"] == "int8"
+    assert "/conv2/Conv" in report["quantization"]["recipe"]["nodes_to_exclude"]
+    assert report["accuracy"]["fp32"] - report["accuracy"]["engine"] <= 1.0
+    assert report["quantization"]["tries"] and report["quantization"]["layers"]
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "inspect", out / "cpu") == 0
+    printed = capsys.readouterr().out
+    assert "/conv1/Conv" in printed and "repair tries" in printed
+
+
+def test_build_that_misses_the_budget_exits_3_and_keeps_the_engine(monkeypatch, digits_case, data_files, tmp_path) -> None:
+    out = tmp_path / "build"
+    args = build_args(digits_case, data_files, out, "--max-accuracy-drop", "1.0", "--max-excluded-layers", "0")
+    assert run_cli(monkeypatch, *args) == 3
+    report = json.loads((out / "cpu" / "report.json").read_text())
+    assert report["quantization"]["repair"]["met"] is False and "limit" in report["quantization"]["repair"]["stop_reason"]
+    assert (out / "cpu" / "engine.onnx").is_file()
+    assert run_cli(monkeypatch, *args, "--allow-over-budget") == 0
+
+
+def test_inspect_of_a_folder_without_report_fails_in_one_line(monkeypatch, tmp_path, capsys) -> None:
+    assert run_cli(monkeypatch, "inspect", tmp_path) == 2
+    assert "no report.json" in capsys.readouterr().err
+
+
+def test_precision_the_target_does_not_run_is_rejected(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, tmp_path / "b", "--precision", "fp16")) == 2
+    assert "precision 'fp16'" in capsys.readouterr().err
+
+
+def test_unknown_node_in_exclusion_list_fails_before_anything_is_built(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    out = tmp_path / "b"
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, out, "--exclude-node", "/conv9/Conv")) == 2
+    assert "/conv9/Conv" in capsys.readouterr().err
+    assert not (out / "cpu" / "engine.onnx").exists()
+
+
+def test_accuracy_budget_without_labels_fails_in_one_line(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    np.savez(tmp_path / "unlabelled.npz", input=digits_case.eval_set.inputs["input"][:64])
+    args = build_args(digits_case, data_files, tmp_path / "b", "--max-accuracy-drop", "1.0")
+    args[args.index(data_files / "eval.npz")] = tmp_path / "unlabelled.npz"
+    assert run_cli(monkeypatch, *args) == 2
+    assert "labels" in capsys.readouterr().err
+
+
+def test_budget_out_of_range_is_a_config_error(monkeypatch, digits_case, data_files, tmp_path, capsys) -> None:
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, tmp_path / "b", "--min-agreement", "1.5")) == 2
+    assert "min_agreement" in capsys.readouterr().err
