@@ -254,9 +254,16 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     base = _try_recipe_changes(session, recipe)
     if base.met:
         return RepairResult(_pick_best(session.tries), session.tries, True, f"met by {base.step}", session.budget)
-    diagnosis = diagnose(session.fp32_path, base.model_path, session.eval_set.inputs, session.options.diagnose_samples)
-    ranking = [layer.exclusion_group for layer in diagnosis.ranking() if layer.node not in base.recipe.nodes_to_exclude]
+    # The most accurate calibration is not always the one that needs the fewest fp32 layers
+    # (clipping spreads damage over many layers, one outlier channel damages one), so the
+    # exclusion search also starts from the target's own recipe when that differs.
+    starts = [base] + [t for t in session.tries[:1] if t.recipe != base.recipe]
     search = _bisect if session.options.strategy == "bisect" else _greedy
-    reason = search(session, base, ranking, session.options.max_excluded_layers)
+    reasons, diagnosis = [], None
+    for start in starts:
+        start_diagnosis = diagnose(session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples)
+        diagnosis = diagnosis or start_diagnosis
+        ranking = [g.exclusion_group for g in start_diagnosis.ranking() if g.node not in start.recipe.nodes_to_exclude]
+        reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
     best = _pick_best(session.tries)
-    return RepairResult(best, session.tries, best.met, reason, session.budget, diagnosis)
+    return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)
