@@ -66,8 +66,35 @@ class BuildConfig(BaseModel):
     )
     diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
     seed: int = Field(0, description="seed for every random choice")
+    # compression (PyTorch models only): distillation, pruning and the accuracy gate
+    data: str | None = Field(
+        None, description="labelled data for compression: digits, an image folder DIR/<class>/<image>, or .npz with "
+        "x and y (y optional when distill_alpha = 0); unset = digits for the built-in example"
+    )
+    teacher: str | None = Field(
+        None, description="teacher for distillation: zoo name, package.module:factory or a saved .pt module; "
+        "unset = the --model itself"
+    )
+    student: str | None = Field(
+        None, description="student to distil and ship: zoo name or package.module:factory; none = keep the model; "
+        "unset = cnn-small for the built-in example, none otherwise"
+    )
+    prune: Literal["none", "magnitude", "taylor", "channels"] | None = Field(
+        None, description="pruning: channels (structured, faster engines), magnitude/taylor (unstructured zeros); "
+        "unset = channels for the built-in example, none otherwise"
+    )
+    prune_ratio: float = Field(0.5, ge=0, lt=1, description="most to prune: fraction of channels or weights")
+    prune_steps: int = Field(2, ge=1, le=20, description="prune -> fine-tune -> evaluate steps towards prune_ratio")
+    channel_importance: Literal["l1", "taylor"] = Field("l1", description="channel ranking for --prune channels")
+    epochs: int = Field(8, ge=1, le=1000, description="distillation epochs of the student")
+    finetune_epochs: int = Field(2, ge=1, le=1000, description="fine-tuning epochs after each prune step")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label loss (1 - alpha: teacher's soft targets)")
+    distill_temperature: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
+    distill_features: list[str] = Field(
+        default_factory=list, description="feature distillation pairs student_layer=teacher_layer"
+    )
 
-    @field_validator("target", "input_shape", "nodes_to_exclude", mode="before")
+    @field_validator("target", "input_shape", "nodes_to_exclude", "distill_features", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value

@@ -58,17 +58,31 @@ def preprocess_digits(images: np.ndarray, spec: PreprocessSpec = DIGITS_SPEC) ->
     return spec.images_to_batch([Image.fromarray(img, mode="L") for img in images])
 
 
+@dataclass(frozen=True)
+class SplitIndices:
+    """Indices into `digits_images()` of each split, so other code can pick raw images per split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
 @lru_cache(maxsize=2)
-def digits_splits(seed: int = 0) -> DigitsSplits:
-    """Stratified 60/20/20 train/validation/test split, preprocessed for the zoo's models."""
+def digits_split_indices(seed: int = 0) -> SplitIndices:
+    """Stratified, seeded 60/20/20 train/validation/test split of the digits."""
     from sklearn.model_selection import train_test_split
 
+    _, labels = digits_images()
+    indices = np.arange(len(labels))
+    train, rest = train_test_split(indices, test_size=0.4, stratify=labels, random_state=seed)
+    val, test = train_test_split(rest, test_size=0.5, stratify=labels[rest], random_state=seed)
+    return SplitIndices(train, val, test)
+
+
+@lru_cache(maxsize=2)
+def digits_splits(seed: int = 0) -> DigitsSplits:
+    """The split of `digits_split_indices`, preprocessed for the zoo's models."""
     images, labels = digits_images()
     x = preprocess_digits(images)
-    x_train, x_rest, y_train, y_rest = train_test_split(x, labels, test_size=0.4, stratify=labels, random_state=seed)
-    x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=seed
-    )
-    return DigitsSplits(
-        LabelledArrays(x_train, y_train), LabelledArrays(x_val, y_val), LabelledArrays(x_test, y_test)
-    )
+    split = digits_split_indices(seed)
+    return DigitsSplits(*(LabelledArrays(x[i], labels[i]) for i in (split.train, split.val, split.test)))

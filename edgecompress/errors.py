@@ -67,6 +67,22 @@ class BuildDirError(EdgecompressError):
     """The folder given is not a built target (no readable report.json)."""
 
 
+class TrainingError(EdgecompressError):
+    """Training cannot start or resume (e.g. a checkpoint written by a different run)."""
+
+
+class TrainingDataError(EdgecompressError):
+    """Labelled training data (--data) is missing, unreadable or does not fit the model."""
+
+
+class DistillationError(EdgecompressError):
+    """Teacher and student do not fit together, or the distillation options are inconsistent."""
+
+
+class PruningError(EdgecompressError):
+    """A pruning option is out of range, or the structured pruner cannot follow the model."""
+
+
 class BundleError(EdgecompressError):
     """A build folder cannot be bundled, or a bundle is unsafe, tampered or mis-signed."""
 
@@ -77,3 +93,11 @@ class SigningKeyError(EdgecompressError):
 
 class ShipError(EdgecompressError):
     """A destination is malformed or shipping to it failed (carries the host's reason)."""
+
+
+class CalibrationChecksumError(CalibrationError):
+    """A calibration set's arrays do not match the sha256 in its manifest."""
+
+
+class DataFreeError(CalibrationError):
+    """Data-free calibration is impossible for this model (no BatchNorm statistics to match)."""

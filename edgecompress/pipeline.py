@@ -7,7 +7,7 @@ hashes, so a second build for another target reuses export and quantization.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,11 @@ import numpy as np
 
 from edgecompress.artifacts import sha256_file, sha256_json
 from edgecompress.cache import cached_artifact, module_hash
+from edgecompress.calib.diagnostics import diagnose
 from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_from_arrays, load_calibration_set
+from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.config import BuildConfig
+from edgecompress.data import DigitsSplits as Splits
 from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.errors import CalibrationError, ConfigError
@@ -42,6 +45,7 @@ class BuildContext:
     fp32: OnnxModelInfo
     calibration: CalibrationSet
     eval_set: EvalSet
+    compression: Compression | None = None
 
 
 def build(config: BuildConfig) -> list[dict[str, Any]]:
@@ -51,9 +55,14 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
         check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
     source = load_source_model(config.model, config.weights, config.input_shape)
+    compression = compress_stage(source, config)
+    if compression is not None:  # export the compressed student in the source model's place
+        source = replace(source, module=compression.module, content_hash=module_hash(compression.module))
+    labelled = compression.splits if compression is not None else None
     fp32 = export_stage(source, config)
-    calibration = calibration_stage(source, fp32, config)
-    context = BuildContext(config, source, fp32, calibration, eval_stage(source, fp32, calibration, config))
+    calibration = calibration_stage(source, fp32, config, labelled)
+    eval_set = eval_stage(source, fp32, calibration, config, labelled)
+    context = BuildContext(config, source, fp32, calibration, eval_set, compression)
     return [build_target(context, profile) for profile in profiles]
 
 
@@ -99,31 +108,42 @@ def _preprocess_spec(source: SourceModel) -> dict[str, Any] | None:
     return DIGITS_SPEC.to_dict() if _is_example(source) else None
 
 
-def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig) -> CalibrationSet:
-    if config.calib is not None:
-        calibration = load_calibration_set(config.calib, fp32.inputs)
-    elif _is_example(source):
+def _labelled_data(source: SourceModel, config: BuildConfig, labelled: Splits | None) -> Splits | None:
+    """The compression data when there was compression, else the example's digits, else None."""
+    if labelled is None and _is_example(source):
         from edgecompress.data import digits_splits
 
-        train = digits_splits(config.seed).train
-        arrays = {fp32.inputs[0].name: train.x[:EXAMPLE_CALIBRATION_COUNT]}
-        calibration = calibration_set_from_arrays(arrays, fp32.inputs, "digits train split (built-in example)")
+        return digits_splits(config.seed)
+    return labelled
+
+
+def _data_name(source: SourceModel, config: BuildConfig) -> str:
+    return "digits (built-in example)" if _is_example(source) and config.data is None else str(config.data)
+
+
+def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
+    labelled = _labelled_data(source, config, labelled)
+    if config.calib is not None:
+        calibration = load_calibration_set(config.calib, fp32.inputs)
+    elif labelled is not None:
+        arrays = {fp32.inputs[0].name: labelled.train.x[:EXAMPLE_CALIBRATION_COUNT]}
+        calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
-    if len(calibration) < 32:
-        warn(f"calibration set has only {len(calibration)} samples; 128 or more give steadier int8 ranges")
+    for finding in diagnose(calibration.arrays):
+        warn(f"calibration: {finding}")
     return calibration
 
 
-def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig) -> EvalSet:
+def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig,
+               labelled: Splits | None = None) -> EvalSet:
+    labelled = _labelled_data(source, config, labelled)
     if config.eval_data is not None:
         held_out = load_calibration_set(config.eval_data, fp32.inputs)
         return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
-    if _is_example(source):
-        from edgecompress.data import digits_splits
-
-        test = digits_splits(config.seed).test
-        return EvalSet({fp32.inputs[0].name: test.x}, test.y, "digits test split (held out)")
+    if labelled is not None:
+        test = labelled.test
+        return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{_data_name(source, config)} test split (held out)")
     warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
     return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
 
@@ -186,6 +206,8 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     samples: dict[str, list[float]] = {}
     if artifact.runnable_here and builder.available() is None:
         samples = measure_engine(context, profile, builder, artifact, report)
+    if context.compression is not None:
+        report["compression"] = compression_report(context.compression.record, report)
     if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
         report["int8_model_check"] = check_int8_model(context, profile, model_path)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
@@ -337,6 +359,8 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
                 "source": context.calibration.source,
                 "sha256": context.calibration.sha256,
                 "samples": len(context.calibration),
+                "manifest_verified": bool(context.calibration.manifest),
+                "made_from": context.calibration.manifest.get("source", {}).get("kind"),
             },
         },
         "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},

@@ -145,6 +145,10 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         if recipe.equalize:
             _equalize_file(prepared)
+        if recipe.calibration_method == "entropy":
+            from edgecompress.calib.ranges import entropy_overrides
+
+            extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
         with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
             try:
                 quantize_static(

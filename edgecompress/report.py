@@ -108,6 +108,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Verdict",
         *[f"- {line}" for line in report.get("verdict", [])],
         "",
+        *compression_markdown(report.get("compression")),
         *_engine_section(report["engine"]),
         "## Quantization",
         f"- recipe: `{report['quantization']['recipe']}`",
@@ -121,6 +122,32 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("latency_plot"):
         lines[4:4] = [f"![latency]({report['latency_plot']})", ""]
     return "\n".join(lines) + "\n"
+
+
+def compression_markdown(compression: dict[str, Any] | None) -> list[str]:
+    """The teacher -> student -> pruned -> engine table and the accuracy gate's decisions."""
+    if not compression:
+        return []
+    lines = [
+        "## Compression",
+        "",
+        "| stage | model | top-1 | params | FLOPs | size | latency p50 | runtime |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {s['name']} | {s.get('model', '')} | {_fmt(s.get('accuracy'), '.2f', ' %')} | {s['params']:,} | "
+            f"{s['flops'] / 1e6:.1f} M | {s['size_bytes'] / 1024:.1f} KiB | {_fmt(s.get('latency_ms'), '.3f', ' ms')} | "
+            f"{s.get('runtime', '')} |"
+            for s in compression["stages"]
+        ],
+    ]
+    gate = compression.get("gate")
+    if gate:
+        lines += ["", f"Accuracy gate ({gate['method']}, target ratio {gate['target_ratio']}, budget "
+                  f"{gate['max_accuracy_drop']} points vs the teacher's {gate['reference_val_accuracy']:.2f} % on validation):"]
+        lines += [f"- step {s['step']}: ratio {s['ratio']:.2f}, val {s['val_accuracy']:.2f} % (drop {s['drop']:+.2f}), "
+                  f"{s['params']:,} params — {'accepted' if s['accepted'] else 'REJECTED'}" for s in gate["steps"]]
+        lines.append(f"- stopped: {gate['stopped']}")
+    return [*lines, ""]
 
 
 def _engine_section(engine: dict[str, Any]) -> list[str]:
@@ -140,7 +167,7 @@ def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) ->
 
     figure, axis = plt.subplots(figsize=(6, 3.2), dpi=110)
     names = list(samples)
-    axis.boxplot([samples[name] for name in names], vert=False, showfliers=True)
+    axis.boxplot([samples[name] for name in names], orientation="horizontal", showfliers=True)
     axis.set_yticks(range(1, len(names) + 1), names)
     axis.set_xlabel("latency per run (ms)")
     axis.set_title(title, fontsize=10)

@@ -118,12 +118,20 @@ def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: s
 
 
 def load_calibration_set(path: Path, inputs: list[TensorSpec]) -> CalibrationSet:
-    """Read, match and check a set; verify its manifest checksum when one is beside it."""
+    """Read, match and check a set; verify its manifest checksum when one is beside it.
+
+    With a manifest, the set's sha256 is the manifest's (verified) one, so report.json names
+    the same set as `<name>.json`; without, it is the hash of the fitted arrays.
+    """
+    from edgecompress.calib.manifest import verify_manifest
+
     path = Path(path)
     raw = _read_any(path)
+    manifest = verify_manifest(path, raw)
     arrays = check_fits(match_inputs(raw, inputs, str(path)), inputs, str(path))
     labels = next((raw[key] for key in LABEL_KEYS if key in raw), None)
-    return CalibrationSet(arrays=arrays, sha256=arrays_sha256(arrays), source=str(path), labels=labels)
+    sha256 = manifest["sha256"] if manifest else arrays_sha256(arrays)
+    return CalibrationSet(arrays=arrays, sha256=sha256, source=str(path), labels=labels, manifest=manifest or {})
 
 
 def calibration_set_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str) -> CalibrationSet:

@@ -36,6 +36,7 @@ def _root(
 
 
 from edgecompress.cli import build as _build  # noqa: E402,F401  (registers commands)
+from edgecompress.cli import calib as _calib  # noqa: E402,F401
 from edgecompress.cli import inspect as _inspect  # noqa: E402,F401
 from edgecompress.cli import targets as _targets  # noqa: E402,F401
 from edgecompress.cli import ship as _ship  # noqa: E402,F401

@@ -1,23 +1,39 @@
 """A small, deterministic classifier trainer used for teachers, students and fine-tuning.
 
 The loss is a parameter (plain cross-entropy by default), so distillation and
-fine-tuning reuse one loop instead of copies of it.
+fine-tuning reuse one loop instead of copies of it. The same loop resumes from a
+checkpoint, keeps the best validation weights on disk, and runs data-parallel when
+launched under `torchrun` (see `edgecompress.compress.ddp`).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.artifacts import atomic_path, sha256_json
 from edgecompress.data import LabelledArrays
+from edgecompress.errors import TrainingError
 
-# loss(student_logits, labels, inputs) -> scalar tensor
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch; `indices` are the samples' positions in the training set (for cached targets)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+# loss(student_logits, batch) -> scalar tensor
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -35,6 +51,18 @@ class TrainResult:
     best_val_accuracy: float
     epochs_run: int
     history: list[dict[str, float]]
+    resumed_from_epoch: int = 0
+
+
+@dataclass
+class _LoopState:
+    """Everything a resumed run needs to continue exactly where the last one stopped."""
+
+    epoch: int = 0
+    best_accuracy: float = -1.0
+    best_state: dict[str, Any] | None = None
+    stale: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -42,8 +70,8 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, _inputs: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(logits, labels)
+def cross_entropy_loss(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits, batch.labels)
 
 
 @torch.no_grad()
@@ -57,6 +85,70 @@ def accuracy(model: nn.Module, data: LabelledArrays, batch_size: int = 256) -> f
     return 100.0 * correct / max(1, len(data))
 
 
+def best_checkpoint_path(checkpoint: Path) -> Path:
+    """Where `fit` keeps the best validation weights next to its resume checkpoint."""
+    return checkpoint.with_name(f"{checkpoint.stem}.best{checkpoint.suffix}")
+
+
+def _run_key(model: nn.Module, config: TrainConfig, train: LabelledArrays) -> str:
+    """Identifies a run so a checkpoint is never resumed into a different model or recipe."""
+    shapes = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    return sha256_json({"config": asdict(config), "shapes": shapes, "train": [len(train), list(train.x.shape[1:])]})
+
+
+def _save_checkpoint(path: Path, key: str, state: _LoopState, trainables: nn.Module, optimizer, scheduler, generator) -> None:
+    payload = {
+        "key": key,
+        "loop": asdict(state),
+        "trainables": trainables.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_checkpoint(path: Path, key: str, trainables: nn.Module, optimizer, scheduler, generator) -> _LoopState:
+    payload = torch.load(path, weights_only=False)
+    if payload.get("key") != key:
+        raise TrainingError(
+            f"checkpoint {path} was written by a different model, data or training recipe",
+            "delete it to start afresh, or resume with the same model and options",
+        )
+    trainables.load_state_dict(payload["trainables"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    generator.set_state(payload["generator"])
+    return _LoopState(**payload["loop"])
+
+
+class _Trainables(nn.Module):
+    """The model plus the loss's own learned modules (e.g. feature adapters): one optimizer, one DDP wrapper."""
+
+    def __init__(self, model: nn.Module, extra: nn.Module | None) -> None:
+        super().__init__()
+        self.model = model
+        self.extra = extra if extra is not None else nn.ModuleList()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs)
+
+
+def _train_epoch(network: nn.Module, batches, loss_fn: LossFn, optimizer, scheduler) -> float:
+    """One pass over the (local shard of the) data; returns the summed loss over the global batches."""
+    network.train()
+    total = 0.0
+    for batch, weight in batches:
+        loss = loss_fn(network(batch.inputs), batch) * weight
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += float(loss.detach())
+    return total
+
+
 def fit(
     model: nn.Module,
     train: LabelledArrays,
@@ -64,48 +156,56 @@ def fit(
     config: TrainConfig = TrainConfig(),
     loss_fn: LossFn = cross_entropy_loss,
     description: str = "training",
-    extra_parameters: list[nn.Parameter] | None = None,
+    extra_modules: nn.Module | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
-    """Train with AdamW + cosine schedule; keep the weights of the best validation epoch."""
+    """Train with AdamW + one-cycle schedule; keep the weights of the best validation epoch.
+
+    With `checkpoint`, the loop state is saved after every epoch (atomically) and an
+    existing checkpoint of the same run is resumed, so an interrupted run continues
+    and ends with the same weights; the best weights are kept in `best_checkpoint_path`.
+    Under an initialized `torch.distributed` process group each rank trains on its
+    share of every global batch, so the result matches one process up to float noise.
+    """
+    from edgecompress.compress import ddp
     from edgecompress.progress import progress_bar
 
     seed_everything(config.seed)
-    parameters = list(model.parameters()) + list(extra_parameters or [])
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    trainables = _Trainables(model, extra_modules)
+    optimizer = torch.optim.AdamW(trainables.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(train) / config.batch_size)))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch
     )
     generator = torch.Generator().manual_seed(config.seed)
-    x_all, y_all = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    best_accuracy, best_state, stale, history = -1.0, None, 0, []
-    with progress_bar() as progress:
-        task = progress.add_task(description, total=config.epochs)
-        for epoch in range(config.epochs):
-            model.train()
+    key = _run_key(model, config, train)
+    state = _LoopState()
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = _load_checkpoint(Path(checkpoint), key, trainables, optimizer, scheduler, generator)
+    resumed_from = state.epoch
+    with ddp.data_parallel(trainables) as network, progress_bar() as progress:
+        task = progress.add_task(description, total=config.epochs, completed=state.epoch)
+        while state.epoch < config.epochs and state.stale < config.patience:
             order = torch.randperm(len(train), generator=generator)
-            total_loss = 0.0
-            for start in range(0, len(train), config.batch_size):
-                index = order[start : start + config.batch_size]
-                inputs, labels = x_all[index], y_all[index]
-                loss = loss_fn(model(inputs), labels, inputs)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total_loss += float(loss.detach()) * len(index)
+            batches = ddp.local_batches(train, order, config.batch_size)
+            total_loss = _train_epoch(network, batches, loss_fn, optimizer, scheduler)
             val_accuracy = accuracy(model, val)
-            history.append({"epoch": epoch + 1, "loss": total_loss / len(train), "val_accuracy": val_accuracy})
-            progress.update(
-                task, advance=1, description=f"{description} loss {total_loss / len(train):.3f} val {val_accuracy:.1f}%"
-            )
-            if val_accuracy > best_accuracy:
-                best_accuracy, best_state, stale = val_accuracy, copy.deepcopy(model.state_dict()), 0
+            state.epoch += 1
+            state.history.append({"epoch": state.epoch, "loss": total_loss / steps_per_epoch, "val_accuracy": val_accuracy})
+            if val_accuracy > state.best_accuracy:
+                state.best_accuracy, state.best_state, state.stale = val_accuracy, copy.deepcopy(model.state_dict()), 0
+                if checkpoint is not None and ddp.is_main_process():
+                    with atomic_path(best_checkpoint_path(Path(checkpoint))) as tmp:
+                        torch.save(state.best_state, tmp)
             else:
-                stale += 1
-                if stale >= config.patience:
-                    break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+                state.stale += 1
+            if checkpoint is not None and ddp.is_main_process():
+                _save_checkpoint(Path(checkpoint), key, state, trainables, optimizer, scheduler, generator)
+            progress.update(
+                task, advance=1,
+                description=f"{description} epoch {state.epoch} loss {total_loss / steps_per_epoch:.3f} val {val_accuracy:.1f}%",
+            )
+    if state.best_state is not None:
+        model.load_state_dict(state.best_state)
     model.eval()
-    return TrainResult(best_accuracy, len(history), history)
+    return TrainResult(state.best_accuracy, len(state.history), state.history, resumed_from)

@@ -1,0 +1,142 @@
+"""`edgecompress calib`: make a calibration set from images, arrays, the digits, or from the model alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from edgecompress.cli import app
+from edgecompress.errors import ConfigError
+
+SOURCE_HELP = "'digits', a folder of JPEG/PNG images (class sub-folders = labels) or a .npy/.npz file"
+
+
+@app.command()
+def calib(
+    source: Optional[str] = typer.Option(None, "--from", help=SOURCE_HELP, show_default=False),
+    out: Path = typer.Option(..., "--out", "-o", help="where to write the set (.npz); the manifest goes beside it"),
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128)"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the stratified draw (default 0)"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="calibration recipe TOML (see calibration/); options override it"),
+    size: Optional[int] = typer.Option(None, "--size", help="resize the shorter side to S, then center-crop S×S"),
+    resize: Optional[str] = typer.Option(None, "--resize", help="shorter side S, or exact H,W"),
+    crop: Optional[str] = typer.Option(None, "--crop", help="center crop S or H,W"),
+    color: Optional[str] = typer.Option(None, "--color", help="rgb or grayscale (default rgb; digits: grayscale)"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean after scaling to [0,1], e.g. 0.485,0.456,0.406"),
+    std: Optional[str] = typer.Option(None, "--std", help="per-channel std after scaling to [0,1], e.g. 0.229,0.224,0.225"),
+    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default NCHW)"),
+    input_name: Optional[str] = typer.Option(None, "--input-name", help="array key in the .npz (default x, or the model's input name)"),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="model to check the set against (.onnx: shapes; PyTorch: BatchNorm statistics); "
+        "the source of --data-free (unset there: the built-in digits example)"
+    ),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="state_dict for a package.module:factory --model"),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="model input shape, e.g. 1,3,224,224"),
+    data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics"),
+    steps: int = typer.Option(200, "--steps", min=1, help="--data-free: optimization steps per batch of 64"),
+    class_loss: float = typer.Option(0.0, "--class-loss", min=0.0, help="--data-free: weight of the spread-over-classes loss"),
+) -> None:
+    """Make a calibration set (arrays + manifest) that every build and target can reuse."""
+    from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe
+    from edgecompress.calib.manifest import check_out_path
+    from edgecompress.progress import info
+
+    check_out_path(out)
+    fields: dict[str, Any] = load_recipe(recipe).model_dump(exclude_unset=True) if recipe else {}
+    given = {"source": source, "count": count, "seed": seed, "input_name": input_name}
+    fields.update({key: value for key, value in given.items() if value is not None})
+    overrides = _preprocess_overrides(size, resize, crop, color, mean, std, layout)
+    if overrides:
+        fields["preprocess"] = {**(fields.get("preprocess") or _default_preprocess(fields.get("source"))), **overrides}
+    if data_free:
+        made = _data_free(fields, model, weights, input_shape or [], steps, class_loss, out)
+    else:
+        if not fields.get("source"):
+            raise ConfigError("no calibration source given", "pass --from DIR|FILE.npz|digits, --recipe FILE or --data-free")
+        source_model = _load_model(model, weights, input_shape or []) if model else None
+        fields.setdefault("input_name", _single_input_name(source_model))
+        made = make_calibration_set(make_recipe(fields), out, source_model)
+    info(f"wrote {out} ({made.manifest['count']} samples, sha256 {made.sha256[:12]}) and {out.with_suffix('.json')}")
+
+
+def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
+    from edgecompress.calib.datafree import DataFreeConfig, batchnorm_module, make_data_free_set
+    from edgecompress.calib.generate import make_recipe
+
+    if fields.get("source"):
+        raise ConfigError("--data-free makes inputs from the model, not from --from", "drop --from, or drop --data-free")
+    source_model = _load_model(model, weights, input_shape)
+    batchnorm_module(source_model)  # an ONNX or TorchScript model fails here, before the shape question
+    shapes = source_model.input_shapes
+    if len(shapes) != 1:
+        raise ConfigError("--data-free supports single-input models", "calibrate multi-input models with real data")
+    (name, shape), = shapes.items()
+    spec = make_recipe({**fields, "source": source_model.name}).spec() or _example_spec(source_model)
+    config = DataFreeConfig(steps=steps, class_loss_weight=class_loss, seed=fields.get("seed", 0))
+    return make_data_free_set(
+        source_model, shape, fields.get("count", 64), out, config, spec, fields.get("input_name", name), source_model.name
+    )
+
+
+def _example_spec(source_model):
+    """The built-in example's preprocessing bounds its synthetic pixels like real digits."""
+    from edgecompress.data import DIGITS_SPEC
+    from edgecompress.model_source import EXAMPLE_NAME
+
+    return DIGITS_SPEC if source_model.name == EXAMPLE_NAME else None
+
+
+def _load_model(model: str | None, weights: Path | None, input_shape: list[str]):
+    from edgecompress.model_source import load_source_model
+
+    return load_source_model(model, weights, input_shape)
+
+
+def _single_input_name(source_model) -> str:
+    """Key the set by the model's input name when it has exactly one (else the neutral `x`)."""
+    shapes = getattr(source_model, "input_shapes", {}) or {}
+    names = [name for name in shapes if name]
+    if getattr(source_model, "onnx_path", None) is not None:
+        from edgecompress.export import model_io, read_onnx
+
+        names = [spec.name for spec in model_io(read_onnx(source_model.onnx_path))[0]]
+    return names[0] if len(names) == 1 else "x"
+
+
+def _preprocess_overrides(size, resize, crop, color, mean, std, layout) -> dict[str, Any]:
+    values = {
+        "resize": size if size is not None else _ints(resize, "--resize"),
+        "center_crop": size if size is not None else _ints(crop, "--crop"),
+        "color": color,
+        "mean": _floats(mean, "--mean"),
+        "std": _floats(std, "--std"),
+        "layout": layout.upper() if layout else None,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _default_preprocess(source: str | None) -> dict[str, Any]:
+    from edgecompress.calib.sources import default_spec
+
+    return default_spec(source or "").to_dict()
+
+
+def _ints(text: str | None, option: str) -> int | list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} '{text}' is not S or H,W", f"e.g. {option} 224 or {option} 224,224") from None
+    return values[0] if len(values) == 1 else values
+
+
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{option} '{text}' is not a comma-separated list of numbers", f"e.g. {option} 0.5") from None

@@ -1,0 +1,55 @@
+"""The calibration method chosen in the config is the one the quantizer uses."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edgecompress.calib.load import calibration_set_from_arrays
+from edgecompress.config import make_config
+from edgecompress.engines.base import TensorSpec
+from edgecompress.pipeline import target_recipe
+from edgecompress.quantize import QuantRecipe, quantize_model
+from edgecompress.targets import load_profiles
+from tests.calib_fixtures import export_tiny_onnx
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    return export_tiny_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def heavy_tailed_set():
+    """Mostly ordinary values with rare large outliers: where the methods disagree most."""
+    x = np.random.default_rng(0).standard_t(df=2, size=(64, 1, 8, 8)).astype(np.float32)
+    return calibration_set_from_arrays({"input": x}, [TensorSpec("input", (None, 1, 8, 8))], "t-distributed")
+
+
+def input_scale(int8_path) -> float:
+    """Scale of the QuantizeLinear that quantizes the model input."""
+    model = onnx.load(str(int8_path))
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    (node,) = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input"]
+    return float(initializers[node.input[1]])
+
+
+def test_config_method_and_percentile_reach_the_target_recipe():
+    config = make_config({}, {"calibration_method": "percentile", "percentile": 99.0})
+    recipe = target_recipe(load_profiles(["cpu"])[0], config)
+    assert (recipe.calibration_method, recipe.percentile) == ("percentile", 99.0)
+
+
+def test_percentile_and_entropy_clip_outliers_that_minmax_keeps(tiny_onnx, heavy_tailed_set, tmp_path):
+    scales = {}
+    for label, recipe in {
+        "minmax": QuantRecipe(calibration_method="minmax"),
+        "p99.99": QuantRecipe(calibration_method="percentile", percentile=99.99),
+        "p90": QuantRecipe(calibration_method="percentile", percentile=90.0),
+        "entropy": QuantRecipe(calibration_method="entropy"),
+    }.items():
+        scales[label] = input_scale(quantize_model(tiny_onnx, heavy_tailed_set, recipe, tmp_path / f"{label}.onnx"))
+    assert scales["p90"] < scales["p99.99"] < scales["minmax"]
+    assert scales["entropy"] < 0.5 * scales["minmax"]  # onnxruntime alone gives entropy == minmax here
