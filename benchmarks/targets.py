@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a fresh clone without installing
 
+from edgecompress.artifacts import sha256_json
 from edgecompress.bench import benchmark
 from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.engines import get_builder
@@ -86,7 +87,7 @@ def resnet_workload(work: Path) -> Workload:
 
 def int8_for(workload: Workload, profile: TargetProfile, work: Path) -> Path:
     recipe = recipe_for_target(profile)
-    out = work / f"{workload.name}.int8.{recipe.label.replace(' ', '_')}.onnx"
+    out = work / f"{workload.name}.int8.{sha256_json(recipe.cache_key())[:12]}.onnx"  # labels can coincide
     if not out.exists():
         calibration = calibration_set_from_arrays(workload.calibration, workload.fp32.inputs, "benchmark")
         quantize_model(workload.fp32.path, calibration, recipe, out)

@@ -236,12 +236,18 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
             f"precision '{config.precision}' is not one that target '{profile.name}' runs ({', '.join(profile.precisions)})",
             "use --precision auto or one of the target's precisions",
         )
+    precision = config.precision
+    if precision == "auto" and profile.arch != host_arch():
+        # timing on this host says nothing about the device's speed: ship the profile's first precision
+        precision = profile.precisions[0]
+        info(f"{profile.name}: precision {precision} from the profile (this {host_arch()} host is not the device; "
+             "its timings cannot choose the precision)")
     settings = PrecisionSettings(
         budget,
         RepairOptions(
             max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off"
         ),
-        config.precision,
+        precision,
         config.allow_over_budget,
         config.diagnose,
         bench_runs=min(config.bench_runs, 100),

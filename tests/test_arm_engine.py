@@ -93,3 +93,15 @@ def test_ort_engine_runs_on_emulated_aarch64_and_agrees_with_x86(pi5_engine):
     assert emulated.machine == "aarch64" and "emulated" in emulated.label
     assert np.array_equal(emulated.outputs[0].argmax(1), x86.argmax(1))
     assert np.abs(emulated.outputs[0] - x86).max() < 0.05 * np.abs(x86).max()
+
+
+def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accuracy(qdq_models, tmp_path):
+    from edgecompress.isa import VNNI_FEATURES, host_isa
+
+    profile = load_profile("raspberry-pi-5")
+    u8 = get_builder("ort-arm").build(qdq_models["uint8"], profile, tmp_path / "u8").metadata["summary"]
+    s8 = get_builder("ort-arm").build(qdq_models["int8"], profile, tmp_path / "s8").metadata["summary"]
+    saturating_host = not VNNI_FEATURES & host_isa()
+    assert any("no VNNI" in line for line in u8) == saturating_host
+    assert not any("no VNNI" in line for line in s8)
+    assert any("not from the device" in line for line in s8)

@@ -170,16 +170,16 @@ class ArmBuilder:
                 shutil.copyfile(ort_file, tmp)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        return self._artifact(out_dir / ENGINE_NAME, config_final, profile, options, onnx_precision(onnx_path))
+        return self._artifact(out_dir / ENGINE_NAME, config_final, profile, options, Path(onnx_path))
 
     def _artifact(self, engine: Path, config: Path, profile: TargetProfile, options: ArmOptions,
-                  precision: str) -> EngineArtifact:
+                  onnx_path: Path) -> EngineArtifact:
         import onnxruntime as ort
 
         _, notice = providers_here(options.providers)
         operators = required_operators(config)
         return EngineArtifact(
-            target=profile.name, kind=self.kind, precision=precision, path=engine,
+            target=profile.name, kind=self.kind, precision=onnx_precision(onnx_path), path=engine,
             files=[engine, config], note=notice,
             metadata={
                 "format": "ort", "converted_with_onnxruntime": ort.__version__,
@@ -193,7 +193,7 @@ class ArmBuilder:
                     f"{ort.__version__}; the device needs onnxruntime >= {ort.__version__}",
                     f"device providers: {', '.join(options.providers)}" + (f" — here: {notice}" if notice else ""),
                     f"{len(operators)} operators in {config.name} (minimal build: --include_ops_by_config)",
-                    *_host_caveats(profile),
+                    *_host_caveats(profile, onnx_path),
                 ],
             },
         )
@@ -204,15 +204,21 @@ class ArmBuilder:
         return OrtFormatRunner(Path(artifact.path), arm_options(profile).providers, profile.threads)
 
 
-def _host_caveats(profile: TargetProfile) -> list[str]:
+def _has_uint8_activations(onnx_path: Path) -> bool:
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    zero_points = {node.input[2] for node in model.graph.node if node.op_type == "QuantizeLinear" and len(node.input) > 2}
+    return any(t.name in zero_points and t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer)
+
+
+def _host_caveats(profile: TargetProfile, onnx_path: Path) -> list[str]:
     """What the figures measured on this host do and do not say about the device."""
-    from edgecompress.isa import host_isa
+    from edgecompress.isa import VNNI_FEATURES, host_isa
 
     if host_arch() == profile.arch:
         return []
     lines = [f"accuracy and latency in this report come from running the .ort on this {host_arch()} host, "
              "not from the device; scripts/arm64-emulated.sh runs it on aarch64 kernels (QEMU)"]
-    if host_arch() == "x86_64" and not {"avx512_vnni", "avx_vnni", "amx_int8"} & host_isa():
+    if host_arch() == "x86_64" and not VNNI_FEATURES & host_isa() and _has_uint8_activations(onnx_path):
         lines.append("this x86 CPU has no VNNI: its u8s8 kernels saturate 16-bit sums (vpmaddubsw) where ARM's "
                      "do not, so agreement here can be LOWER than on the device (measured: digits example "
                      "96.4% here vs 100% on emulated aarch64)")
