@@ -195,7 +195,8 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
     chosen = None
-    if builder.available() is None:
+    builds_here = builder.available() is None  # e.g. TensorRT: probes for a GPU, so asked once
+    if builds_here:
         chosen = quantize_target_stage(context, profile, builder, recipe)
         recipe, model_path = chosen.recipe, chosen.model_path
     else:
@@ -204,7 +205,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     report = base_report(context, profile, artifact, recipe, model_path)
     report["samples"] = samples_stage(context.eval_set, target_dir)
     samples: dict[str, list[float]] = {}
-    if artifact.runnable_here and builder.available() is None:
+    if artifact.runnable_here and builds_here:
         samples = measure_engine(context, profile, builder, artifact, report)
     if context.compression is not None:
         report["compression"] = compression_report(context.compression.record, report)

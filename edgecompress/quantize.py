@@ -123,7 +123,7 @@ def _equalize_file(path: Path) -> None:
 
 def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
     """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     check_exclusions(fp32_path, recipe.nodes_to_exclude)
@@ -160,7 +160,9 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
                     weight_type=_quant_type(recipe.weight_type),
                     per_channel=recipe.per_channel,
                     reduce_range=recipe.reduce_range,
-                    calibrate_method=_calibration_method(recipe),
+                    # entropy ranges arrive as overrides for every tensor: a cheap minmax pass
+                    # stands in for ORT's slow (and overridden) KL search
+                    calibrate_method=CalibrationMethod.MinMax if "TensorQuantOverrides" in extra_options else _calibration_method(recipe),
                     nodes_to_exclude=list(recipe.nodes_to_exclude),
                     extra_options=extra_options,
                 )
