@@ -64,6 +64,10 @@ class BuildConfig(BaseModel):
     equalize: Literal["auto", "on", "off"] = Field(
         "auto", description="cross-layer equalization before int8; auto = on for per-tensor weights, where it measured to help"
     )
+    bias_correction: Literal["auto", "on", "off"] = Field(
+        "auto", description="move the mean int8 weight error of each layer into its bias; auto = on (it lowered the "
+        "logit error for every recipe measured) and repair may try it off; on = always; off = never"
+    )
     diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
     seed: int = Field(0, description="seed for every random choice")
     # compression (PyTorch models only): distillation, pruning and the accuracy gate

@@ -155,6 +155,7 @@ def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
         per_channel=config.per_channel,
         nodes_to_exclude=tuple(config.nodes_to_exclude),
         equalize=config.equalize == "on" or (config.equalize == "auto" and not config.per_channel),
+        bias_correction=config.bias_correction != "off",
     )
 
 
@@ -246,7 +247,8 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
     settings = PrecisionSettings(
         budget,
         RepairOptions(
-            max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off"
+            max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off",
+            try_bias_correction=config.bias_correction == "auto",
         ),
         precision,
         config.allow_over_budget,

@@ -1,7 +1,8 @@
 """Repair int8 within an accuracy budget by changing the recipe, never the graph.
 
 Order (cheapest first): the target's recipe as chosen → the other calibration methods
-(keep the best) → cross-layer equalization (edgecompress/equalize.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
+(keep the best) → cross-layer equalization (edgecompress/equalize.py) → bias correction
+toggled (edgecompress/biascorrect.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
 doubling + bisection (few re-quantizations) or greedily (one node at a time, a node
 kept only if it helps). Every try is recorded with its accuracy and latency, and why
 the search stopped; when the budget is missed the best engine is kept and the caller
@@ -113,6 +114,7 @@ class RepairOptions:
     max_excluded_layers: int = 8  # layers (a layer and the producers of its inputs) kept in fp32
     strategy: Literal["bisect", "greedy"] = "bisect"
     try_equalize: bool = True  # one try with cross-layer equalization before keeping nodes in fp32
+    try_bias_correction: bool = True  # one try with bias correction toggled (edgecompress/biascorrect.py) likewise
     diagnose_samples: int = 64
     latency_runs: int = 30  # timed runs per try, interleaved with fp32; 0 = do not time tries
 
@@ -198,7 +200,10 @@ def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTr
             session.attempt(f"calibration {method}", recipe.with_options(calibration_method=method))
     best = max(session.tries, key=lambda t: t.quality())
     if session.options.try_equalize and not best.recipe.equalize and not best.met:
-        session.attempt("cross-layer equalization", best.recipe.with_options(equalize=True))
+        best = max([best, session.attempt("cross-layer equalization", best.recipe.with_options(equalize=True))], key=lambda t: t.quality())
+    if session.options.try_bias_correction and not best.met:  # the other setting: it usually helps, not always
+        toggled = not best.recipe.bias_correction
+        session.attempt(f"bias correction {'on' if toggled else 'off'}", best.recipe.with_options(bias_correction=toggled))
     return max(session.tries, key=lambda t: t.quality())
 
 

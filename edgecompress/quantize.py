@@ -39,6 +39,7 @@ class QuantRecipe:
     percentile: float = 99.999
     nodes_to_exclude: tuple[str, ...] = ()
     equalize: bool = False  # cross-layer equalization of Conv→ReLU(6)→Conv pairs first (edgecompress/equalize.py)
+    bias_correction: bool = False  # remove the int8 weight error's mean from each bias (edgecompress/biascorrect.py)
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -49,6 +50,10 @@ class QuantRecipe:
         parts = [types, "per-channel" if self.per_channel else "per-tensor", self.calibration_method]
         if self.reduce_range:
             parts.insert(2, "reduce_range")
+        if self.equalize:
+            parts.append("CLE")
+        if self.bias_correction:
+            parts.append("bias-corrected")
         if self.nodes_to_exclude:
             parts.append(f"{len(self.nodes_to_exclude)} nodes fp32")
         return " ".join(parts)
@@ -56,12 +61,14 @@ class QuantRecipe:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        data["label"] = self.label
         return data
 
     def cache_key(self) -> dict:
-        """Everything that changes the quantized bytes (the reason does not)."""
+        """Everything that changes the quantized bytes (the reason and label do not)."""
         data = self.to_dict()
         data.pop("reason")
+        data.pop("label")
         return data
 
     def with_options(self, **changes) -> "QuantRecipe":
@@ -113,19 +120,72 @@ def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
         )
 
 
-def _equalize_file(path: Path) -> None:
-    from edgecompress.equalize import equalize
+def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, extra_options: dict) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
-    model = onnx.load(str(path))
-    equalize(model)
-    onnx.save(model, str(path))
+    with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
+        try:
+            quantize_static(
+                str(prepared),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=_quant_type(recipe.activation_type),
+                weight_type=_quant_type(recipe.weight_type),
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                # entropy ranges arrive as overrides for every tensor: a cheap minmax pass
+                # stands in for ORT's slow (and overridden) KL search
+                calibrate_method=CalibrationMethod.MinMax if "TensorQuantOverrides" in extra_options else _calibration_method(recipe),
+                nodes_to_exclude=list(recipe.nodes_to_exclude),
+                extra_options=extra_options,
+            )
+        except Exception as exc:
+            raise QuantizationError(
+                f"static quantization failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}",
+                "try another calibration_method, or exclude the failing node with nodes_to_exclude",
+            ) from exc
+
+
+def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> None:
+    """Shape inference and ORT's pre-processing, then the recipe's fp32 rewrites (CLE, bias correction)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    if recipe.equalize:
+        from edgecompress.equalize import equalize
+
+        model = onnx.load(str(prepared))
+        equalize(model)
+        onnx.save(model, str(prepared))
+    if recipe.bias_correction:
+        _correct_biases(prepared, recipe, calibration, extra_options)
+
+
+def _correct_biases(prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> int:
+    """Quantize once to learn the exact int8 weights (they depend on the weights alone, so one
+    sample calibrates), then move each weight error's mean out of the fp32 biases."""
+    from edgecompress.biascorrect import correct_biases, correctable_nodes, dequantized_weights, input_means
+
+    probe = prepared.with_name("weights-probe.onnx")
+    one_sample = replace(calibration, arrays={name: array[:1] for name, array in calibration.arrays.items()})
+    options = {k: v for k, v in extra_options.items() if k != "TensorQuantOverrides"}
+    _quantize_static(prepared, probe, ArrayCalibrationReader(one_sample), replace(recipe, calibration_method="minmax"), options)
+    quantized_weights = dequantized_weights(onnx.load(str(probe)))
+    model = onnx.load(str(prepared))
+    inputs = {node.input[0] for node in correctable_nodes(model) if node.name in quantized_weights}
+    means = input_means(prepared, calibration.batches(16), inputs)
+    count = correct_biases(model, quantized_weights, means)
+    onnx.save(model, str(prepared))
+    return count
 
 
 def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
     """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     check_exclusions(fp32_path, recipe.nodes_to_exclude)
     extra_options = {
         "ActivationSymmetric": recipe.symmetric_activations,
@@ -138,39 +198,13 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
         prepared = Path(workdir) / "prepared.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):
-            try:
-                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-            except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
-                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        if recipe.equalize:
-            _equalize_file(prepared)
+        _prepare(fp32_path, prepared, recipe, calibration, extra_options)
         if recipe.calibration_method == "entropy":
             from edgecompress.calib.ranges import entropy_overrides
 
             extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
-        with atomic_path(out_path) as tmp, contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
-            try:
-                quantize_static(
-                    str(prepared),
-                    str(tmp),
-                    ArrayCalibrationReader(calibration),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=_quant_type(recipe.activation_type),
-                    weight_type=_quant_type(recipe.weight_type),
-                    per_channel=recipe.per_channel,
-                    reduce_range=recipe.reduce_range,
-                    # entropy ranges arrive as overrides for every tensor: a cheap minmax pass
-                    # stands in for ORT's slow (and overridden) KL search
-                    calibrate_method=CalibrationMethod.MinMax if "TensorQuantOverrides" in extra_options else _calibration_method(recipe),
-                    nodes_to_exclude=list(recipe.nodes_to_exclude),
-                    extra_options=extra_options,
-                )
-            except Exception as exc:
-                raise QuantizationError(
-                    f"static quantization failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}",
-                    "try another calibration_method, or exclude the failing node with nodes_to_exclude",
-                ) from exc
+        with atomic_path(out_path) as tmp:
+            _quantize_static(prepared, tmp, ArrayCalibrationReader(calibration), recipe, extra_options)
     return Path(out_path)
 
 

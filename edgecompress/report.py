@@ -15,6 +15,12 @@ from edgecompress.artifacts import atomic_path, write_json_atomic, write_text_at
 from edgecompress.qinspect import quantization_markdown
 
 
+def _recipe_line(recipe: dict) -> str:
+    """'u8s8 per-channel reduce_range minmax bias-corrected — why', from report.json's recipe."""
+    label = recipe.get("label") or ", ".join(f"{k}={v}" for k, v in recipe.items() if k != "reason")
+    return f"{label} — {recipe['reason']}" if recipe.get("reason") else label
+
+
 def versions() -> dict[str, str]:
     import numpy
     import onnx
@@ -111,7 +117,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *compression_markdown(report.get("compression")),
         *_engine_section(report["engine"]),
         "## Quantization",
-        f"- recipe: `{report['quantization']['recipe']}`",
+        f"- recipe: {_recipe_line(report['quantization']['recipe'])}",
         f"- calibration: {report['quantization']['calibration']['samples']} samples from "
         f"{report['quantization']['calibration']['source']} (sha256 {report['quantization']['calibration']['sha256'][:16]}…)",
         *quantization_markdown(report["quantization"]),

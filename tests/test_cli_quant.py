@@ -56,6 +56,15 @@ def test_build_that_misses_the_budget_exits_3_and_keeps_the_engine(monkeypatch, 
     assert run_cli(monkeypatch, *args, "--allow-over-budget") == 0
 
 
+@pytest.mark.parametrize("setting, corrected", [("auto", True), ("off", False)])
+def test_bias_correction_setting_is_applied_and_recorded(monkeypatch, digits_case, data_files, tmp_path, setting, corrected) -> None:
+    out = tmp_path / "build"
+    assert run_cli(monkeypatch, *build_args(digits_case, data_files, out, "--precision", "int8", "--bias-correction", setting)) == 0
+    recipe = json.loads((out / "cpu" / "report.json").read_text())["quantization"]["recipe"]
+    assert recipe["bias_correction"] is corrected
+    assert ("bias-corrected" in (out / "cpu" / "report.md").read_text()) is corrected
+
+
 def test_inspect_of_a_folder_without_report_fails_in_one_line(monkeypatch, tmp_path, capsys) -> None:
     assert run_cli(monkeypatch, "inspect", tmp_path) == 2
     assert "no report.json" in capsys.readouterr().err

@@ -22,6 +22,7 @@ def test_command_line_overrides_the_config_file(tmp_path):
     ({"calibration_method": "median"}, "'calibration_method'"),
     ({"percentile": 101}, "'percentile'"),
     ({"opset": 11}, "'opset'"),
+    ({"bias_correction": "maybe"}, "'bias_correction'"),
 ])
 def test_bad_config_names_the_key(values, message):
     with pytest.raises(ConfigError, match=message):

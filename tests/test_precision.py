@@ -34,7 +34,7 @@ def test_candidate_over_budget_is_never_chosen(digits_case) -> None:
 
 
 def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_path) -> None:
-    settings = PrecisionSettings(Budget(max_accuracy_drop=1.0), RepairOptions(latency_runs=0, diagnose_samples=32, try_equalize=False), bench_runs=10,
+    settings = PrecisionSettings(Budget(max_accuracy_drop=1.0), RepairOptions(latency_runs=0, diagnose_samples=32, try_equalize=False, try_bias_correction=False), bench_runs=10,
                                  bench_max_seconds=2.0)
     result = quantize_for_target(
         digits_case.fragile, digits_case.eval_set, QuantRecipe(reduce_range=True), digits_case.quantizer(digits_case.fragile),

@@ -16,7 +16,7 @@ def session(case, budget: Budget, eval_set: EvalSet | None = None, **options) ->
     load = lambda path: OrtRunner(path, threads=1)  # noqa: E731
     return RepairSession(
         case.fragile, eval_set or case.eval_set, case.quantizer(case.fragile), load, load(case.fragile), budget,
-        options=RepairOptions(**({"latency_runs": 0, "diagnose_samples": 32, "try_equalize": False} | options)),
+        options=RepairOptions(**({"latency_runs": 0, "diagnose_samples": 32, "try_equalize": False, "try_bias_correction": False} | options)),
     )
 
 
@@ -35,6 +35,15 @@ def test_cross_layer_equalization_repairs_an_outlier_channel_without_fp32_nodes(
     result = repair(session(digits_case, Budget(max_accuracy_drop=1.0), try_equalize=True), RECIPE)
     assert result.met and result.fp32_nodes == []
     assert result.best.step == "cross-layer equalization" and result.best.recipe.equalize
+
+
+def test_bias_correction_is_tried_before_any_layer_is_kept_in_fp32(digits_case) -> None:
+    result = repair(session(digits_case, Budget(max_accuracy_drop=1.0), try_bias_correction=True), RECIPE)
+    steps = [t.step for t in result.tries]
+    corrected = result.tries[steps.index("bias correction on")]
+    assert corrected.recipe.bias_correction and not corrected.recipe.nodes_to_exclude
+    assert all(not t.recipe.nodes_to_exclude for t in result.tries[: steps.index("bias correction on")])
+    assert result.met  # an outlier activation range is not a weight error: exclusions still do the repair
 
 
 def test_repair_stops_at_the_layer_limit_and_keeps_the_best_try(digits_case) -> None:

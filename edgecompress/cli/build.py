@@ -38,6 +38,7 @@ def build(
     repair_strategy: Optional[str] = _opt("repair_strategy", "--repair-strategy"),
     precision: Optional[str] = _opt("precision", "--precision"),
     equalize: Optional[str] = _opt("equalize", "--equalize"),
+    bias_correction: Optional[str] = _opt("bias_correction", "--bias-correction"),
     diagnose: Optional[bool] = _opt("diagnose", "--diagnose/--no-diagnose"),
     seed: Optional[int] = _opt("seed", "--seed"),
     data: Optional[str] = _opt("data", "--data"),
