@@ -65,8 +65,8 @@ class BuildConfig(BaseModel):
         "auto", description="cross-layer equalization before int8; auto = on for per-tensor weights, where it measured to help"
     )
     bias_correction: Literal["auto", "on", "off"] = Field(
-        "auto", description="move the mean int8 weight error of each layer into its bias; auto = on (it lowered the "
-        "logit error for every recipe measured) and repair may try it off; on = always; off = never"
+        "auto", description="move the mean int8 weight error of each layer into its bias; auto = on for coarse weights "
+        "(reduce_range or per-tensor), where it measured to help, and repair tries the other setting; off = never"
     )
     diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
     seed: int = Field(0, description="seed for every random choice")

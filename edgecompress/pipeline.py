@@ -149,14 +149,18 @@ def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: Calibratio
 
 
 def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
-    return recipe_for_target(profile).with_options(
+    recipe = recipe_for_target(profile).with_options(
         calibration_method=config.calibration_method,
         percentile=config.percentile,
         per_channel=config.per_channel,
         nodes_to_exclude=tuple(config.nodes_to_exclude),
         equalize=config.equalize == "on" or (config.equalize == "auto" and not config.per_channel),
-        bias_correction=config.bias_correction != "off",
     )
+    # auto: where bias correction measured to help (benchmarks/bias_correction.py): coarse weights — 7-bit
+    # (reduce_range) or one scale per tensor. With full-range per-channel weights it lowered the logit error
+    # but moved agreement both ways, so there repair tries it instead.
+    coarse_weights = recipe.reduce_range or not recipe.per_channel
+    return recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
 
 
 def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:

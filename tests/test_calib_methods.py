@@ -12,7 +12,7 @@ from edgecompress.config import make_config
 from edgecompress.engines.base import TensorSpec
 from edgecompress.pipeline import target_recipe
 from edgecompress.quantize import QuantRecipe, quantize_model
-from edgecompress.targets import load_profiles
+from edgecompress.targets import TargetProfile, load_profiles
 from tests.calib_fixtures import export_tiny_onnx
 
 
@@ -40,6 +40,17 @@ def test_config_method_and_percentile_reach_the_target_recipe():
     config = make_config({}, {"calibration_method": "percentile", "percentile": 99.0})
     recipe = target_recipe(load_profiles(["cpu"])[0], config)
     assert (recipe.calibration_method, recipe.percentile) == ("percentile", 99.0)
+
+
+@pytest.mark.parametrize("device, setting, corrected", [
+    ({"arch": "x86_64", "isa": ["avx2"]}, "auto", True),  # reduce_range: 7-bit weights
+    ({"arch": "aarch64", "isa": ["neon", "dotprod"]}, "auto", False),  # full-range per-channel
+    ({"arch": "aarch64", "isa": ["neon", "dotprod"]}, "on", True),
+    ({"arch": "x86_64", "isa": ["avx2"]}, "off", False),
+])
+def test_bias_correction_auto_is_on_for_coarse_weights_only(device, setting, corrected):
+    profile = TargetProfile(name="device", engine="ort-cpu", **device)
+    assert target_recipe(profile, make_config({}, {"bias_correction": setting})).bias_correction is corrected
 
 
 def test_percentile_and_entropy_clip_outliers_that_minmax_keeps(tiny_onnx, heavy_tailed_set, tmp_path):

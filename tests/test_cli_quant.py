@@ -56,7 +56,7 @@ def test_build_that_misses_the_budget_exits_3_and_keeps_the_engine(monkeypatch, 
     assert run_cli(monkeypatch, *args, "--allow-over-budget") == 0
 
 
-@pytest.mark.parametrize("setting, corrected", [("auto", True), ("off", False)])
+@pytest.mark.parametrize("setting, corrected", [("on", True), ("off", False)])
 def test_bias_correction_setting_is_applied_and_recorded(monkeypatch, digits_case, data_files, tmp_path, setting, corrected) -> None:
     out = tmp_path / "build"
     assert run_cli(monkeypatch, *build_args(digits_case, data_files, out, "--precision", "int8", "--bias-correction", setting)) == 0
