@@ -32,13 +32,16 @@ from edgecompress.engines.ort_cpu import OrtCpuBuilder  # noqa: E402
 from edgecompress.evaluate import EvalSet, evaluate  # noqa: E402
 from edgecompress.example import cache_dir, example_teacher  # noqa: E402
 from edgecompress.export import export_torch  # noqa: E402
+from edgecompress.config import make_config  # noqa: E402
 from edgecompress.isa import recipe_for_target  # noqa: E402
+from edgecompress.pipeline import target_recipe  # noqa: E402
 from edgecompress.precision import PrecisionSettings, TargetModels, quantize_for_target  # noqa: E402
 from edgecompress.qrepair import Budget, RepairOptions  # noqa: E402
 from edgecompress.quantize import QuantRecipe, quantize_model  # noqa: E402
 from edgecompress.targets import TargetProfile, load_profile  # noqa: E402
 from edgecompress.zoo import build_model  # noqa: E402
 
+DEFAULT_CONFIG = make_config({}, {})  # the build's defaults: the recipe `edgecompress build` starts from
 NAIVE = QuantRecipe(reason="naive: ORT's usual u8s8 per-channel, full range, minmax")
 
 
@@ -87,7 +90,8 @@ def cpu_models() -> tuple[TargetProfile, TargetModels]:
     return profile, TargetModels(OrtCpuBuilder(), profile)
 
 
-def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, workdir: Path, runs: int, equalize: bool) -> dict:
+def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, workdir: Path, runs: int, rewrites: bool) -> dict:
+    """rewrites=False: the build with --equalize off --bias-correction off (repair can only keep nodes in fp32)."""
     from edgecompress.export import model_io, read_onnx
 
     inputs, _ = model_io(read_onnx(fp32))
@@ -102,9 +106,10 @@ def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, wor
         return out if out.is_file() else quantize_model(fp32, calibration, recipe, out)
 
     feeds = {"input": eval_set.inputs["input"][:1]}
-    options = RepairOptions(latency_runs=0, try_equalize=equalize)
+    options = RepairOptions(latency_runs=0, try_equalize=rewrites, try_bias_correction=rewrites)
     settings = PrecisionSettings(Budget(max_accuracy_drop=1.0), options, precision="int8", bench_runs=20)
-    result = quantize_for_target(fp32, eval_set, recipe_for_target(profile), quantize, models, feeds, settings)
+    recipe = target_recipe(profile, DEFAULT_CONFIG if rewrites else make_config({}, {"equalize": "off", "bias_correction": "off"}))
+    result = quantize_for_target(fp32, eval_set, recipe, quantize, models, feeds, settings)
     repaired = result.repair.best
     runners = {"fp32": models.load(fp32), "naive": models.load(naive), "repaired": models.load(repaired.model_path)}
     stats, _ = benchmark(runners, feeds, runs=runs, warmup=10, max_seconds=60)
@@ -115,25 +120,22 @@ def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, wor
         "naive_top1": naive_eval.accuracy_engine,
         "repaired_top1": repaired.evaluation.accuracy_engine,
         "fp32_nodes": len(repaired.recipe.nodes_to_exclude),
-        "recipe": f"{repaired.recipe.activation_type.replace('int', 's').replace('us', 'u')}"
-        f"{repaired.recipe.weight_type.replace('int', 's').replace('us', 'u')}"
-        f"{' reduce_range' if repaired.recipe.reduce_range else ''} {repaired.recipe.calibration_method}"
-        f"{' + CLE' if repaired.recipe.equalize else ''}",
+        "recipe": repaired.recipe.label,
         "tries": len(result.repair.tries),
         "ms": {k: v.p50 for k, v in stats.items()},
     }
 
 
 def part1_rows(calib: np.ndarray, digits_eval: EvalSet, workdir: Path, runs: int) -> list[dict]:
-    cases = {  # name: (model, may repair try cross-layer equalization)
+    cases = {  # name: (model, may the recipe and repair use cross-layer equalization and bias correction)
         "mobilenetv2-digits (trained)": (trained_mobilenet_digits(), True),
         "digits teacher + outlier channel": (teacher_with_outlier_channel(), True),
-        "digits teacher + outlier channel, --equalize off": (teacher_with_outlier_channel(), False),
+        "digits teacher + outlier channel, --equalize off --bias-correction off": (teacher_with_outlier_channel(), False),
     }
     rows = []
-    for i, (name, (model, equalize)) in enumerate(cases.items()):
+    for i, (name, (model, rewrites)) in enumerate(cases.items()):
         fp32 = export(model, (1, 1, 32, 32), workdir / f"case{i}.onnx")
-        rows.append(repair_case(f"case{i}", fp32, calib, digits_eval, workdir, runs, equalize) | {"model": name})
+        rows.append(repair_case(f"case{i}", fp32, calib, digits_eval, workdir, runs, rewrites) | {"model": name})
     return rows
 
 
@@ -157,7 +159,7 @@ def precision_row(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, b
     inputs, _ = model_io(read_onnx(fp32))
     calibration = calibration_set_from_arrays({"input": calib}, inputs, "calibration")
     profile, models = cpu_models()
-    recipe = recipe_for_target(profile)
+    recipe = target_recipe(profile, DEFAULT_CONFIG)
     quantize = lambda r: quantize_model(fp32, calibration, r, workdir / f"{name}.{len(r.nodes_to_exclude)}.{r.calibration_method}.onnx")  # noqa: E731
     settings = PrecisionSettings(budget, RepairOptions(latency_runs=0, max_excluded_layers=4, diagnose_samples=8), bench_runs=30, bench_max_seconds=30)
     result = quantize_for_target(fp32, eval_set, recipe, quantize, models, {"input": eval_set.inputs["input"][:1]}, settings)
