@@ -223,7 +223,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)
     for line in report["verdict"]:
-        (warn if line.startswith("WARNING") or "SLOWER" in line or "misses" in line else info)(f"{profile.name}: {line}")
+        (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
     if chosen is not None:
         chosen.repair.raise_if_unmet(config.allow_over_budget)
     return report

@@ -91,7 +91,7 @@ def fp16_model(fp32_path: Path, out_path: Path) -> Path:
 def _slower_sentence(int8: Candidate, fp32: Candidate) -> str | None:
     if int8.latency and fp32.latency and int8.latency.p50 > fp32.latency.p50:
         return (
-            f"{int8.name} is SLOWER than fp32 on this target for this model: {int8.latency.p50:.3f} ms vs "
+            f"WARNING: {int8.name} is SLOWER than fp32 on this target for this model: {int8.latency.p50:.3f} ms vs "
             f"{fp32.latency.p50:.3f} ms (p50, batch {fp32.latency.batch})."
         )
     return None
@@ -216,5 +216,5 @@ def quantize_for_target(
         choice.summary[-1] = f"Shipping {choice.chosen.name} as requested (precision = {settings.precision})."
     if not result.met and not settings.allow_over_budget:
         choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
-        choice.summary[-1] = f"int8 misses the budget ({settings.budget.describe()}): {result.stop_reason}; best int8 kept."
+        choice.summary[-1] = f"WARNING: int8 misses the budget ({settings.budget.describe()}): {result.stop_reason}; best int8 kept."
     return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)

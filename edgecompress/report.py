@@ -40,7 +40,8 @@ def versions() -> dict[str, str]:
 
 
 def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[str]:
-    """Plain sentences about speed and accuracy; a slower or damaged engine is never silent."""
+    """Plain sentences about speed and accuracy; a slower or damaged engine is never silent:
+    such sentences start with 'WARNING:' (the console prints them as warnings)."""
     lines: list[str] = []
     engine, reference = report.get("latency_ms"), report.get("reference", {}).get("latency_ms")
     precision = report["engine"]["precision"]
@@ -62,7 +63,7 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
         budget = 1.0 if max_accuracy_drop is None else max_accuracy_drop
         state = "within" if drop <= budget else "OVER"
         lines.append(
-            f"Top-1 {accuracy['engine']:.2f}% vs fp32 {accuracy['fp32']:.2f}% "
+            f"{'WARNING: ' if state == 'OVER' else ''}Top-1 {accuracy['engine']:.2f}% vs fp32 {accuracy['fp32']:.2f}% "
             f"(drop {drop:+.2f} points, {state} the {budget:g}-point budget)."
         )
     agreement = report.get("agreement")

@@ -18,7 +18,7 @@ def stats(p50: float) -> LatencyStats:
 def test_slower_int8_is_reported_with_both_latencies(tmp_path) -> None:
     int8, fp32 = Candidate("int8", tmp_path, True, latency=stats(3.0)), Candidate("fp32", tmp_path, True, latency=stats(2.0))
     sentence = _slower_sentence(int8, fp32)
-    assert "SLOWER" in sentence and "3.000 ms" in sentence and "2.000 ms" in sentence
+    assert sentence.startswith("WARNING:") and "SLOWER" in sentence and "3.000 ms" in sentence and "2.000 ms" in sentence
     assert _slower_sentence(Candidate("int8", tmp_path, True, latency=stats(1.0)), fp32) is None
 
 
@@ -46,3 +46,13 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
     assert fields["precision"]["chosen"] in ("int8 repaired", "fp32")  # "int8" misses the budget
     assert fields["layers"] and (tmp_path / fields["layers_plot"]).is_file()
     assert np.isfinite([layer["output_sqnr_db"] for layer in fields["layers"]]).all()
+
+
+def test_accuracy_over_budget_is_a_warning_in_the_verdict() -> None:
+    from edgecompress.report import verdicts
+
+    report = {"engine": {"precision": "int8"}, "accuracy": {"fp32": 95.0, "engine": 90.0}}
+    (line,) = verdicts(report, max_accuracy_drop=1.0)
+    assert line.startswith("WARNING:") and "OVER the 1-point budget" in line
+    (line,) = verdicts({"engine": {"precision": "int8"}, "accuracy": {"fp32": 95.0, "engine": 94.5}}, max_accuracy_drop=1.0)
+    assert not line.startswith("WARNING") and "within" in line
