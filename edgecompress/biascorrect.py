@@ -13,27 +13,20 @@ each weight, so it is exactly what the int8 kernels run) and E[x] from the fp32 
 the calibration set. Only biases change, so the weight quantization — and ε — stay the same
 when the corrected model is quantized again.
 
-Measured results are in the README ("Accuracy-aware quantization") and benchmarks/quant_variants.py.
+Measured results are in the README ("Accuracy-aware quantization") and benchmarks/bias_correction.py.
 Like equalization this is a recipe option (`QuantRecipe.bias_correction`); quantize applies it
 to its own prepared copy of the model, never to the user's file.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgecompress.export import node_attribute
+
 CORRECTED_OPS = ("Conv", "Gemm")
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
 
 
 def dequantized_weights(qdq_model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -51,24 +44,25 @@ def dequantized_weights(qdq_model: onnx.ModelProto) -> dict[str, np.ndarray]:
         zero = numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else 0.0
         if np.ndim(scale) == 1:  # per-channel: broadcast along the DequantizeLinear axis
             shape = [1] * quantized.ndim
-            shape[_attribute(dq, "axis", 1)] = -1
+            shape[node_attribute(dq, "axis", 1)] = -1
             scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
         weights[node.name] = (quantized - zero) * scale
     return weights
 
 
-def input_means(model_path: Path, batches, tensor_names: set[str]) -> dict[str, np.ndarray]:
-    """Mean over the calibration samples of each named tensor (one fp32 pass, extra outputs)."""
+def input_means(fp32_model: onnx.ModelProto, batches, tensor_names: set[str]) -> dict[str, np.ndarray]:
+    """Mean over the calibration samples of each named tensor (one fp32 pass, extra outputs on a copy)."""
     import onnxruntime as ort
 
-    model = onnx.load(str(model_path))
+    from edgecompress.engines.ort_cpu import session_options
+
+    model = onnx.ModelProto()
+    model.CopyFrom(fp32_model)
     graph_inputs = {value.name for value in model.graph.input}
     present = {value.name for value in model.graph.output}
     for name in sorted(tensor_names - graph_inputs - present):
         model.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model.SerializeToString(), session_options(threads=0), providers=["CPUExecutionProvider"])
     wanted = sorted(tensor_names - graph_inputs)
     sums: dict[str, np.ndarray] = {}
     count = 0
@@ -84,9 +78,9 @@ def input_means(model_path: Path, batches, tensor_names: set[str]) -> dict[str, 
 def _explicit_pads(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple[int, ...]) -> list[int]:
     """ONNX `pads` (begins then ends), computing auto_pad SAME_* the way ONNX defines it."""
     rank = len(spatial)
-    strides = _attribute(node, "strides", [1] * rank)
-    dilations = _attribute(node, "dilations", [1] * rank)
-    auto_pad = _attribute(node, "auto_pad", b"NOTSET")
+    strides = node_attribute(node, "strides", [1] * rank)
+    dilations = node_attribute(node, "dilations", [1] * rank)
+    auto_pad = node_attribute(node, "auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         totals = [max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0) for size, s, k, d in zip(spatial, strides, kernel, dilations)]
@@ -95,7 +89,7 @@ def _explicit_pads(node: onnx.NodeProto, spatial: tuple[int, ...], kernel: tuple
         return small + large if auto_pad == "SAME_UPPER" else large + small
     if auto_pad == "VALID":
         return [0] * (2 * rank)
-    return list(_attribute(node, "pads", [0] * (2 * rank)))
+    return list(node_attribute(node, "pads", [0] * (2 * rank)))
 
 
 def _conv_output_shift(node: onnx.NodeProto, error: np.ndarray, mean_input: np.ndarray) -> np.ndarray:
@@ -108,29 +102,30 @@ def _conv_output_shift(node: onnx.NodeProto, error: np.ndarray, mean_input: np.n
     torch_pads = [p for axis in reversed(range(rank)) for p in (pads[axis], pads[axis + rank])]  # last axis first
     x = F.pad(torch.from_numpy(mean_input[None].astype(np.float32)), torch_pads)
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[rank]
-    out = conv(x, torch.from_numpy(error), stride=_attribute(node, "strides", [1] * rank),
-               dilation=_attribute(node, "dilations", [1] * rank), groups=_attribute(node, "group", 1))
+    out = conv(x, torch.from_numpy(error), stride=node_attribute(node, "strides", [1] * rank),
+               dilation=node_attribute(node, "dilations", [1] * rank), groups=node_attribute(node, "group", 1))
     return out[0].reshape(out.shape[1], -1).mean(1).numpy()
 
 
 def _gemm_output_shift(node: onnx.NodeProto, error: np.ndarray, mean_input: np.ndarray) -> np.ndarray:
-    weight = error.T if _attribute(node, "transB", 0) else error
-    return _attribute(node, "alpha", 1.0) * (mean_input @ weight)
+    weight = error.T if node_attribute(node, "transB", 0) else error
+    return node_attribute(node, "alpha", 1.0) * (mean_input @ weight)
 
 
-def _set_bias(model: onnx.ModelProto, node: onnx.NodeProto, bias: np.ndarray) -> None:
-    slot = 2
-    if len(node.input) > slot and node.input[slot]:
-        name = node.input[slot]
-        for init in model.graph.initializer:
-            if init.name == name:
-                init.CopyFrom(numpy_helper.from_array(bias.astype(np.float32), name))
-                return
+def _bias_name(node: onnx.NodeProto) -> str:
+    return node.input[2] if len(node.input) > 2 else ""
+
+
+def _set_bias(model: onnx.ModelProto, initializers: dict[str, onnx.TensorProto], node: onnx.NodeProto, bias: np.ndarray) -> None:
+    name = _bias_name(node)
+    if name:
+        initializers[name].CopyFrom(numpy_helper.from_array(bias.astype(np.float32), name))
+        return
     name = f"{node.name or node.output[0]}_corrected_bias"
     model.graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), name))
-    while len(node.input) <= slot:
+    while len(node.input) < 3:
         node.input.append("")
-    node.input[slot] = name
+    node.input[2] = name
 
 
 def correctable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -144,10 +139,10 @@ def correctable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     for node in model.graph.node:
         if node.op_type not in CORRECTED_OPS or len(node.input) < 2 or node.input[1] not in initializers:
             continue
-        bias = node.input[2] if len(node.input) > 2 else ""
+        bias = _bias_name(node)
         if bias and (bias not in initializers or users.get(bias, 0) > 1):
             continue  # a computed or shared bias cannot be edited for this node alone
-        if node.op_type == "Gemm" and _attribute(node, "transA", 0):
+        if node.op_type == "Gemm" and node_attribute(node, "transA", 0):
             continue
         nodes.append(node)
     return nodes
@@ -162,18 +157,18 @@ def correct_biases(model: onnx.ModelProto, quantized_weights: dict[str, np.ndarr
             continue
         weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
         error = quantized_weights[node.name] - weight
+        bias_name = _bias_name(node)
         if node.op_type == "Conv":
             shift = _conv_output_shift(node, error, means[node.input[0]])
             scale = 1.0
         else:
             shift = _gemm_output_shift(node, error, means[node.input[0]])
-            scale = _attribute(node, "beta", 1.0) if len(node.input) > 2 and node.input[2] else 1.0
+            scale = node_attribute(node, "beta", 1.0) if bias_name else 1.0
             if scale == 0.0:
                 continue
-        bias_name = node.input[2] if len(node.input) > 2 else ""
         bias = numpy_helper.to_array(initializers[bias_name]).astype(np.float32) if bias_name else np.zeros(shift.shape, np.float32)
         if bias.shape != shift.shape:
             continue  # a broadcast Gemm bias: not per output channel
-        _set_bias(model, node, bias - shift / scale)
+        _set_bias(model, initializers, node, bias - shift / scale)
         count += 1
     return count

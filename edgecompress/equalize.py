@@ -23,9 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-
-def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((attr.i for attr in node.attribute if attr.name == name), default)
+from edgecompress.export import node_attribute
 
 
 def _clip_max(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> float | None:
@@ -73,7 +71,7 @@ def equalize(model: onnx.ModelProto, relu6_as_relu: bool = True) -> int:
     for first, activation, second in equalizable_pairs(graph, relu6_as_relu):
         w1 = numpy_helper.to_array(initializers[first.input[1]]).astype(np.float32)
         w2 = numpy_helper.to_array(initializers[second.input[1]]).astype(np.float32)
-        groups = _attribute(second, "group", 1)
+        groups = node_attribute(second, "group", 1)
         depthwise = groups == w2.shape[0] == w1.shape[0] and w2.shape[1] == 1
         if not depthwise and (groups != 1 or w2.shape[1] != w1.shape[0]):
             continue

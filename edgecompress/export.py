@@ -48,6 +48,14 @@ def _specs(values, initializer_names: set[str]) -> list[TensorSpec]:
     return specs
 
 
+def node_attribute(node: onnx.NodeProto, name: str, default=None):
+    """An ONNX node attribute's value (ints, floats, lists, bytes), or `default` when absent."""
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return onnx.helper.get_attribute_value(attribute)
+    return default
+
+
 def model_io(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The real inputs (initializers excluded, as old exporters list them) and the outputs."""
     initializers = {init.name for init in model.graph.initializer}

@@ -156,32 +156,32 @@ def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: 
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    if not (recipe.equalize or recipe.bias_correction):
+        return
+    model = onnx.load(str(prepared))
     if recipe.equalize:
         from edgecompress.equalize import equalize
 
-        model = onnx.load(str(prepared))
         equalize(model)
-        onnx.save(model, str(prepared))
     if recipe.bias_correction:
-        _correct_biases(prepared, recipe, calibration, extra_options)
+        _correct_biases(model, prepared, recipe, calibration, extra_options)
+    onnx.save(model, str(prepared))
 
 
-def _correct_biases(prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> int:
+def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet,
+                    extra_options: dict) -> None:
     """Quantize once to learn the exact int8 weights (they depend on the weights alone, so one
-    sample calibrates), then move each weight error's mean out of the fp32 biases."""
+    sample calibrates), then move each weight error's mean out of the fp32 biases of `model`."""
     from edgecompress.biascorrect import correct_biases, correctable_nodes, dequantized_weights, input_means
 
+    onnx.save(model, str(prepared))  # the probe quantizes the model as rewritten so far
     probe = prepared.with_name("weights-probe.onnx")
     one_sample = replace(calibration, arrays={name: array[:1] for name, array in calibration.arrays.items()})
     options = {k: v for k, v in extra_options.items() if k != "TensorQuantOverrides"}
     _quantize_static(prepared, probe, ArrayCalibrationReader(one_sample), replace(recipe, calibration_method="minmax"), options)
     quantized_weights = dequantized_weights(onnx.load(str(probe)))
-    model = onnx.load(str(prepared))
     inputs = {node.input[0] for node in correctable_nodes(model) if node.name in quantized_weights}
-    means = input_means(prepared, calibration.batches(16), inputs)
-    count = correct_biases(model, quantized_weights, means)
-    onnx.save(model, str(prepared))
-    return count
+    correct_biases(model, quantized_weights, input_means(model, calibration.batches(16), inputs))
 
 
 def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:

@@ -81,7 +81,7 @@ def test_corrected_biases_cancel_each_layers_mean_weight_error(padded_case) -> N
     onnx_model = onnx.load(str(path))
     weights = dequantized_weights(onnx.load(str(probe)))
     inputs = {node.input[0] for node in onnx_model.graph.node if node.name in weights}
-    means = input_means(path, calibration.batches(32), inputs)
+    means = input_means(onnx_model, calibration.batches(32), inputs)
     assert correct_biases(onnx_model, weights, means) == 3
     by_layer = {name: next(v for k, v in weights.items() if name in k) for name in ("conv1", "depthwise", "head")}
     biases = {node.name: node.input[2] for node in onnx_model.graph.node if len(node.input) > 2}

@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecompress.errors import EngineBuildError
+from edgecompress.export import node_attribute
 
 _COMMON_UNSUPPORTED = frozenset(
     "Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor CenterCropPad Col2Im Compress "
@@ -101,13 +102,6 @@ def _names(nodes: list[str], shown: int = 3) -> str:
     return names + (f" and {len(nodes) - shown} more" if len(nodes) > shown else "")
 
 
-def _attribute(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
-
-
 def _check_zero_point(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> str | None:
     """TensorRT's explicit quantization is symmetric int8: zero points must be int8 zeros.
 
@@ -138,20 +132,20 @@ def _check_node(node: onnx.NodeProto, trt_major: int, initializers: dict[str, on
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
         return _check_zero_point(node, initializers)
     if node.op_type in ("MaxPool", "AveragePool", "LpPool"):
-        kernel = _attribute(node, "kernel_shape", [])
+        kernel = node_attribute(node, "kernel_shape", [])
         if len(kernel) not in (2, 3):
             return f"{len(kernel)}D pooling; TensorRT pools 2D or 3D only"
-        if any(d != 1 for d in _attribute(node, "dilations", [])):
+        if any(d != 1 for d in node_attribute(node, "dilations", [])):
             return "pooling with dilations is not supported"
         if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1]:
             return "MaxPool's Indices output is not supported"
     if node.op_type == "Resize":
-        if _attribute(node, "mode", b"nearest") == b"cubic":
+        if node_attribute(node, "mode", b"nearest") == b"cubic":
             return "Resize mode 'cubic' is not supported (use nearest or linear)"
-        if _attribute(node, "antialias", 0):
+        if node_attribute(node, "antialias", 0):
             return "Resize with antialias is not supported"
     if trt_major < 10 and node.op_type in ("Conv", "ConvTranspose"):
-        kernel = _attribute(node, "kernel_shape", [])
+        kernel = node_attribute(node, "kernel_shape", [])
         if kernel and len(kernel) not in (2, 3):
             return f"{len(kernel)}D convolution; TensorRT 8 convolves 2D or 3D only"
     return None
