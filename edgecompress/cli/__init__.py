@@ -7,6 +7,7 @@ input become one line on stderr with the fix and a non-zero exit, never a traceb
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 
@@ -43,31 +44,58 @@ from edgecompress.cli import ship as _ship  # noqa: E402,F401
 
 
 def main() -> None:
+    """Run the CLI in typer's standalone mode: usage errors print typer's usage message and exit 2.
+
+    A user's mistake (EdgecompressError) is one `error:` line and one `fix:` line. Anything else is a
+    bug of ours: one `internal error:` line naming a log file with the traceback (EDGECOMPRESS_DEBUG=1
+    prints it), exit 1.
+    """
     from edgecompress.errors import EdgecompressError
     from edgecompress.progress import console
 
     from rich.markup import escape
 
     try:
-        code = app(standalone_mode=False)  # non-standalone click returns typer.Exit's code instead of raising
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        app()  # standalone: exits itself on success, usage errors (2) and Ctrl-C (130)
     except EdgecompressError as error:  # escape: messages quote user text such as "[user@]host"
         console.print(f"[bold red]error:[/bold red] {escape(error.problem)}", highlight=False, soft_wrap=True)
         if error.fix:
             console.print(f"  [bold]fix:[/bold] {escape(error.fix)}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        console.print("interrupted; finished artifacts are kept, unfinished ones were not written")
-        sys.exit(130)
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:
+    except Exception as error:  # noqa: BLE001 — the one place that turns a bug into a readable exit
+        _report_internal_error(error)
         sys.exit(1)
-    except Exception as error:  # click usage errors arrive here in non-standalone mode
-        import click
 
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+
+def _report_internal_error(error: Exception) -> None:
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    from rich.markup import escape
+
+    from edgecompress.progress import console
+
+    text = "".join(traceback.format_exception(error))
+    if os.environ.get("EDGECOMPRESS_DEBUG"):
+        sys.stderr.write(text)
+    log = _internal_error_log_dir() / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"edgecompress {__version__}\nargv: {sys.argv}\n\n{text}")
+    except OSError:
+        log = Path(tempfile.gettempdir()) / log.name
+        log.write_text(text)
+    console.print(
+        f"[bold red]internal error:[/bold red] {escape(type(error).__name__)}: {escape(str(error))} "
+        f"— this is a bug in edgecompress; the traceback is in {log} (EDGECOMPRESS_DEBUG=1 prints it)",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _internal_error_log_dir() -> Path:
+    from edgecompress.example import cache_dir
+
+    return cache_dir() / "logs"
