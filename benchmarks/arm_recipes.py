@@ -1,6 +1,6 @@
 """Which int8 recipe do ONNX Runtime's aarch64 kernels run exactly? Measured on real aarch64 code.
 
-x86 without VNNI saturates full-range u8s8 (edgecompress/isa.py); the aarch64 recipe must be
+x86 without VNNI saturates full-range u8s8 (edgecompress/quantize/isa.py); the aarch64 recipe must be
 measured on ARM kernels, not assumed. This quantizes trained digits models with each
 recipe, converts them to ORT format as the ARM engine does, and runs them with the aarch64
 onnxruntime wheel under QEMU user-mode emulation (scripts/arm64-emulated.sh) for three CPU
@@ -30,12 +30,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bias_correction import WORK, trained  # noqa: E402  (the same trained checkpoints)
 
-from edgecompress.calib.load import CalibrationSet, arrays_sha256  # noqa: E402
-from edgecompress.data import digits_splits  # noqa: E402
+from edgecompress.calib.load import CalibrationSet  # noqa: E402
+
+from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.source.data import digits_splits  # noqa: E402
 from edgecompress.engines.arm import ArmOptions, convert_to_ort  # noqa: E402
 from edgecompress.engines.arm64_emulated import run_emulated, unavailable_reason  # noqa: E402
-from edgecompress.export import export_torch  # noqa: E402
-from edgecompress.quantize import QuantRecipe, quantize_model  # noqa: E402
+from edgecompress.export.torch_export import export_torch
+from edgecompress.quantize.static import quantize_model  # noqa: E402
+from edgecompress.quantize.recipe import QuantRecipe
 
 RECIPES = {
     "s8s8 per-channel (aarch64 recipe)": QuantRecipe("int8", "int8"),

@@ -5,10 +5,10 @@ VNNI full-range recipes and per-tensor weights), quantize with edgecompress's ow
 stage with and without CLE / bias correction, and compare with fp32: top-1 on the held-out test
 split, and top-1 agreement, logit cosine and mean logit error on every digits image outside
 the calibration set. Each int8 model runs twice: on this host's int8 kernels ("kernels":
-AVX2 without VNNI saturates full-range u8s8/s8s8, see edgecompress/isa.py) and with ORT's
+AVX2 without VNNI saturates full-range u8s8/s8s8, see edgecompress/quantize/isa.py) and with ORT's
 graph optimizations off ("simulated": QDQ executed as dequantize + float ops, i.e. exact
 int32 accumulation — what VNNI, ARM dot-product and TensorRT kernels compute). Decides
-`bias_correction = "auto"` in edgecompress/pipeline.py.
+`bias_correction = "auto"` in edgecompress/build/pipeline.py.
 
 Run: python benchmarks/bias_correction.py [--models mobilenetv2-digits,cnn-small]
 """
@@ -25,13 +25,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecompress.artifacts import sha256_json  # noqa: E402
-from edgecompress.calib.load import CalibrationSet, arrays_sha256  # noqa: E402
-from edgecompress.data import digits_splits  # noqa: E402
+from edgecompress.core.artifacts import sha256_json  # noqa: E402
+from edgecompress.calib.load import CalibrationSet  # noqa: E402
+from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.source.data import digits_splits  # noqa: E402
 from edgecompress.engines.ort_cpu import OrtRunner  # noqa: E402
-from edgecompress.export import export_torch  # noqa: E402
-from edgecompress.quantize import QuantRecipe, quantize_model  # noqa: E402
-from edgecompress.zoo import build_model  # noqa: E402
+from edgecompress.export.torch_export import export_torch
+from edgecompress.quantize.static import quantize_model  # noqa: E402
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.source.zoo import build_model  # noqa: E402
 
 WORK = Path(os.environ.get("EDGECOMPRESS_CACHE", "/tmp/ec-cache")) / "bias-correction"
 RECIPES = {

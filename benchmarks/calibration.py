@@ -24,19 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.artifacts import atomic_path, sha256_json
+from edgecompress.core.artifacts import atomic_path, sha256_json
 from edgecompress.calib.datafree import DataFreeConfig, synthesize
 from edgecompress.calib.generate import CalibRecipe, generate
 from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.compress.trainer import TrainConfig, fit
-from edgecompress.data import DIGITS_INPUT_NAME, DIGITS_SPEC, digits_splits
+from edgecompress.source.data import DIGITS_INPUT_NAME, DIGITS_SPEC, digits_splits
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.evaluate import compare_outputs, run_batched, top1_accuracy
-from edgecompress.example import cache_dir, example_teacher
-from edgecompress.export import export_torch, model_io, read_onnx
-from edgecompress.quantize import quantize_model, recipe_for_target
-from edgecompress.targets import load_profiles
-from edgecompress.zoo import build_model
+from edgecompress.measure.evaluate import compare_outputs, run_batched, top1_accuracy
+from edgecompress.presets.example import example_teacher
+from edgecompress.core.cache import cache_dir
+from edgecompress.export.graph import model_io, read_onnx
+from edgecompress.export.torch_export import export_torch
+from edgecompress.quantize.static import quantize_model, recipe_for_target
+from edgecompress.core.targets import load_profiles
+from edgecompress.source.zoo import build_model
 
 METHODS = ("minmax", "entropy", "percentile")
 SIZES = (8, 32, 128, 512)

@@ -25,17 +25,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompress.bench import benchmark  # noqa: E402
+from edgecompress.measure.bench import benchmark  # noqa: E402
 from edgecompress.compress.channels import prune_channels  # noqa: E402
 from edgecompress.compress.distill import DistillConfig, distill  # noqa: E402
 from edgecompress.compress.prune import make_permanent, prune_unstructured  # noqa: E402
 from edgecompress.compress.trainer import TrainConfig, accuracy, fit  # noqa: E402
-from edgecompress.data import digits_splits  # noqa: E402
-from edgecompress.engines.base import TensorSpec  # noqa: E402
+from edgecompress.source.data import digits_splits  # noqa: E402
+from edgecompress.source.specs import TensorSpec
 from edgecompress.engines.ort_cpu import OrtRunner  # noqa: E402
-from edgecompress.example import example_teacher  # noqa: E402
-from edgecompress.export import export_torch  # noqa: E402
-from edgecompress.zoo import build_model  # noqa: E402
+from edgecompress.presets.example import example_teacher  # noqa: E402
+from edgecompress.export.torch_export import export_torch
+from edgecompress.source.zoo import build_model  # noqa: E402
 
 
 class TorchEagerRunner:
@@ -103,8 +103,8 @@ def pruning_table(runs: int, size: int) -> None:
 
 
 def end_to_end(runs: int) -> None:
-    from edgecompress.config import make_config
-    from edgecompress.pipeline import build
+    from edgecompress.core.config import make_config
+    from edgecompress.build.pipeline import build
 
     with tempfile.TemporaryDirectory() as tmp:
         (report,) = build(make_config({}, {"out": Path(tmp), "bench_runs": 20}))

@@ -24,22 +24,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecompress.bench import benchmark  # noqa: E402
+from edgecompress.measure.bench import benchmark  # noqa: E402
 from edgecompress.calib.load import calibration_set_from_arrays  # noqa: E402
 from edgecompress.compress.trainer import TrainConfig, fit  # noqa: E402
-from edgecompress.data import digits_splits  # noqa: E402
+from edgecompress.source.data import digits_splits  # noqa: E402
 from edgecompress.engines.ort_cpu import OrtCpuBuilder  # noqa: E402
-from edgecompress.evaluate import EvalSet, evaluate  # noqa: E402
-from edgecompress.example import cache_dir, example_teacher  # noqa: E402
-from edgecompress.export import export_torch  # noqa: E402
-from edgecompress.config import make_config  # noqa: E402
-from edgecompress.isa import recipe_for_target  # noqa: E402
-from edgecompress.pipeline import target_recipe  # noqa: E402
-from edgecompress.precision import PrecisionSettings, TargetModels, quantize_for_target  # noqa: E402
-from edgecompress.qrepair import Budget, RepairOptions  # noqa: E402
-from edgecompress.quantize import QuantRecipe, quantize_model  # noqa: E402
-from edgecompress.targets import TargetProfile, load_profile  # noqa: E402
-from edgecompress.zoo import build_model  # noqa: E402
+from edgecompress.measure.evaluate import EvalSet, evaluate  # noqa: E402
+from edgecompress.presets.example import example_teacher  # noqa: E402
+from edgecompress.core.cache import cache_dir
+from edgecompress.export.torch_export import export_torch
+from edgecompress.core.config import make_config  # noqa: E402
+from edgecompress.quantize.isa import recipe_for_target  # noqa: E402
+from edgecompress.build.pipeline import target_recipe  # noqa: E402
+from edgecompress.build.precision import PrecisionSettings, TargetModels, quantize_for_target  # noqa: E402
+from edgecompress.build.repair import Budget, RepairOptions  # noqa: E402
+from edgecompress.quantize.static import quantize_model  # noqa: E402
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.targets import TargetProfile, load_profile  # noqa: E402
+from edgecompress.source.zoo import build_model  # noqa: E402
 
 DEFAULT_CONFIG = make_config({}, {})  # the build's defaults: the recipe `edgecompress build` starts from
 NAIVE = QuantRecipe(reason="naive: ORT's usual u8s8 per-channel, full range, minmax")
@@ -92,7 +94,7 @@ def cpu_models() -> tuple[TargetProfile, TargetModels]:
 
 def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, workdir: Path, runs: int, rewrites: bool) -> dict:
     """rewrites=False: the build with --equalize off --bias-correction off (repair can only keep nodes in fp32)."""
-    from edgecompress.export import model_io, read_onnx
+    from edgecompress.export.graph import model_io, read_onnx
 
     inputs, _ = model_io(read_onnx(fp32))
     calibration = calibration_set_from_arrays({"input": calib}, inputs, "digits train")
@@ -100,7 +102,7 @@ def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, wor
     profile, models = cpu_models()
 
     def quantize(recipe: QuantRecipe) -> Path:
-        from edgecompress.artifacts import sha256_json
+        from edgecompress.core.artifacts import sha256_json
 
         out = workdir / f"{name}.{sha256_json(recipe.cache_key())[:12]}.onnx"
         return out if out.is_file() else quantize_model(fp32, calibration, recipe, out)
@@ -154,7 +156,7 @@ def print_repair_table(rows: list[dict]) -> None:
 
 
 def precision_row(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, budget: Budget, workdir: Path) -> list[str]:
-    from edgecompress.export import model_io, read_onnx
+    from edgecompress.export.graph import model_io, read_onnx
 
     inputs, _ = model_io(read_onnx(fp32))
     calibration = calibration_set_from_arrays({"input": calib}, inputs, "calibration")

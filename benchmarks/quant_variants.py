@@ -1,6 +1,6 @@
 """Measure QDQ quantization variants on this host: latency vs fp32 and agreement with fp32.
 
-Decides the per-ISA recipe in edgecompress/isa.py. Interleaved reps, medians, 2 threads.
+Decides the per-ISA recipe in edgecompress/quantize/isa.py. Interleaved reps, medians, 2 threads.
 Run: python benchmarks/quant_variants.py [--models mobilenetv2,resnet18,mobilenetv2-digits]
 """
 
@@ -20,7 +20,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgecompress.engines.ort_cpu import OrtRunner  # noqa: E402
-from edgecompress.zoo import build_model  # noqa: E402
+from edgecompress.source.zoo import build_model  # noqa: E402
 
 WORK = Path(os.environ.get("EDGECOMPRESS_CACHE", "/tmp/ec-cache")) / "quant-variants"
 VARIANTS = {
@@ -43,7 +43,7 @@ class Reader(CalibrationDataReader):
 
 def trained_digits_model(name: str) -> torch.nn.Module:
     from edgecompress.compress.trainer import TrainConfig, fit
-    from edgecompress.data import digits_splits
+    from edgecompress.source.data import digits_splits
 
     model = build_model(name)
     ckpt = WORK.parent / "bench-mobilenetv2-digits-e6.pt"  # shared with quant_repair.py
@@ -72,7 +72,7 @@ def measure(name: str, reps: int, rounds: int) -> None:
     digits = name.endswith("digits")
     model = trained_digits_model(name) if digits else build_model(name).eval()
     if digits:
-        from edgecompress.data import digits_splits
+        from edgecompress.source.data import digits_splits
 
         splits = digits_splits()
         calib, evalx, evaly = splits.val.x[:100], splits.test.x, splits.test.y

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgecompress.bundle import BundleOptions, build_bundle  # noqa: E402
-from edgecompress.ship import Destination, SshOptions, ship  # noqa: E402
-from edgecompress.signing import generate_keypair  # noqa: E402
-from edgecompress.verify import verify_bundle  # noqa: E402
+from edgecompress.ship.bundle import BundleOptions, build_bundle  # noqa: E402
+from edgecompress.ship.transport import Destination, SshOptions, ship  # noqa: E402
+from edgecompress.ship.signing import generate_keypair  # noqa: E402
+from edgecompress.ship.verify import verify_bundle  # noqa: E402
 from tests.ship_support import find_sshd, start_sshd, stop_sshd  # noqa: E402
 
 DEVICES = 4
@@ -35,8 +35,8 @@ def timed(action) -> float:
 
 
 def example_build(work: Path) -> Path:
-    from edgecompress.config import load_config
-    from edgecompress.pipeline import build
+    from edgecompress.core.config import load_config
+    from edgecompress.build.pipeline import build
 
     build(load_config(None, {"out": work / "build"}))
     return work / "build" / "cpu"

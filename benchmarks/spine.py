@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgecompress.bench import benchmark
+from edgecompress.measure.bench import benchmark
 from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.engines import get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.export import export_torch
-from edgecompress.pipeline import target_recipe
-from edgecompress.config import BuildConfig
-from edgecompress.preprocess import PreprocessSpec
-from edgecompress.quantize import quantize_model
-from edgecompress.targets import load_profile
-from edgecompress.zoo import build_model
+from edgecompress.export.torch_export import export_torch
+from edgecompress.build.pipeline import target_recipe
+from edgecompress.core.config import BuildConfig
+from edgecompress.device.preprocess import PreprocessSpec
+from edgecompress.quantize.static import quantize_model
+from edgecompress.core.targets import load_profile
+from edgecompress.source.zoo import build_model
 
 IMAGENET = PreprocessSpec(resize=256, center_crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 

@@ -29,16 +29,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runs from a fresh clone without installing
 
-from edgecompress.artifacts import sha256_json
-from edgecompress.bench import benchmark
+from edgecompress.core.artifacts import sha256_json
+from edgecompress.measure.bench import benchmark
 from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.engines import get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.evaluate import EvalSet, compare_outputs, evaluate
-from edgecompress.export import OnnxModelInfo, export_torch
-from edgecompress.isa import recipe_for_target
-from edgecompress.quantize import quantize_model
-from edgecompress.targets import TargetProfile, load_profile
+from edgecompress.measure.evaluate import EvalSet, compare_outputs, evaluate
+from edgecompress.export.graph import OnnxModelInfo
+from edgecompress.export.torch_export import export_torch
+from edgecompress.quantize.isa import recipe_for_target
+from edgecompress.quantize.static import quantize_model
+from edgecompress.core.targets import TargetProfile, load_profile
 
 
 @dataclass
@@ -50,8 +51,8 @@ class Workload:
 
 
 def digits_workload(work: Path) -> Workload:
-    from edgecompress.data import digits_splits
-    from edgecompress.example import example_teacher
+    from edgecompress.source.data import digits_splits
+    from edgecompress.presets.example import example_teacher
 
     splits = digits_splits()
     fp32 = export_torch(example_teacher(), {"input": (1, 1, 32, 32)}, work / "digits.fp32.onnx", exporter="torchscript")
@@ -64,7 +65,7 @@ def photo_batch() -> np.ndarray:
     from PIL import Image
     from skimage import data
 
-    from edgecompress.preprocess import PreprocessSpec
+    from edgecompress.device.preprocess import PreprocessSpec
 
     spec = PreprocessSpec(resize=256, center_crop=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     names = ["astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
@@ -75,7 +76,7 @@ def photo_batch() -> np.ndarray:
 
 
 def resnet_workload(work: Path) -> Workload:
-    from edgecompress.zoo import build_model
+    from edgecompress.source.zoo import build_model
 
     torch.manual_seed(0)
     fp32 = export_torch(build_model("resnet18").eval(), {"input": (1, 3, 224, 224)}, work / "resnet18.fp32.onnx",

@@ -13,12 +13,13 @@ import torch
 from onnx import helper
 
 from edgecompress.calib.load import calibration_set_from_arrays
-from edgecompress.data import digits_splits
-from edgecompress.export import export_torch
-from edgecompress.isa import recipe_for_target
-from edgecompress.quantize import QuantRecipe, quantize_model
-from edgecompress.targets import load_profile
-from edgecompress.zoo import build_model
+from edgecompress.source.data import digits_splits
+from edgecompress.export.torch_export import export_torch
+from edgecompress.quantize.isa import recipe_for_target
+from edgecompress.quantize.static import quantize_model
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.targets import load_profile
+from edgecompress.source.zoo import build_model
 
 
 def export_fp32(path: Path):

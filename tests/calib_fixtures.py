@@ -57,7 +57,7 @@ def bn_training_data(in_channels: int = 1, count: int = 64, side: int = 8) -> np
 
 def export_tiny_onnx(path: Path) -> Path:
     """The tiny BatchNorm model as ONNX (input 'input', 1×8×8; the fast TorchScript exporter)."""
-    from edgecompress.export import export_torch
+    from edgecompress.export.torch_export import export_torch
 
     export_torch(tiny_bn_model(), {"input": (1, 1, 8, 8)}, path, exporter="torchscript")
     return path

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from edgecompress.compress.sources import split_labelled
-from edgecompress.data import DigitsSplits, digits_splits
-from edgecompress.zoo import PlainCNN
+from edgecompress.source.data import DigitsSplits, digits_splits
+from edgecompress.source.zoo import PlainCNN
 
 torch.set_num_threads(1)
 
@@ -26,3 +26,8 @@ def tiny_cnn(widths: tuple[int, ...] = (4, 8), seed: int = 0) -> nn.Module:
 def tiny_digits_cnn() -> nn.Module:
     """A `package.module:factory` for build tests: a small digits CNN with random weights."""
     return tiny_cnn((16, 32, 64))
+
+
+def ddp_teacher():
+    """A factory (package.module:factory) for the torchrun test: teachers load without unpickling code."""
+    return tiny_cnn((8, 16), seed=1)

@@ -38,7 +38,7 @@ def make_tiny_net() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     """A tiny fp32 ONNX file exported by torch (the TorchScript exporter: fast)."""
-    from edgecompress.export import export_torch
+    from edgecompress.export.torch_export import export_torch
 
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     export_torch(make_tiny_net(), {"input": (1, 1, 8, 8)}, path, exporter="torchscript")

@@ -18,12 +18,12 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress.data import digits_splits
+from edgecompress.source.data import digits_splits
 
 if TYPE_CHECKING:
     from edgecompress.calib.load import CalibrationSet
-    from edgecompress.evaluate import EvalSet
-    from edgecompress.quantize import QuantRecipe
+    from edgecompress.measure.evaluate import EvalSet
+    from edgecompress.quantize.recipe import QuantRecipe
 
 
 class RidgeDigitsNet(nn.Module):
@@ -78,8 +78,8 @@ class DigitsQuantCase:
 
     def quantizer(self, fp32: Path) -> Callable[["QuantRecipe"], Path]:
         """recipe -> int8 model, cached by recipe (what the pipeline's quantize stage does)."""
-        from edgecompress.artifacts import sha256_json
-        from edgecompress.quantize import quantize_model
+        from edgecompress.core.artifacts import sha256_json
+        from edgecompress.quantize.static import quantize_model
 
         def quantize(recipe: "QuantRecipe") -> Path:
             out = self.workdir / f"{fp32.stem}.{sha256_json(recipe.cache_key())[:12]}.int8.onnx"
@@ -91,8 +91,8 @@ class DigitsQuantCase:
 @pytest.fixture(scope="session")
 def digits_case(tmp_path_factory: pytest.TempPathFactory) -> DigitsQuantCase:
     from edgecompress.calib.load import calibration_set_from_arrays
-    from edgecompress.evaluate import EvalSet
-    from edgecompress.export import model_io, read_onnx
+    from edgecompress.measure.evaluate import EvalSet
+    from edgecompress.export.graph import model_io, read_onnx
 
     workdir = tmp_path_factory.mktemp("quant")
     splits = digits_splits()

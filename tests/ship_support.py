@@ -35,7 +35,7 @@ def make_build_target(run_dir: Path, target: str = "cpu", profile: dict | None =
     import torch
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from edgecompress.data import digits_splits
+    from edgecompress.source.data import digits_splits
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -110,7 +110,7 @@ def copy_build(dest_run: Path, arch: str | None = None) -> Path:
     shutil.copytree(cached_build_run(), dest_run)
     target_dir = dest_run / "cpu"
     if arch is not None:
-        from edgecompress.targets import load_profile
+        from edgecompress.core.targets import load_profile
 
         profile = load_profile("cpu").model_dump(mode="json", exclude={"source"})
         profile |= {"name": "raspberry-pi-5", "arch": arch, "engine": "ort-arm"}

@@ -8,11 +8,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgecompress.data import digits_splits
+from edgecompress.source.data import digits_splits
 from edgecompress.engines import get_builder
 from edgecompress.engines.arm import ENGINE_NAME
-from edgecompress.errors import EngineBuildError
-from edgecompress.targets import load_profile
+from edgecompress.core.errors import EngineBuildError
+from edgecompress.core.targets import load_profile
 from tests._int8_models import qdq_models, with_extra_node  # noqa: F401 - fixture
 
 BATCH = digits_splits().test.x[:64]
@@ -95,13 +95,14 @@ def test_ort_engine_runs_on_emulated_aarch64_and_agrees_with_x86(pi5_engine):
     assert np.abs(emulated.outputs[0] - x86).max() < 0.05 * np.abs(x86).max()
 
 
-def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accuracy(qdq_models, tmp_path):
-    from edgecompress.isa import VNNI_FEATURES, host_isa
+def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accuracy(qdq_models):
+    from edgecompress.engines.arm import host_caveats
+    from edgecompress.quantize.isa import Isa
 
     profile = load_profile("raspberry-pi-5")
-    u8 = get_builder("ort-arm").build(qdq_models["uint8"], profile, tmp_path / "u8").metadata["summary"]
-    s8 = get_builder("ort-arm").build(qdq_models["int8"], profile, tmp_path / "s8").metadata["summary"]
-    saturating_host = not VNNI_FEATURES & host_isa()
-    assert any("no VNNI" in line for line in u8) == saturating_host
-    assert not any("no VNNI" in line for line in s8)
-    assert any("not from the device" in line for line in s8)
+    avx2, vnni = Isa("x86_64", frozenset({"avx2"})), Isa("x86_64", frozenset({"avx2", "avx512_vnni"}))
+    assert any("no VNNI" in line for line in host_caveats(profile, qdq_models["uint8"], avx2))
+    assert not any("no VNNI" in line for line in host_caveats(profile, qdq_models["uint8"], vnni))
+    assert not any("no VNNI" in line for line in host_caveats(profile, qdq_models["int8"], avx2))
+    assert any("not from the device" in line for line in host_caveats(profile, qdq_models["int8"], vnni))
+    assert host_caveats(profile, qdq_models["int8"], Isa("aarch64", frozenset({"dotprod"}))) == []

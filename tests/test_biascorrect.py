@@ -10,10 +10,12 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from edgecompress.biascorrect import correct_biases, dequantized_weights, input_means
-from edgecompress.calib.load import CalibrationSet, arrays_sha256
-from edgecompress.data import digits_splits
-from edgecompress.quantize import QuantRecipe, quantize_model
+from edgecompress.quantize.biascorrect import correct_biases, dequantized_weights, input_means
+from edgecompress.calib.load import CalibrationSet
+from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.source.data import digits_splits
+from edgecompress.quantize.static import quantize_model
+from edgecompress.quantize.recipe import QuantRecipe
 from tests.quant_models import export_onnx
 
 # per-tensor 7-bit weights: large rounding errors, so the shifts are easy to see

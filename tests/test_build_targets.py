@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from edgecompress.config import BuildConfig
-from edgecompress.data import digits_splits
-from edgecompress.pipeline import build
+from edgecompress.core.config import BuildConfig
+from edgecompress.source.data import digits_splits
+from edgecompress.build.pipeline import build
 from tests._int8_models import qdq_models  # noqa: F401 - fixture
 
 

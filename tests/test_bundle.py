@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecompress.bundle import BundleOptions, build_bundle
-from edgecompress.errors import BundleError, SigningKeyError
-from edgecompress.signing import generate_keypair, load_private_key
-from edgecompress.unpack import safe_unpack
-from edgecompress.verify import verify_bundle
+from edgecompress.ship.bundle import BundleOptions, build_bundle
+from edgecompress.core.errors import BundleError, SigningKeyError
+from edgecompress.ship.signing import generate_keypair, load_private_key
+from edgecompress.device.unpack import safe_unpack
+from edgecompress.ship.verify import verify_bundle
 from tests.ship_support import copy_build
 
 
@@ -66,7 +66,9 @@ def test_manifest_describes_engine_device_and_figures(target_dir: Path, tmp_path
         "kind": "ort-cpu", "precision": "int8", "path": "engine/engine.onnx", "files": ["engine/engine.onnx"], "note": None
     }
     assert manifest["inputs"] == [{"name": "input", "shape": [None, 1, 32, 32], "dtype": "float32"}]
-    assert "ai.onnx:QuantizeLinear" in manifest["runtime"]["required_operators"]
+    operators = manifest["runtime"]["required_operators"]
+    assert any(op.startswith("ai.onnx:QuantizeLinear@") for op in operators)
+    assert all(op.rsplit("@", 1)[1].isdigit() for op in operators)  # domain:Op@opset, one format for every engine
     assert manifest["runtime"]["onnxruntime"]["min_version"]
     assert manifest["figures"]["agreement"]["top1"] == 0.98 and manifest["figures"]["latency_ms"]["p50"] == 0.1
     assert manifest["preprocess"]["color"] == "grayscale" and manifest["labels"][3] == "3"
@@ -237,7 +239,7 @@ def test_bundled_runner_verifies_selftests_and_classifies(target_dir: Path, tmp_
     assert "signature valid" in result.stdout and "self-test passed: 4 samples" in result.stdout
     from PIL import Image
 
-    from edgecompress.data import digits_images
+    from edgecompress.source.data import digits_images
 
     Image.fromarray(digits_images()[0][0]).save(tmp_path / "digit.png")
     np.save(tmp_path / "sample.npy", np.load(root / "samples/input_0.npy")[0])
@@ -278,7 +280,7 @@ def test_tensorrt_build_kit_bundle_states_what_the_device_needs(target_dir: Path
     """A GPU target built without a GPU ships its on-device build kit; the self-test compares with fp32."""
     (target_dir / "build_engine.sh").write_text("#!/bin/sh\ntrtexec --onnx=engine.onnx --int8 --saveEngine=engine.plan\n")
     report = json.loads((target_dir / "report.json").read_text())
-    from edgecompress.targets import load_profile
+    from edgecompress.core.targets import load_profile
 
     profile = load_profile("cpu").model_dump(mode="json", exclude={"source"})
     profile |= {"name": "jetson-orin-nano", "engine": "tensorrt", "arch": "aarch64", "options": {"tensorrt_major": 10}}

@@ -89,8 +89,8 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_onnx, args, phrases):
 
 def test_build_records_the_sets_sha256_and_refuses_a_changed_set(tmp_path, tiny_onnx):
     from edgecompress.calib.generate import CalibRecipe, make_calibration_set
-    from edgecompress.config import make_config
-    from edgecompress.pipeline import build
+    from edgecompress.core.config import make_config
+    from edgecompress.build.pipeline import build
 
     calib = tmp_path / "calib.npz"
     made = make_calibration_set(
@@ -106,7 +106,7 @@ def test_build_records_the_sets_sha256_and_refuses_a_changed_set(tmp_path, tiny_
         changed = archive["input"].copy()
     changed[0, 0, 0, 0] += 0.5
     np.savez(calib, input=changed)
-    from edgecompress.errors import CalibrationChecksumError
+    from edgecompress.core.errors import CalibrationChecksumError
 
     with pytest.raises(CalibrationChecksumError, match="does not match its manifest"):
         build(config.model_copy(update={"out": tmp_path / "b2"}))

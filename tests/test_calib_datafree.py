@@ -9,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set, record_batchnorm_inputs, synthesize
-from edgecompress.errors import DataFreeError, InputShapeError
-from edgecompress.preprocess import PreprocessSpec
+from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set, synthesize
+
+from edgecompress.calib.bn_stats import record_batchnorm_inputs
+from edgecompress.core.errors import DataFreeError, InputShapeError
+from edgecompress.device.preprocess import PreprocessSpec
 from tests.calib_fixtures import tiny_bn_model
 
 FAST = DataFreeConfig(steps=40, lr=0.1, batch_size=16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edgecompress.calib.diagnostics import MIN_RECOMMENDED_COUNT, diagnose
-from edgecompress.errors import CalibrationError
+from edgecompress.core.errors import CalibrationError
 from tests.calib_fixtures import bn_training_data, tiny_bn_model
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from edgecompress.calib.generate import CalibRecipe, generate, load_recipe, make_calibration_set, stratified_order
-from edgecompress.calib.load import arrays_sha256
-from edgecompress.errors import CalibrationError, ConfigError
+from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.core.errors import CalibrationError, ConfigError
 from tests.calib_fixtures import COLOUR_PHOTOS, GRAY_PHOTOS, photo, write_photo_folder
 
 SMALL = {"resize": 32, "center_crop": 32}
@@ -157,7 +157,7 @@ def test_nan_or_inf_arrays_are_rejected(tmp_path):
 
 
 def test_digits_come_from_the_training_split_stratified():
-    from edgecompress.data import digits_split_indices, digits_splits
+    from edgecompress.source.data import digits_split_indices, digits_splits
 
     made = generate(CalibRecipe(source="digits", count=50))
     assert made.arrays["x"].shape == (50, 1, 32, 32)

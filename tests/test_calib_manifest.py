@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from edgecompress.calib.load import arrays_sha256, load_calibration_set
+from edgecompress.calib.load import load_calibration_set
+
+from edgecompress.calib.manifest import arrays_sha256
 from edgecompress.calib.manifest import MANIFEST_FORMAT, verify_manifest, write_set
-from edgecompress.engines.base import TensorSpec
-from edgecompress.errors import CalibrationChecksumError, CalibrationError
+from edgecompress.source.specs import TensorSpec
+from edgecompress.core.errors import CalibrationChecksumError, CalibrationError
 
 INPUTS = [TensorSpec("input", (None, 2, 3))]
 

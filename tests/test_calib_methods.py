@@ -8,11 +8,12 @@ import pytest
 from onnx import numpy_helper
 
 from edgecompress.calib.load import calibration_set_from_arrays
-from edgecompress.config import make_config
-from edgecompress.engines.base import TensorSpec
-from edgecompress.pipeline import target_recipe
-from edgecompress.quantize import QuantRecipe, quantize_model
-from edgecompress.targets import TargetProfile, load_profiles
+from edgecompress.core.config import make_config
+from edgecompress.source.specs import TensorSpec
+from edgecompress.build.pipeline import target_recipe
+from edgecompress.quantize.static import quantize_model
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.targets import TargetProfile, load_profiles
 from tests.calib_fixtures import export_tiny_onnx
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgecompress.calib.load import arrays_sha256, load_calibration_set
-from edgecompress.engines.base import TensorSpec
-from edgecompress.errors import CalibrationError
+from edgecompress.calib.load import load_calibration_set
+
+from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.source.specs import TensorSpec
+from edgecompress.core.errors import CalibrationError
 
 INPUTS = [TensorSpec("input", (None, 1, 8, 8))]
 

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from edgecompress.compress.channels import plan_channel_pruning, prune_channels
-from edgecompress.errors import PruningError
-from edgecompress.zoo import MobileNetV2, ResNet18
+from edgecompress.core.errors import PruningError
+from edgecompress.source.zoo import MobileNetV2, ResNet18
 from tests.compress_fixtures import tiny_cnn, tiny_splits
 
 EXAMPLE = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))

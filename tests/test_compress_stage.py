@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from edgecompress.compress.stage import compress_stage
-from edgecompress.config import make_config
-from edgecompress.errors import ConfigError, DistillationError
-from edgecompress.model_source import load_source_model
+from edgecompress.core.config import make_config
+from edgecompress.core.errors import ConfigError, DistillationError
+from edgecompress.presets.example import load_model_or_example
 from tests.compress_fixtures import tiny_splits
 
 FACTORY = "tests.compress_fixtures:tiny_digits_cnn"
@@ -27,7 +27,7 @@ def options(tmp_path, data, **extra):
 
 def test_teacher_student_pruned_stages_are_recorded_in_order(tmp_path, digits_npz):
     config = options(tmp_path, digits_npz, student="cnn-tiny", prune="channels")
-    result = compress_stage(load_source_model(config.model, None, config.input_shape), config)
+    result = compress_stage(load_model_or_example(config.model, None, config.input_shape), config)
     names = [stage["name"] for stage in result.record["stages"]]
     assert names == ["teacher", "student", "pruned"]
     params = [stage["params"] for stage in result.record["stages"]]
@@ -37,11 +37,11 @@ def test_teacher_student_pruned_stages_are_recorded_in_order(tmp_path, digits_np
 
 def test_a_second_build_reuses_the_trained_student(tmp_path, digits_npz):
     config = options(tmp_path, digits_npz, prune="magnitude")
-    source = load_source_model(config.model, None, config.input_shape)
+    source = load_model_or_example(config.model, None, config.input_shape)
     compress_stage(source, config)
     student = tmp_path / "b" / "compress" / "student.pt"
     first = student.stat().st_mtime_ns
-    again = compress_stage(load_source_model(config.model, None, config.input_shape), config.model_copy(update={"target": ["other"]}))
+    again = compress_stage(load_model_or_example(config.model, None, config.input_shape), config.model_copy(update={"target": ["other"]}))
     assert student.stat().st_mtime_ns == first
     assert json.loads((student.parent / "student.pt.key.json").read_text())["result"]["stopped"] == again.record["gate"]["stopped"]
 
@@ -51,13 +51,13 @@ def test_compressing_an_onnx_model_is_refused(tmp_path, digits_npz):
     onnx_file.write_bytes(b"not used")
     config = options(tmp_path, digits_npz, model=str(onnx_file), prune="channels")
     with pytest.raises(ConfigError, match="PyTorch"):
-        compress_stage(load_source_model(config.model, None, config.input_shape), config)
+        compress_stage(load_model_or_example(config.model, None, config.input_shape), config)
 
 
 def test_compressing_a_user_model_without_data_is_refused(tmp_path):
     config = make_config({}, {"model": FACTORY, "input_shape": ["1,1,32,32"], "prune": "channels", "out": tmp_path})
     with pytest.raises(ConfigError, match="--data"):
-        compress_stage(load_source_model(config.model, None, config.input_shape), config)
+        compress_stage(load_model_or_example(config.model, None, config.input_shape), config)
 
 
 @pytest.mark.parametrize("ratio", [1.0, -0.5])
@@ -67,7 +67,7 @@ def test_a_prune_ratio_outside_zero_to_one_is_refused_by_the_config(tmp_path, di
 
 
 def test_a_full_build_reports_compression_stages_through_the_engine(tmp_path, digits_npz):
-    from edgecompress.pipeline import build
+    from edgecompress.build.pipeline import build
 
     config = options(tmp_path, digits_npz, prune="channels", bench_runs=10, bench_warmup=1)
     (report,) = build(config)
@@ -82,7 +82,7 @@ def test_unlabelled_data_with_a_hard_label_loss_is_refused(tmp_path):
     np.savez(path, x=tiny_splits(100).train.x)
     config = options(tmp_path, path, prune="channels")
     with pytest.raises(DistillationError, match="distill-alpha 0"):
-        compress_stage(load_source_model(config.model, None, config.input_shape), config)
+        compress_stage(load_model_or_example(config.model, None, config.input_shape), config)
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_unlabelled_data_with_a_hard_label_loss_is_refused(tmp_path):
 )
 def test_bad_training_data_files_are_refused(tmp_path, arrays, message):
     from edgecompress.compress.sources import load_labelled_data
-    from edgecompress.errors import TrainingDataError
+    from edgecompress.core.errors import TrainingDataError
 
     np.savez(tmp_path / "bad.npz", **arrays)
     with pytest.raises(TrainingDataError, match=message):
@@ -102,7 +102,7 @@ def test_bad_training_data_files_are_refused(tmp_path, arrays, message):
 
 def test_missing_training_data_is_refused(tmp_path):
     from edgecompress.compress.sources import load_labelled_data
-    from edgecompress.errors import TrainingDataError
+    from edgecompress.core.errors import TrainingDataError
 
     with pytest.raises(TrainingDataError, match="--data digits"):
         load_labelled_data(str(tmp_path / "nowhere"))

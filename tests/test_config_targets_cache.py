@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edgecompress.cache import cached_artifact
-from edgecompress.config import load_config, make_config
-from edgecompress.errors import ConfigError, TargetError
-from edgecompress.targets import load_profile
+from edgecompress.core.cache import cached_artifact
+from edgecompress.core.config import load_config, make_config
+from edgecompress.core.errors import ConfigError, TargetError
+from edgecompress.core.targets import load_profile
 
 
 def test_command_line_overrides_the_config_file(tmp_path):

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def distill_command(tmp_path: Path, out: str) -> list[str]:
-    return ["-m", "edgecompress.compress.ddp", "--teacher", str(tmp_path / "teacher.pt"), "--student", "cnn-tiny",
+    return ["-m", "edgecompress.compress.ddp", "--teacher", "tests.compress_fixtures:ddp_teacher", "--student", "cnn-tiny",
             "--data", str(tmp_path / "data.npz"), "--epochs", "2", "--batch-size", "32", "--alpha", "0.5",
             "--feature", "features.1=features.3", "--out", str(tmp_path / out)]
 
@@ -27,7 +27,6 @@ def test_two_torchrun_processes_distil_the_same_student_as_one(tmp_path):
     splits = tiny_splits(160)
     np.savez(tmp_path / "data.npz", x=np.concatenate([splits.train.x, splits.val.x, splits.test.x]),
              y=np.concatenate([splits.train.y, splits.val.y, splits.test.y]))
-    torch.save(tiny_cnn((8, 16), seed=1), tmp_path / "teacher.pt")
     run(distill_command(tmp_path, "single.pt"))
     run(["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *distill_command(tmp_path, "ddp.pt")])
     single = torch.load(tmp_path / "single.pt", weights_only=True)

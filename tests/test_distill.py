@@ -5,8 +5,8 @@ from torch.nn import functional as F
 
 from edgecompress.compress.distill import DistillConfig, DistillationLoss, distill, kd_loss
 from edgecompress.compress.trainer import TrainConfig, accuracy, best_checkpoint_path, fit
-from edgecompress.data import LabelledArrays
-from edgecompress.errors import DistillationError, TrainingError
+from edgecompress.source.data import LabelledArrays
+from edgecompress.core.errors import DistillationError, TrainingError
 from tests.compress_fixtures import tiny_cnn, tiny_splits
 
 FAST = TrainConfig(epochs=2, batch_size=32, lr=5e-3, patience=2)
@@ -86,7 +86,7 @@ def test_hard_label_loss_without_labels_is_refused():
 
 
 def test_teacher_and_student_with_different_output_sizes_are_refused():
-    from edgecompress.zoo import PlainCNN
+    from edgecompress.source.zoo import PlainCNN
 
     splits = tiny_splits()
     with pytest.raises(DistillationError, match="number of classes"):

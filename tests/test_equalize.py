@@ -5,7 +5,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.equalize import equalize
+from edgecompress.quantize.equalize import equalize
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 
 

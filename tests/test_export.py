@@ -7,8 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgecompress.errors import InputShapeError, ModelLoadError
-from edgecompress.export import MIN_OPSET, export_torch, prepare_onnx
+from edgecompress.core.errors import InputShapeError, ModelLoadError
+from edgecompress.export.graph import MIN_OPSET, prepare_onnx
+from edgecompress.export.torch_export import export_torch
 from tests.conftest import make_tiny_net
 
 

@@ -3,7 +3,7 @@ import pytest
 from edgecompress.compress.gate import GateConfig, compress_with_gate
 from edgecompress.compress.prune import sparsity_report, total_sparsity
 from edgecompress.compress.trainer import TrainConfig, fit
-from edgecompress.errors import ConfigError, PruningError
+from edgecompress.core.errors import ConfigError, PruningError
 from tests.compress_fixtures import tiny_cnn, tiny_splits
 
 FINETUNE = TrainConfig(epochs=1, batch_size=32, lr=5e-3, patience=1)

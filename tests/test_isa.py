@@ -1,7 +1,7 @@
-"""The int8 recipe follows the target's instruction set (see edgecompress/isa.py for the measurements)."""
+"""The int8 recipe follows the target's instruction set (see edgecompress/quantize/isa.py for the measurements)."""
 
-from edgecompress.isa import features_from_cpuinfo, host_isa, recipe_for_target
-from edgecompress.targets import TargetProfile, load_profile
+from edgecompress.quantize.isa import Isa, features_from_cpuinfo, host_isa, recipe_for_target, target_isa
+from edgecompress.core.targets import TargetProfile, load_profile
 
 X86_AVX2 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx fma avx2 bmi2\n"
 X86_VNNI = "flags\t\t: fpu avx2 avx512f avx512bw avx512_vnni\n"
@@ -39,8 +39,27 @@ def test_tensorrt_gets_symmetric_s8s8_per_channel() -> None:
     assert (recipe.activation_type, recipe.weight_type, recipe.per_channel, recipe.symmetric_activations) == ("int8", "int8", True, True)
 
 
-def test_cpu_profile_without_isa_uses_the_host() -> None:
-    recipe = recipe_for_target(load_profile("cpu"))
-    has_vnni = bool(host_isa() & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    assert recipe.reduce_range is (not has_vnni)
-    assert "/".join(sorted(host_isa())) in recipe.reason
+def test_tensorrt_and_arm_recipes_are_stated_by_keyword_and_keep_full_range() -> None:
+    arm = recipe_for_target(profile(arch="aarch64", isa=()))
+    assert (arm.activation_type, arm.weight_type, arm.per_channel, arm.reduce_range) == ("int8", "int8", True, False)
+    assert recipe_for_target(profile(engine="tensorrt")).quantize_bias is False
+
+
+def test_isa_facts() -> None:
+    assert Isa("x86_64", frozenset({"avx2"})).saturates_u8s8
+    assert not Isa("x86_64", frozenset({"avx2", "avx_vnni"})).saturates_u8s8
+    assert not Isa("aarch64", frozenset()).saturates_u8s8
+    assert Isa("aarch64", frozenset()).label == "no int8 extensions"
+
+
+def test_a_profile_that_declares_its_isa_ignores_the_host() -> None:
+    declared = target_isa(profile(isa=("avx2", "avx512_vnni")))
+    assert declared == Isa("x86_64", frozenset({"avx2", "avx512_vnni"}))
+
+
+def test_cpu_profile_without_isa_takes_this_hosts_flags() -> None:
+    """`cpu` (isa = []) is whatever machine builds: its recipe is the one the host's flags select."""
+    host = host_isa()
+    isa = target_isa(load_profile("cpu"))
+    assert isa.features == host.features and isa.arch == "x86_64"
+    assert recipe_for_target(load_profile("cpu")) == recipe_for_target(profile(isa=tuple(sorted(host.features)) or ("avx2",)))

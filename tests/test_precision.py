@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from edgecompress.bench import LatencyStats
+from edgecompress.measure.bench import LatencyStats
 from edgecompress.engines.ort_cpu import OrtCpuBuilder
-from edgecompress.precision import Candidate, PrecisionSettings, TargetModels, _slower_sentence, choose_precision, quantize_for_target
-from edgecompress.qrepair import Budget, RepairOptions
-from edgecompress.quantize import QuantRecipe
-from edgecompress.targets import load_profile
+from edgecompress.build.precision import Candidate, PrecisionSettings, TargetModels, _slower_sentence, choose_precision, quantize_for_target
+from edgecompress.build.repair import Budget, RepairOptions
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.targets import load_profile
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 
 
@@ -49,7 +49,7 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
 
 
 def test_accuracy_over_budget_is_a_warning_in_the_verdict() -> None:
-    from edgecompress.report import verdicts
+    from edgecompress.build.report import verdicts
 
     report = {"engine": {"precision": "int8"}, "accuracy": {"fp32": 95.0, "engine": 90.0}}
     (line,) = verdicts(report, max_accuracy_drop=1.0)

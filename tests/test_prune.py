@@ -5,7 +5,7 @@ from edgecompress.compress.prune import (
     make_permanent, prunable_layers, prune_unstructured, sparsity_report, taylor_scores, total_sparsity,
 )
 from edgecompress.compress.trainer import TrainConfig, fit
-from edgecompress.errors import PruningError
+from edgecompress.core.errors import PruningError
 from tests.compress_fixtures import tiny_cnn, tiny_splits
 
 

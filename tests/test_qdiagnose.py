@@ -4,8 +4,8 @@ import math
 
 import numpy as np
 
-from edgecompress.qdiagnose import diagnose, plot_layers, samples_within_memory
-from edgecompress.quantize import QuantRecipe
+from edgecompress.quantize.diagnose import diagnose, plot_layers, samples_within_memory
+from edgecompress.quantize.recipe import QuantRecipe
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 
 RECIPE = QuantRecipe(reduce_range=True)

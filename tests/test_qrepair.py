@@ -3,10 +3,10 @@
 import pytest
 
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.errors import BudgetError, BudgetNotMetError
-from edgecompress.evaluate import EvalSet
-from edgecompress.qrepair import Budget, RepairOptions, RepairSession, repair
-from edgecompress.quantize import QuantRecipe
+from edgecompress.core.errors import BudgetError, BudgetNotMetError
+from edgecompress.measure.evaluate import EvalSet
+from edgecompress.build.repair import Budget, RepairOptions, RepairSession, repair
+from edgecompress.quantize.recipe import QuantRecipe
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 
 RECIPE = QuantRecipe(reduce_range=True)

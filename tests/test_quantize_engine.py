@@ -10,12 +10,13 @@ from edgecompress.calib.load import load_calibration_set
 from edgecompress.engines import get_builder
 from edgecompress.engines.base import onnx_precision
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.errors import QuantizationError, TargetError
-from edgecompress.evaluate import EvalSet, evaluate
-from edgecompress.export import model_io
-from edgecompress.isa import recipe_for_target
-from edgecompress.quantize import QuantRecipe, quantize_model
-from edgecompress.targets import load_profile
+from edgecompress.core.errors import QuantizationError, TargetError
+from edgecompress.measure.evaluate import EvalSet, evaluate
+from edgecompress.export.graph import model_io
+from edgecompress.quantize.isa import recipe_for_target
+from edgecompress.quantize.static import quantize_model
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.targets import load_profile
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from edgecompress.bundle import BundleOptions, build_bundle
-from edgecompress.errors import BundleError, ShipError, SigningKeyError
-from edgecompress.ship import Destination, SshOptions, rollback, ship
-from edgecompress.signing import generate_keypair
+from edgecompress.ship.bundle import BundleOptions, build_bundle
+from edgecompress.core.errors import BundleError, ShipError, SigningKeyError
+from edgecompress.ship.transport import Destination, SshOptions, rollback, ship
+from edgecompress.ship.signing import generate_keypair
 from tests.ship_support import arm64_device, copy_build, device, find_sshd, unprivileged_user  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(

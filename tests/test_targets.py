@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgecompress.engines import check_profile, get_builder
-from edgecompress.errors import TargetError
-from edgecompress.targets import all_profiles, known_target_names, load_profile
+from edgecompress.core.errors import TargetError
+from edgecompress.core.targets import all_profiles, known_target_names, load_profile
 
 ISSUE_TARGETS = ["cpu", "gpu", "jetson", "jetson-orin-nano", "jetson-agx-orin", "raspberry-pi-5",
                  "raspberry-pi-4", "android-arm64", "arm64"]

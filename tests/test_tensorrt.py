@@ -11,12 +11,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgecompress.data import digits_splits
+from edgecompress.source.data import digits_splits
 from edgecompress.engines import _trt_build, get_builder
 from edgecompress.engines.tensorrt import KIT_DIR, PLAN_NAME, TensorRTBuilder, write_build_kit
 from edgecompress.engines.trt_preflight import preflight
-from edgecompress.errors import EngineBuildError
-from edgecompress.targets import load_profile
+from edgecompress.core.errors import EngineBuildError
+from edgecompress.core.targets import load_profile
 from tests._int8_models import qdq_models, with_extra_node  # noqa: F401 - fixture
 
 GPU_REASON = TensorRTBuilder().available()

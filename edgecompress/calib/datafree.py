@@ -10,17 +10,16 @@ round-robin classes (DeepInversion) makes the batch cover every class.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgecompress.errors import DataFreeError, InputShapeError
-from edgecompress.preprocess import PreprocessSpec
-from edgecompress.progress import progress_bar
+from edgecompress.calib.bn_stats import batchnorm_layers, record_batchnorm_inputs
+from edgecompress.core.errors import DataFreeError, InputShapeError
+from edgecompress.device.preprocess import PreprocessSpec
+from edgecompress.core.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -35,61 +34,6 @@ class DataFreeConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class BatchNormStats:
-    """Per-channel statistics one BN layer saw in a forward pass, next to the ones it stored."""
-
-    name: str
-    batch_mean: torch.Tensor
-    batch_var: torch.Tensor
-    running_mean: torch.Tensor
-    running_var: torch.Tensor
-
-    def loss(self) -> torch.Tensor:
-        """ZeroQ's statistic loss: L2 distance of means plus L2 distance of variances."""
-        return torch.linalg.vector_norm(self.batch_mean - self.running_mean) + torch.linalg.vector_norm(
-            self.batch_var - self.running_var
-        )
-
-
-def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
-    """BatchNorm layers that carry running statistics (the only ones data-free can match)."""
-    return [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None
-    ]
-
-
-@contextlib.contextmanager
-def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
-    """While active, every forward pass appends each BN layer's input statistics (in call order)."""
-    records: list[BatchNormStats] = []
-
-    def hook_for(name: str):
-        def hook(module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor, ...], _output) -> None:
-            x = inputs[0]
-            dims = [d for d in range(x.dim()) if d != 1]
-            records.append(
-                BatchNormStats(
-                    name,
-                    x.mean(dim=dims),
-                    x.var(dim=dims, unbiased=False),
-                    module.running_mean.detach(),
-                    module.running_var.detach(),
-                )
-            )
-
-        return hook
-
-    handles = [module.register_forward_hook(hook_for(name)) for name, module in batchnorm_layers(model)]
-    try:
-        yield records
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def synthesize(
@@ -221,7 +165,7 @@ def make_data_free_set(
 ):
     """`edgecompress calib --data-free` as a function: synthesize, diagnose, write the set + manifest.
 
-    `model` is an nn.Module or a `SourceModel` from `edgecompress.model_source`.
+    `model` is an nn.Module or a `SourceModel` from `edgecompress.source.model`.
     """
     from edgecompress.calib.generate import describe, save_set
     from edgecompress.calib.load import CalibrationSet

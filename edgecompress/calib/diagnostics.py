@@ -77,9 +77,9 @@ def batchnorm_mismatch(model, arrays: Mapping[str, np.ndarray], limit: int = 256
     """
     import torch
 
-    from edgecompress.calib.datafree import record_batchnorm_inputs
+    from edgecompress.calib.bn_stats import record_batchnorm_inputs
 
-    from edgecompress.errors import CalibrationError
+    from edgecompress.core.errors import CalibrationError
 
     feeds = [torch.from_numpy(np.ascontiguousarray(a[:limit])) for a in arrays.values()]
     model.eval()

@@ -19,12 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress import __version__
 from edgecompress.calib.diagnostics import diagnose
-from edgecompress.calib.load import CalibrationSet, arrays_sha256
+from edgecompress.calib.load import CalibrationSet
+from edgecompress.calib.manifest import arrays_sha256
 from edgecompress.calib.manifest import MANIFEST_FORMAT, check_out_path, write_set
 from edgecompress.calib.sources import Source, UnreadableSample, open_source
-from edgecompress.errors import CalibrationError, ConfigError
-from edgecompress.preprocess import PreprocessSpec
-from edgecompress.progress import info, progress_bar, warn
+from edgecompress.core.errors import CalibrationError, ConfigError
+from edgecompress.device.preprocess import PreprocessSpec
+from edgecompress.core.progress import info, progress_bar, warn
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -245,7 +246,7 @@ def fit_to_model(calibration_set: CalibrationSet, model) -> CalibrationSet:
     if onnx_path is None:
         return calibration_set
     from edgecompress.calib.load import check_fits, match_inputs
-    from edgecompress.export import model_io, read_onnx
+    from edgecompress.export.graph import model_io, read_onnx
 
     inputs, _ = model_io(read_onnx(onnx_path))
     where = f"calibration set for {Path(onnx_path).name}"

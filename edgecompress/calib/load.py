@@ -7,15 +7,15 @@ Labels may ride along under `y`/`labels`; they are not model inputs.
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from edgecompress.engines.base import TensorSpec
-from edgecompress.errors import CalibrationError
+from edgecompress.source.specs import TensorSpec
+from edgecompress.calib.manifest import arrays_sha256, verify_manifest
+from edgecompress.core.errors import CalibrationError
 
 LABEL_KEYS = ("y", "labels")
 MAKE_A_SET = "make one with `edgecompress calib --from DIR|FILE.npz|digits --out calib.npz`"
@@ -37,16 +37,6 @@ class CalibrationSet:
     def batches(self, batch_size: int):
         for start in range(0, len(self), batch_size):
             yield {name: array[start : start + batch_size] for name, array in self.arrays.items()}
-
-
-def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """Content hash over names, dtypes, shapes and bytes: the identity of a set."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -123,8 +113,6 @@ def load_calibration_set(path: Path, inputs: list[TensorSpec]) -> CalibrationSet
     With a manifest, the set's sha256 is the manifest's (verified) one, so report.json names
     the same set as `<name>.json`; without, it is the hash of the fitted arrays.
     """
-    from edgecompress.calib.manifest import verify_manifest
-
     path = Path(path)
     raw = _read_any(path)
     manifest = verify_manifest(path, raw)

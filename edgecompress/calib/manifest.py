@@ -7,17 +7,27 @@ regenerated from the same recipe is recognised as unchanged by every build cache
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from edgecompress.artifacts import atomic_path
-from edgecompress.calib.load import arrays_sha256
-from edgecompress.errors import CalibrationChecksumError, CalibrationError
+from edgecompress.core.artifacts import atomic_path
+from edgecompress.core.errors import CalibrationChecksumError, CalibrationError
 
 MANIFEST_FORMAT = "edgecompress-calibration/1"
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """Content hash over names, dtypes, shapes and bytes: the identity of a set."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def manifest_path(npz_path: Path) -> Path:

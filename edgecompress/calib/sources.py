@@ -14,11 +14,10 @@ from typing import Callable
 import numpy as np
 
 from edgecompress.calib.load import LABEL_KEYS
-from edgecompress.errors import CalibrationError
-from edgecompress.preprocess import PreprocessSpec
+from edgecompress.core.errors import CalibrationError
+from edgecompress.device.preprocess import PreprocessSpec
+from edgecompress.source.images import UnreadableImage, list_image_folder, read_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 class UnreadableSample(Exception):
@@ -63,7 +62,7 @@ class Source:
 def default_spec(location: str) -> PreprocessSpec:
     """The preprocessing a source gets when the user names none: the example's for digits, [0, 1] RGB else."""
     if location == "digits":
-        from edgecompress.data import DIGITS_SPEC
+        from edgecompress.source.data import DIGITS_SPEC
 
         return DIGITS_SPEC
     return PreprocessSpec()
@@ -90,55 +89,25 @@ def open_source(location: str, spec: PreprocessSpec | None, input_name: str = "x
 
 # -- image folder -------------------------------------------------------------------------
 def image_folder_source(root: Path, spec: PreprocessSpec, input_name: str = "x") -> Source:
-    """Every JPEG/PNG under `root` (recursive, hidden entries skipped); the first sub-folder is the label."""
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
+    """Every image under `root` (source.images: recursive, hidden entries skipped); the first sub-folder is the label."""
+    images = list_image_folder(root)
+    if not images:
         raise CalibrationError(
             f"no JPEG/PNG images found under '{root}'", "point --from at a folder that holds .jpg/.jpeg/.png files"
         )
-    candidates = [
-        Candidate(str(p), _folder_label(root, p), _image_decoder(p, spec, input_name)) for p in files
-    ]
+    candidates = [Candidate(str(image.path), image.label, _image_decoder(image.path, spec, input_name)) for image in images]
     return Source("images", str(root), candidates, spec)
-
-
-def _folder_label(root: Path, path: Path) -> str | None:
-    parts = path.relative_to(root).parts
-    return parts[0] if len(parts) > 1 else None
 
 
 def _image_decoder(path: Path, spec: PreprocessSpec, input_name: str) -> Callable[[], DecodedSample]:
     def decode() -> DecodedSample:
-        from PIL import Image, UnidentifiedImageError
-
         try:
-            with Image.open(path) as image:
-                image.load()
-                note = _colour_conversion(image.mode, spec)
-                array = spec.images_to_batch([image])[0]
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise UnreadableSample(f"{path}: {exc}") from exc
+            array, note = read_image(path, spec)
+        except UnreadableImage as exc:
+            raise UnreadableSample(str(exc)) from exc
         return DecodedSample({input_name: array}, note)
 
     return decode
-
-
-def _colour_conversion(mode: str, spec: PreprocessSpec) -> str | None:
-    """Name the colour conversion the spec applies to an image of this PIL mode, if any."""
-    gray = mode in GRAY_MODES
-    if spec.color == "rgb" and gray:
-        return "grayscale converted to RGB"
-    if spec.color == "grayscale" and not gray:
-        return "colour converted to grayscale"
-    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
-        return "alpha channel dropped"
-    return None
 
 
 # -- arrays -------------------------------------------------------------------------------
@@ -226,7 +195,7 @@ def digits_source(spec: PreprocessSpec, input_name: str = "x") -> Source:
     """The training split of the built-in digits: calibration never sees the test images."""
     from PIL import Image
 
-    from edgecompress.data import digits_images, digits_split_indices
+    from edgecompress.source.data import digits_images, digits_split_indices
 
     images, labels = digits_images()
     train_indices = digits_split_indices().train

@@ -50,8 +50,8 @@ def main() -> None:
     bug of ours: one `internal error:` line naming a log file with the traceback (EDGECOMPRESS_DEBUG=1
     prints it), exit 1.
     """
-    from edgecompress.errors import EdgecompressError
-    from edgecompress.progress import console
+    from edgecompress.core.errors import EdgecompressError
+    from edgecompress.core.progress import console
 
     from rich.markup import escape
 
@@ -75,7 +75,7 @@ def _report_internal_error(error: Exception) -> None:
 
     from rich.markup import escape
 
-    from edgecompress.progress import console
+    from edgecompress.core.progress import console
 
     text = "".join(traceback.format_exception(error))
     if os.environ.get("EDGECOMPRESS_DEBUG"):
@@ -96,6 +96,6 @@ def _report_internal_error(error: Exception) -> None:
 
 
 def _internal_error_log_dir() -> Path:
-    from edgecompress.example import cache_dir
+    from edgecompress.core.cache import cache_dir
 
     return cache_dir() / "logs"

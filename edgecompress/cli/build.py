@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from edgecompress.cli import app
-from edgecompress.config import describe
+from edgecompress.core.config import describe
 
 
 def _opt(key: str, *flags: str, **kwargs):
@@ -61,13 +61,13 @@ def build(
     """Build verified, benchmarked engines; with no options, the built-in digits example for `cpu`."""
     overrides = {key: value for key, value in locals().items() if key not in ("config", "bundle", "sign", "passphrase")}
     if sign is not None:
-        from edgecompress.signing import load_private_key
+        from edgecompress.ship.signing import load_private_key
 
         load_private_key(sign, passphrase)  # a bad key fails before the build, not after it
-    from edgecompress.config import load_config
-    from edgecompress.pipeline import build as run_build
-    from edgecompress.progress import console, out_console
-    from edgecompress.report import summary_table
+    from edgecompress.core.config import load_config
+    from edgecompress.build.pipeline import build as run_build
+    from edgecompress.core.progress import console, out_console
+    from edgecompress.build.report import summary_table
 
     build_config = load_config(config, overrides)
     reports = run_build(build_config)
@@ -75,7 +75,7 @@ def build(
     for report in reports:
         console.print(f"report: {build_config.out / report['target'] / 'report.md'}")
     if bundle or sign is not None:
-        from edgecompress.bundle import BundleOptions
+        from edgecompress.ship.bundle import BundleOptions
         from edgecompress.cli.ship import make_bundles
 
         targets = [build_config.out / report["target"] for report in reports]

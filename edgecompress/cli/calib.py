@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from edgecompress.cli import app
-from edgecompress.errors import ConfigError
+from edgecompress.core.errors import ConfigError
 
 SOURCE_HELP = "'digits', a folder of JPEG/PNG images (class sub-folders = labels) or a .npy/.npz file"
 
@@ -41,7 +41,7 @@ def calib(
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
     from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe
     from edgecompress.calib.manifest import check_out_path
-    from edgecompress.progress import info
+    from edgecompress.core.progress import info
 
     check_out_path(out)
     fields: dict[str, Any] = load_recipe(recipe).model_dump(exclude_unset=True) if recipe else {}
@@ -82,16 +82,16 @@ def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
 
 def _example_spec(source_model):
     """The built-in example's preprocessing bounds its synthetic pixels like real digits."""
-    from edgecompress.data import DIGITS_SPEC
-    from edgecompress.model_source import EXAMPLE_NAME
+    from edgecompress.source.data import DIGITS_SPEC
+    from edgecompress.source.model import EXAMPLE_NAME
 
     return DIGITS_SPEC if source_model.name == EXAMPLE_NAME else None
 
 
 def _load_model(model: str | None, weights: Path | None, input_shape: list[str]):
-    from edgecompress.model_source import load_source_model
+    from edgecompress.presets.example import load_model_or_example
 
-    return load_source_model(model, weights, input_shape)
+    return load_model_or_example(model, weights, input_shape)
 
 
 def _single_input_name(source_model) -> str:
@@ -99,7 +99,7 @@ def _single_input_name(source_model) -> str:
     shapes = getattr(source_model, "input_shapes", {}) or {}
     names = [name for name in shapes if name]
     if getattr(source_model, "onnx_path", None) is not None:
-        from edgecompress.export import model_io, read_onnx
+        from edgecompress.export.graph import model_io, read_onnx
 
         names = [spec.name for spec in model_io(read_onnx(source_model.onnx_path))[0]]
     return names[0] if len(names) == 1 else "x"

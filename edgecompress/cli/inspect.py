@@ -15,8 +15,8 @@ def inspect(
     top: int = typer.Option(15, "--top", "-n", min=1, help="how many layers to list, most damaged first"),
 ) -> None:
     """Print the per-layer int8 error table, the recipe, the repair tries and the precision choice."""
-    from edgecompress.progress import out_console
-    from edgecompress.qinspect import inspection_tables, load_target_report
+    from edgecompress.core.progress import out_console
+    from edgecompress.quantize.inspect import inspection_tables, load_target_report
 
     for table in inspection_tables(load_target_report(target_dir), top):
         out_console.print(table)

@@ -25,7 +25,7 @@ SIGNING_PASSPHRASE = typer.Option(None, "--passphrase", envvar=KEY_PASSPHRASE_EN
 
 
 def ssh_options(key, ssh_passphrase, known_hosts, accept_new_host_key, timeout, remote_python=None):
-    from edgecompress.ship import SshOptions
+    from edgecompress.ship.transport import SshOptions
 
     return SshOptions(key=key, passphrase=ssh_passphrase, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
                       timeout=timeout, remote_python=remote_python or "python3")
@@ -37,8 +37,8 @@ def keygen(
     passphrase: Optional[str] = SIGNING_PASSPHRASE,
 ) -> None:
     """Make an ed25519 key pair for signing bundles."""
-    from edgecompress.progress import out_console
-    from edgecompress.signing import generate_keypair
+    from edgecompress.core.progress import out_console
+    from edgecompress.ship.signing import generate_keypair
 
     pair = generate_keypair(out, passphrase)
     out_console.print(f"private key {pair.private_path} (keep secret), public key {pair.public_path}, key id {pair.key_id}")
@@ -54,7 +54,7 @@ def bundle(
     samples: int = typer.Option(4, "--samples", min=1, help="Sample inputs kept for the device self-test."),
 ) -> None:
     """Pack one built target into a reproducible, self-describing (optionally signed) device bundle."""
-    from edgecompress.bundle import BundleOptions
+    from edgecompress.ship.bundle import BundleOptions
 
     options = BundleOptions(include_reference=include_reference, sign_key=sign, passphrase=passphrase, samples=samples)
     make_bundles([target_dir], options, out)
@@ -62,8 +62,8 @@ def bundle(
 
 def make_bundles(target_dirs: list[Path], options, out: Optional[Path] = None) -> None:
     """Bundle each target folder and say what was written (shared with `build --bundle`)."""
-    from edgecompress.bundle import build_bundle
-    from edgecompress.progress import out_console
+    from edgecompress.ship.bundle import build_bundle
+    from edgecompress.core.progress import out_console
 
     for target_dir in target_dirs:
         made = build_bundle(target_dir, out, options)
@@ -82,8 +82,8 @@ def verify(
     extract: Optional[Path] = typer.Option(None, "--extract", help="Also unpack the verified bundle into this new folder."),
 ) -> None:
     """Check a bundle's signature, every checksum and every entry (no links, no escapes, nothing unlisted)."""
-    from edgecompress.progress import out_console
-    from edgecompress.verify import verify_bundle
+    from edgecompress.core.progress import out_console
+    from edgecompress.ship.verify import verify_bundle
 
     verified = verify_bundle(bundle_path, key, allow_unsigned, extract)
     out_console.print(f"OK {verified.describe()}" + (f"; unpacked into {extract}" if extract else ""))
@@ -107,7 +107,7 @@ def print_results(results, title: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgecompress.progress import console, out_console
+    from edgecompress.core.progress import console, out_console
 
     table = Table(title=title)
     for column in ("device", "result", "release", "previous", "checked by", "seconds", "reason"):
@@ -138,9 +138,9 @@ def ship(
     remote_python: str = REMOTE_PYTHON,
 ) -> None:
     """Copy a verified bundle to devices over SSH, verify and self-test it there, then switch `current` atomically."""
-    from edgecompress.progress import progress_bar
-    from edgecompress.ship import Destination
-    from edgecompress.ship import ship as ship_bundle
+    from edgecompress.core.progress import progress_bar
+    from edgecompress.ship.transport import Destination
+    from edgecompress.ship.transport import ship as ship_bundle
 
     destinations = [Destination.parse(spec) for spec in to]
     options = ssh_options(key, ssh_passphrase, known_hosts, accept_new_host_key, timeout, remote_python)
@@ -160,8 +160,8 @@ def rollback(
     timeout: float = TIMEOUT,
 ) -> None:
     """Point a device's `current` back at its previous release (atomically)."""
-    from edgecompress.ship import Destination
-    from edgecompress.ship import rollback as rollback_device
+    from edgecompress.ship.transport import Destination
+    from edgecompress.ship.transport import rollback as rollback_device
 
     options = ssh_options(key, ssh_passphrase, known_hosts, accept_new_host_key, timeout)
     print_results([rollback_device(Destination.parse(spec), options, release) for spec in to], "rollback")

@@ -11,8 +11,8 @@ def targets() -> None:
     from rich.table import Table
 
     from edgecompress.engines import describe_profile
-    from edgecompress.progress import out_console
-    from edgecompress.targets import all_profiles
+    from edgecompress.core.progress import out_console
+    from edgecompress.core.targets import all_profiles
 
     table = Table(title="target profiles")
     for column in ("name", "engine", "arch", "precisions", "threads", "batch", "options; here", "description"):

@@ -23,8 +23,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from edgecompress.compress.prune import check_ratio, taylor_scores
-from edgecompress.data import LabelledArrays
-from edgecompress.errors import PruningError
+from edgecompress.source.data import LabelledArrays
+from edgecompress.core.errors import PruningError
 
 ChannelImportance = Literal["l1", "taylor"]
 
@@ -340,12 +340,47 @@ def _shrink(module: nn.Module, out_index: torch.Tensor | None, in_index: torch.T
     if in_index is not None:
         weight = _slice(weight, 1, in_index)
     module.weight = nn.Parameter(weight.detach().clone())
+    _set_size_attributes(module)
+
+
+def _set_size_attributes(module: nn.Module) -> None:
+    """Make a Conv/Linear's size attributes agree with its (sliced) weight."""
+    weight = module.weight
     if isinstance(module, nn.Linear):
         module.out_features, module.in_features = weight.shape[0], weight.shape[1]
     elif module.groups > 1:  # depthwise
         module.in_channels = module.out_channels = module.groups = weight.shape[0]
     else:
         module.out_channels, module.in_channels = weight.shape[0], weight.shape[1]
+
+
+def load_resized(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> nn.Module:
+    """Load a channel-pruned model's state_dict into its unpruned architecture, resizing each layer to match.
+
+    Pruned students are saved as plain state_dicts (read back with weights_only=True, never unpickled code):
+    the architecture comes from the model that was pruned, the layer sizes from the saved tensors.
+    """
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                saved = state_dict.get(prefix + attr)
+                current = getattr(module, attr)
+                if saved is not None and current is not None and saved.shape != current.shape:
+                    replacement = torch.empty_like(saved)
+                    setattr(module, attr, nn.Parameter(replacement) if isinstance(current, nn.Parameter) else replacement)
+            if module.running_mean is not None:
+                module.num_features = module.running_mean.shape[0]
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            saved = state_dict.get(prefix + "weight")
+            if saved is None or saved.shape == module.weight.shape:
+                continue
+            module.weight = nn.Parameter(torch.empty_like(saved))
+            if module.bias is not None and prefix + "bias" in state_dict:
+                module.bias = nn.Parameter(torch.empty_like(state_dict[prefix + "bias"]))
+            _set_size_attributes(module)
+    model.load_state_dict(state_dict, strict=True)
+    return model
 
 
 def apply_channel_plan(model: nn.Module, plan: ChannelPlan) -> nn.Module:

@@ -21,9 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from edgecompress.compress.sources import has_labels
-from edgecompress.compress.trainer import Batch, TrainConfig, TrainResult, fit
-from edgecompress.data import LabelledArrays
-from edgecompress.errors import DistillationError
+from edgecompress.compress.batch import Batch
+from edgecompress.compress.trainer import TrainConfig, TrainResult, fit
+from edgecompress.source.data import LabelledArrays
+from edgecompress.core.errors import DistillationError
 
 
 @dataclass(frozen=True)

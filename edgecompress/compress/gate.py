@@ -23,8 +23,8 @@ from edgecompress.compress.measure import model_stats
 from edgecompress.compress.prune import check_ratio, make_permanent, prune_unstructured
 from edgecompress.compress.sources import has_labels
 from edgecompress.compress.trainer import TrainConfig, accuracy, fit
-from edgecompress.data import DigitsSplits as Splits
-from edgecompress.errors import ConfigError
+from edgecompress.source.data import DigitsSplits as Splits
+from edgecompress.core.errors import ConfigError
 
 PruneMethod = Literal["none", "magnitude", "taylor", "channels"]
 PRUNE_METHODS = ("none", "magnitude", "taylor", "channels")

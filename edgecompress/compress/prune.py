@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from edgecompress.data import LabelledArrays
-from edgecompress.errors import PruningError
+from edgecompress.source.data import LabelledArrays
+from edgecompress.core.errors import PruningError
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 Importance = Literal["magnitude", "taylor"]

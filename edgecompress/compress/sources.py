@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
-from edgecompress.data import DigitsSplits as Splits
-from edgecompress.data import LabelledArrays, digits_splits
-from edgecompress.errors import ModelLoadError, TrainingDataError
-from edgecompress.preprocess import PreprocessSpec
+from edgecompress.source.data import DigitsSplits as Splits
+from edgecompress.source.data import LabelledArrays, digits_splits
+from edgecompress.core.errors import ModelLoadError, TrainingDataError
+from edgecompress.source.model import load_factory, load_serialized_torch
+from edgecompress.device.preprocess import PreprocessSpec
+from edgecompress.source.images import UnreadableImage, list_image_folder, read_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 UNLABELLED = -1  # label value of samples from a .npz without `y`
 
 
@@ -61,19 +61,21 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_image_folder(root: Path, preprocess: PreprocessSpec | None) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
+    """DIR/<class>/<image> (source.images, the reader calibration uses too) -> images and class indices."""
     if preprocess is None:
         raise TrainingDataError(f"image folder {root} needs a preprocessing spec", "set the [preprocess] config section")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(f, label) for label, name in enumerate(classes) for f in sorted((root / name).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    if len(classes) < 2 or len(files) < 10:
+    images = [image for image in list_image_folder(root) if image.label is not None]
+    classes = sorted({image.label for image in images})
+    if len(classes) < 2 or len(images) < 10:
         raise TrainingDataError(
-            f"{root} holds {len(classes)} class folders and {len(files)} images", "use DIR/<class>/<image> with >= 2 classes"
+            f"{root} holds {len(classes)} class folders and {len(images)} images", "use DIR/<class>/<image> with >= 2 classes"
         )
-    x = preprocess.images_to_batch([Image.open(f) for f, _ in files])
-    return x, np.array([label for _, label in files], dtype=np.int64)
+    try:
+        x = np.stack([read_image(image.path, preprocess)[0] for image in images])
+    except UnreadableImage as exc:
+        raise TrainingDataError(f"cannot read training image {exc}", "remove or replace the file") from None
+    index = {name: position for position, name in enumerate(classes)}
+    return x, np.array([index[image.label] for image in images], dtype=np.int64)
 
 
 def load_labelled_data(source: str, preprocess: PreprocessSpec | None = None, seed: int = 0) -> Splits:
@@ -93,22 +95,20 @@ def has_labels(data: LabelledArrays) -> bool:
 
 
 def load_model(spec: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
-    """A zoo name, `package.module:factory` (called without arguments) or a saved whole-module .pt."""
-    from edgecompress.zoo import ZOO, build_model
+    """A zoo name, `package.module:factory` (called without arguments), TorchScript .pt or torch.export .pt2."""
+    from edgecompress.source.zoo import ZOO, build_model
 
     if spec in ZOO:
         return build_model(spec, num_classes, in_channels)
-    if spec.endswith((".pt", ".pth")):
-        try:
-            model = torch.load(spec, weights_only=False)
-        except (OSError, RuntimeError, AttributeError) as error:
-            raise ModelLoadError(f"cannot load {spec}: {error}", "save the model with torch.save(model, path)") from None
+    if spec.endswith((".pt", ".pth", ".pt2", ".ts")):
+        model = load_serialized_torch(Path(spec))  # one loader for --model, --teacher and --student: no unpickling
     elif ":" in spec:
-        from edgecompress.model_source import _load_factory  # one factory loader for --model and --student
-
-        model = _load_factory(spec, None)
+        model = load_factory(spec, None)
     else:
-        raise ModelLoadError(f"unknown model '{spec}'", f"use a zoo name ({', '.join(ZOO)}), package.module:factory or a .pt file")
+        raise ModelLoadError(
+            f"unknown model '{spec}'",
+            f"use a zoo name ({', '.join(ZOO)}), package.module:factory, a TorchScript .pt or a torch.export .pt2 file",
+        )
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"'{spec}' gave a {type(model).__name__}, not a torch.nn.Module", "return an nn.Module")
     return model
@@ -116,7 +116,7 @@ def load_model(spec: str, num_classes: int | None = None, in_channels: int | Non
 
 def parse_feature_pairs(pairs: list[str]) -> tuple[tuple[str, str], ...]:
     """`student_layer=teacher_layer` strings -> pairs for feature distillation."""
-    from edgecompress.errors import DistillationError
+    from edgecompress.core.errors import DistillationError
 
     parsed = []
     for pair in pairs:

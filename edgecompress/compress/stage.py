@@ -19,20 +19,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgecompress.artifacts import atomic_path
-from edgecompress.cache import cached_artifact, module_hash
+from edgecompress.core.artifacts import atomic_path
+from edgecompress.core.cache import cached_artifact, module_hash
 from edgecompress.compress.distill import DistillConfig, distill, predict, teacher_labels
+from edgecompress.compress.channels import load_resized
 from edgecompress.compress.gate import GateConfig, compress_with_gate
 from edgecompress.compress.measure import model_stats
 from edgecompress.compress.sources import Splits, has_labels, load_labelled_data, load_model, parse_feature_pairs
 from edgecompress.compress.trainer import TrainConfig, accuracy
-from edgecompress.config import BuildConfig
-from edgecompress.errors import ConfigError, DistillationError
-from edgecompress.model_source import EXAMPLE_NAME, SourceModel
-from edgecompress.preprocess import PreprocessSpec
-from edgecompress.progress import info
+from edgecompress.core.config import BuildConfig
+from edgecompress.core.errors import ConfigError, DistillationError
+from edgecompress.source.model import EXAMPLE_NAME, SourceModel
+from edgecompress.device.preprocess import PreprocessSpec
+from edgecompress.core.progress import info
 
-STAGE_VERSION = "compress-v1"
+STAGE_VERSION = "compress-v2"  # v2: students saved as state_dicts (weights_only=True)
 EXAMPLE_STUDENT, EXAMPLE_PRUNE = "cnn-small", "channels"
 
 
@@ -109,12 +110,15 @@ def _with_labels(splits: Splits, teacher: nn.Module, alpha: float) -> Splits:
 
 
 def _save_module(module: nn.Module, path: Path) -> None:
+    """A state_dict only: no pickled code, so the build's own students load with weights_only=True too."""
     with atomic_path(path) as tmp:
-        torch.save(module, tmp)
+        torch.save(module.state_dict(), tmp)
 
 
-def _load_module(path: Path) -> nn.Module:
-    return torch.load(path, weights_only=False).eval()  # our own build artifact (the architecture may be pruned)
+def _load_module(path: Path, architecture: nn.Module) -> nn.Module:
+    """The saved weights in a copy of `architecture` (the model before pruning), its layers resized to them."""
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    return load_resized(copy.deepcopy(architecture), state_dict).eval()
 
 
 @dataclass
@@ -143,9 +147,12 @@ def _distill_step(teacher: _Teacher, student_spec: str, splits: Splits, config: 
     key = {"stage": f"{STAGE_VERSION}-distill", "teacher": teacher.hash, "data": data_hash, "student": student_spec,
            "train": train.__dict__, "distill": options.__dict__}
 
-    def produce(path: Path) -> dict[str, Any]:
+    def fresh_student() -> nn.Module:
         torch.manual_seed(config.seed)
-        student = load_model(student_spec, num_classes=num_classes, in_channels=example.shape[1])
+        return load_model(student_spec, num_classes=num_classes, in_channels=example.shape[1])
+
+    def produce(path: Path) -> dict[str, Any]:
+        student = fresh_student()
         logits = None if options.feature_pairs or not has_labels(splits.train) else teacher.logits
         result = distill(student, teacher.module, splits.train, splits.val, train, options, teacher_logits=logits)
         _save_module(student, path)
@@ -153,7 +160,7 @@ def _distill_step(teacher: _Teacher, student_spec: str, splits: Splits, config: 
 
     record, reused = cached_artifact(out / "student.distilled.pt", key, produce)
     info(f"distill: {'reused' if reused else 'trained'} {student_spec} (val {record['val_accuracy']:.2f}%)")
-    return _load_module(out / "student.distilled.pt"), {"distill": {**options.__dict__, **record}}
+    return _load_module(out / "student.distilled.pt", fresh_student()), {"distill": {**options.__dict__, **record}}
 
 
 def _gate_step(student: nn.Module, teacher: _Teacher, method: str, splits: Splits, config: BuildConfig, out: Path,
@@ -173,7 +180,7 @@ def _gate_step(student: nn.Module, teacher: _Teacher, method: str, splits: Split
 
     record, reused = cached_artifact(out / "student.pt", key, produce)
     info(f"prune ({method}): {'reused' if reused else 'ran'} the gate: {record['stopped']}")
-    return _load_module(out / "student.pt"), {"gate": {"method": method, "target_ratio": config.prune_ratio,
+    return _load_module(out / "student.pt", student), {"gate": {"method": method, "target_ratio": config.prune_ratio,
                                                         "max_accuracy_drop": budget, **record}}
 
 

@@ -3,7 +3,7 @@
 The loss is a parameter (plain cross-entropy by default), so distillation and
 fine-tuning reuse one loop instead of copies of it. The same loop resumes from a
 checkpoint, keeps the best validation weights on disk, and runs data-parallel when
-launched under `torchrun` (see `edgecompress.compress.ddp`).
+launched under `torchrun` (see `edgecompress.compress.parallel`).
 """
 
 from __future__ import annotations
@@ -11,29 +11,18 @@ from __future__ import annotations
 import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from edgecompress.artifacts import atomic_path, sha256_json
-from edgecompress.data import LabelledArrays
-from edgecompress.errors import TrainingError
+from edgecompress.core.artifacts import atomic_path, sha256_json
+from edgecompress.source.data import LabelledArrays
+from edgecompress.compress import parallel
+from edgecompress.compress.batch import Batch, LossFn
+from edgecompress.core.errors import TrainingError
 
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One training batch; `indices` are the samples' positions in the training set (for cached targets)."""
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-
-
-# loss(student_logits, batch) -> scalar tensor
-LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -110,7 +99,7 @@ def _save_checkpoint(path: Path, key: str, state: _LoopState, trainables: nn.Mod
 
 
 def _load_checkpoint(path: Path, key: str, trainables: nn.Module, optimizer, scheduler, generator) -> _LoopState:
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("key") != key:
         raise TrainingError(
             f"checkpoint {path} was written by a different model, data or training recipe",
@@ -167,8 +156,7 @@ def fit(
     Under an initialized `torch.distributed` process group each rank trains on its
     share of every global batch, so the result matches one process up to float noise.
     """
-    from edgecompress.compress import ddp
-    from edgecompress.progress import progress_bar
+    from edgecompress.core.progress import progress_bar
 
     seed_everything(config.seed)
     trainables = _Trainables(model, extra_modules)
@@ -183,23 +171,23 @@ def fit(
     if checkpoint is not None and Path(checkpoint).is_file():
         state = _load_checkpoint(Path(checkpoint), key, trainables, optimizer, scheduler, generator)
     resumed_from = state.epoch
-    with ddp.data_parallel(trainables) as network, progress_bar() as progress:
+    with parallel.data_parallel(trainables) as network, progress_bar() as progress:
         task = progress.add_task(description, total=config.epochs, completed=state.epoch)
         while state.epoch < config.epochs and state.stale < config.patience:
             order = torch.randperm(len(train), generator=generator)
-            batches = ddp.local_batches(train, order, config.batch_size)
+            batches = parallel.local_batches(train, order, config.batch_size)
             total_loss = _train_epoch(network, batches, loss_fn, optimizer, scheduler)
             val_accuracy = accuracy(model, val)
             state.epoch += 1
             state.history.append({"epoch": state.epoch, "loss": total_loss / steps_per_epoch, "val_accuracy": val_accuracy})
             if val_accuracy > state.best_accuracy:
                 state.best_accuracy, state.best_state, state.stale = val_accuracy, copy.deepcopy(model.state_dict()), 0
-                if checkpoint is not None and ddp.is_main_process():
+                if checkpoint is not None and parallel.is_main_process():
                     with atomic_path(best_checkpoint_path(Path(checkpoint))) as tmp:
                         torch.save(state.best_state, tmp)
             else:
                 state.stale += 1
-            if checkpoint is not None and ddp.is_main_process():
+            if checkpoint is not None and parallel.is_main_process():
                 _save_checkpoint(Path(checkpoint), key, state, trainables, optimizer, scheduler, generator)
             progress.update(
                 task, advance=1,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner, TensorSpec
-from edgecompress.errors import TargetError
-from edgecompress.targets import TargetProfile
+from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner
+
+from edgecompress.source.specs import TensorSpec
+from edgecompress.core.errors import TargetError
+from edgecompress.core.targets import TargetProfile
 
 # engine kind -> "module:attribute"; modules import lazily so optional runtimes
 # (TensorRT) are only touched when a profile asks for them.

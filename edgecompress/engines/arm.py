@@ -23,11 +23,12 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgecompress.artifacts import atomic_path, sha256_file
-from edgecompress.engines.base import EngineArtifact, TensorSpec, onnx_precision
-from edgecompress.errors import EngineBuildError, TargetError
-from edgecompress.quantize import host_arch
-from edgecompress.targets import TargetProfile
+from edgecompress.core.artifacts import atomic_path, sha256_file
+from edgecompress.engines.base import EngineArtifact, onnx_precision
+from edgecompress.source.specs import TensorSpec
+from edgecompress.core.errors import EngineBuildError, TargetError
+from edgecompress.quantize.isa import Isa, host_isa
+from edgecompress.core.targets import TargetProfile
 
 ENGINE_NAME = "engine.ort"
 FALLBACK_PROVIDER = "CPUExecutionProvider"
@@ -193,7 +194,7 @@ class ArmBuilder:
                     f"{ort.__version__}; the device needs onnxruntime >= {ort.__version__}",
                     f"device providers: {', '.join(options.providers)}" + (f" — here: {notice}" if notice else ""),
                     f"{len(operators)} operators in {config.name} (minimal build: --include_ops_by_config)",
-                    *_host_caveats(profile, onnx_path),
+                    *host_caveats(profile, onnx_path),
                 ],
             },
         )
@@ -210,15 +211,14 @@ def _has_uint8_activations(onnx_path: Path) -> bool:
     return any(t.name in zero_points and t.data_type == onnx.TensorProto.UINT8 for t in model.graph.initializer)
 
 
-def _host_caveats(profile: TargetProfile, onnx_path: Path) -> list[str]:
-    """What the figures measured on this host do and do not say about the device."""
-    from edgecompress.isa import VNNI_FEATURES, host_isa
-
-    if host_arch() == profile.arch:
+def host_caveats(profile: TargetProfile, onnx_path: Path, host: Isa | None = None) -> list[str]:
+    """What the figures measured on this host (default: this machine) do and do not say about the device."""
+    host = host or host_isa()
+    if host.arch == profile.arch:
         return []
-    lines = [f"accuracy and latency in this report come from running the .ort on this {host_arch()} host, "
+    lines = [f"accuracy and latency in this report come from running the .ort on this {host.arch} host, "
              "not from the device; scripts/arm64-emulated.sh runs it on aarch64 kernels (QEMU)"]
-    if host_arch() == "x86_64" and not VNNI_FEATURES & host_isa() and _has_uint8_activations(onnx_path):
+    if host.saturates_u8s8 and _has_uint8_activations(onnx_path):
         lines.append("this x86 CPU has no VNNI: its u8s8 kernels saturate 16-bit sums (vpmaddubsw) where ARM's "
                      "do not, so agreement here can be LOWER than on the device (measured: digits example "
                      "96.4% here vs 100% on emulated aarch64)")
@@ -238,7 +238,7 @@ class OrtFormatRunner:
 
         chosen, self.notice = providers_here(providers)
         if self.notice:
-            from edgecompress.progress import warn
+            from edgecompress.core.progress import warn
 
             warn(self.notice)
         options = ort.SessionOptions()

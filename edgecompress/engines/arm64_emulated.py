@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.engines import _ort_job
-from edgecompress.errors import EngineBuildError
+from edgecompress.core.errors import EngineBuildError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "arm64-emulated.sh"
 
@@ -37,7 +37,7 @@ class EmulatedRun:
 
 
 def arm64_root() -> Path:
-    from edgecompress.example import cache_dir
+    from edgecompress.core.cache import cache_dir
 
     return Path(os.environ.get("EDGECOMPRESS_ARM64_ROOT") or cache_dir() / "arm64-root")
 

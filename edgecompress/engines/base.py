@@ -13,19 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from edgecompress.targets import TargetProfile
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Name, shape (None for a dynamic dimension) and numpy dtype of a model input/output."""
-
-    name: str
-    shape: tuple[int | None, ...]
-    dtype: str = "float32"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+from edgecompress.core.targets import TargetProfile
+from edgecompress.source.specs import TensorSpec
 
 
 @dataclass

@@ -8,47 +8,16 @@ host's CPU; the device applies the profile's level again when it loads the engin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from edgecompress.artifacts import atomic_path, write_json_atomic
-from edgecompress.engines.base import EngineArtifact, TensorSpec, onnx_precision
-from edgecompress.errors import EngineBuildError, TargetError
-from edgecompress.targets import TargetProfile
-
-LEVELS = ("disable", "basic", "extended", "all")
-
-
-def _level(name: str):
-    import onnxruntime as ort
-
-    if name not in LEVELS:
-        raise TargetError(f"graph_optimization_level '{name}' is unknown", f"use one of: {', '.join(LEVELS)}")
-    return {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[name]
-
-
-def session_options(threads: int, level: str = "all", optimized_path: Path | None = None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = _level(level)
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    # Idle pool threads spin by default and steal the cores of the next session run in an
-    # interleaved benchmark: on this 2-core host that inflated fp32 p50 3-4x (4.7 -> 18 ms).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if optimized_path is not None:
-        options.optimized_model_filepath = str(optimized_path)
-    return options
-
+from edgecompress.core.artifacts import atomic_path, write_json_atomic
+from edgecompress.core.runtime import session_options
+from edgecompress.engines.base import EngineArtifact, onnx_precision
+from edgecompress.source.specs import TensorSpec
+from edgecompress.core.errors import EngineBuildError
+from edgecompress.core.targets import TargetProfile
 
 class OrtRunner:
     """An ONNX Runtime session behind the `Runner` interface (also used for the fp32 reference)."""

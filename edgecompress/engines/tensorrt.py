@@ -20,12 +20,13 @@ import numpy as np
 import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgecompress.artifacts import atomic_dir, write_json_atomic
+from edgecompress.core.artifacts import atomic_dir, write_json_atomic
 from edgecompress.engines import _trt_build
-from edgecompress.engines.base import EngineArtifact, TensorSpec
+from edgecompress.engines.base import EngineArtifact
+from edgecompress.source.specs import TensorSpec
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
-from edgecompress.errors import EngineBuildError, TargetError
-from edgecompress.targets import TargetProfile
+from edgecompress.core.errors import EngineBuildError, TargetError
+from edgecompress.core.targets import TargetProfile
 
 KIT_DIR = "device-build-kit"
 PLAN_NAME = "engine.plan"
@@ -236,7 +237,7 @@ class TensorRTBuilder:
     def _build_here(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact:
         import tensorrt as trt
 
-        from edgecompress.example import cache_dir
+        from edgecompress.core.cache import cache_dir
 
         model, report = _check_model(onnx_path, profile)
         facts = _trt_build.gpu_info()  # timings are only valid for one GPU model and TensorRT version

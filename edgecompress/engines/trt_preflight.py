@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgecompress.errors import EngineBuildError
-from edgecompress.export import node_attribute
+from edgecompress.core.errors import EngineBuildError
+from edgecompress.export.graph import node_attribute
 
 _COMMON_UNSUPPORTED = frozenset(
     "Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor CenterCropPad Col2Im Compress "

@@ -1,0 +1,384 @@
+"""`edgecompress build`: model → fp32 ONNX → int8 → per-target engine → verified report.
+
+Each stage is a function from artifact to artifact, cached on its inputs' content
+hashes, so a second build for another target reuses export and quantization.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.core.artifacts import sha256_file, sha256_json
+from edgecompress.core.cache import cached_artifact, module_hash
+from edgecompress.calib.diagnostics import diagnose
+from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_from_arrays, load_calibration_set
+from edgecompress.compress.stage import Compression, compress_stage, compression_report
+from edgecompress.core.config import BuildConfig
+from edgecompress.source.data import DigitsSplits as Splits
+from edgecompress.engines import EngineArtifact, check_profile, get_builder
+from edgecompress.engines.ort_cpu import OrtRunner
+from edgecompress.core.errors import CalibrationError, ConfigError
+from edgecompress.measure.evaluate import EvalSet, evaluate
+from edgecompress.export.graph import OnnxModelInfo, model_io, opset_of, prepare_onnx, read_onnx
+from edgecompress.export.torch_export import export_torch
+from edgecompress.presets.example import load_model_or_example
+from edgecompress.source.model import SourceModel
+from edgecompress.core.progress import info, warn
+from edgecompress.quantize.isa import recipe_for_target
+from edgecompress.quantize.static import quantize_model
+from edgecompress.quantize.isa import host_arch
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.build.report import verdicts, versions, write_report
+from edgecompress.core.targets import TargetProfile, load_profiles
+
+EXAMPLE_CALIBRATION_COUNT = 256
+
+
+@dataclass
+class BuildContext:
+    """What every target's build shares: the config, the fp32 model and the data."""
+
+    config: BuildConfig
+    source: SourceModel
+    fp32: OnnxModelInfo
+    calibration: CalibrationSet
+    eval_set: EvalSet
+    compression: Compression | None = None
+
+
+def build(config: BuildConfig) -> list[dict[str, Any]]:
+    """Run the whole build; returns one report dict per target."""
+    profiles = load_profiles(config.target)  # a typo in --target fails before any work
+    for profile in profiles:
+        check_profile(profile)  # ...and so does a typo in a profile's engine options
+    config.out.mkdir(parents=True, exist_ok=True)
+    source = load_model_or_example(config.model, config.weights, config.input_shape)
+    compression = compress_stage(source, config)
+    if compression is not None:  # export the compressed student in the source model's place
+        source = replace(source, module=compression.module, content_hash=module_hash(compression.module))
+    labelled = compression.splits if compression is not None else None
+    fp32 = export_stage(source, config)
+    calibration = calibration_stage(source, fp32, config, labelled)
+    eval_set = eval_stage(source, fp32, calibration, config, labelled)
+    context = BuildContext(config, source, fp32, calibration, eval_set, compression)
+    return [build_target(context, profile) for profile in profiles]
+
+
+def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
+    path = config.out / "model.fp32.onnx"
+    if source.is_onnx:
+        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "stage": "prepare-v1"}
+        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes))  # noqa: E731
+    else:
+        key = {
+            "module": module_hash(source.module),
+            "input_shapes": source.input_shapes,
+            "opset": config.opset,
+            "exporter": config.exporter,
+            "tolerance": config.export_tolerance,
+            "stage": "export-v1",
+        }
+        produce = lambda out: _record(  # noqa: E731
+            export_torch(source.module, source.input_shapes, out, config.opset, config.exporter, config.export_tolerance)
+        )
+    result, reused = cached_artifact(path, key, produce)
+    diff = result.get("max_abs_diff")
+    info(f"export: {'reused' if reused else 'wrote'} {path}" + (f" (ORT vs PyTorch max |diff| {diff:.2g})" if diff is not None else ""))
+    model = read_onnx(path)
+    inputs, outputs = model_io(model)
+    return OnnxModelInfo(path, inputs, outputs, opset_of(model), diff)
+
+
+def _record(model_info: OnnxModelInfo) -> dict[str, Any]:
+    return {"max_abs_diff": model_info.export_max_abs_diff, "opset": model_info.opset}
+
+
+def _is_example(source: SourceModel) -> bool:
+    from edgecompress.source.model import EXAMPLE_NAME
+
+    return source.name == EXAMPLE_NAME
+
+
+def _preprocess_spec(source: SourceModel) -> dict[str, Any] | None:
+    """How raw images become inputs, when known (the built-in example's spec); bundles carry it to devices."""
+    from edgecompress.source.data import DIGITS_SPEC
+
+    return DIGITS_SPEC.to_dict() if _is_example(source) else None
+
+
+def _labelled_data(source: SourceModel, config: BuildConfig, labelled: Splits | None) -> Splits | None:
+    """The compression data when there was compression, else the example's digits, else None."""
+    if labelled is None and _is_example(source):
+        from edgecompress.source.data import digits_splits
+
+        return digits_splits(config.seed)
+    return labelled
+
+
+def _data_name(source: SourceModel, config: BuildConfig) -> str:
+    return "digits (built-in example)" if _is_example(source) and config.data is None else str(config.data)
+
+
+def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
+    labelled = _labelled_data(source, config, labelled)
+    if config.calib is not None:
+        calibration = load_calibration_set(config.calib, fp32.inputs)
+    elif labelled is not None:
+        arrays = {fp32.inputs[0].name: labelled.train.x[:EXAMPLE_CALIBRATION_COUNT]}
+        calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
+    else:
+        raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
+    for finding in diagnose(calibration.arrays):
+        warn(f"calibration: {finding}")
+    return calibration
+
+
+def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig,
+               labelled: Splits | None = None) -> EvalSet:
+    labelled = _labelled_data(source, config, labelled)
+    if config.eval_data is not None:
+        held_out = load_calibration_set(config.eval_data, fp32.inputs)
+        return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
+    if labelled is not None:
+        test = labelled.test
+        return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{_data_name(source, config)} test split (held out)")
+    warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
+    return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
+
+
+def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
+    recipe = recipe_for_target(profile).with_options(
+        calibration_method=config.calibration_method,
+        percentile=config.percentile,
+        per_channel=config.per_channel,
+        nodes_to_exclude=tuple(config.nodes_to_exclude),
+        equalize=config.equalize == "on" or (config.equalize == "auto" and not config.per_channel),
+    )
+    # auto: where bias correction measured to help (benchmarks/bias_correction.py): coarse weights — 7-bit
+    # (reduce_range) or one scale per tensor. With full-range per-channel weights it lowered the logit error
+    # but moved agreement both ways, so there repair tries it instead.
+    coarse_weights = recipe.reduce_range or not recipe.per_channel
+    return recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
+
+
+def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
+    """int8 models are shared by targets whose recipes agree (cached by content)."""
+    import onnxruntime
+
+    key = {
+        "fp32": sha256_file(context.fp32.path),
+        "calibration": context.calibration.sha256,
+        "recipe": recipe.cache_key(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+    path = context.config.out / "int8" / f"model.int8.{sha256_json(key)[:12]}.onnx"
+    _, reused = cached_artifact(path, key, lambda out: quantize_model(context.fp32.path, context.calibration, recipe, out) and None)
+    info(f"quantize: {'reused' if reused else 'wrote'} {path} ({recipe.label})")
+    return path
+
+
+def _batch_size(context: BuildContext, wanted: int) -> int:
+    fixed = context.fp32.inputs[0].shape[0]
+    return fixed if isinstance(fixed, int) else wanted
+
+
+def _bench_feeds(eval_set: EvalSet, batch: int) -> dict[str, np.ndarray]:
+    feeds = {}
+    for name, array in eval_set.inputs.items():
+        repeats = int(np.ceil(batch / len(array)))
+        feeds[name] = np.ascontiguousarray(np.concatenate([array] * repeats)[:batch])
+    return feeds
+
+
+def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any]:
+    started = time.perf_counter()
+    config = context.config
+    builder = get_builder(profile.engine)
+    recipe = target_recipe(profile, config)
+    target_dir = config.out / profile.name
+    target_dir.mkdir(parents=True, exist_ok=True)
+    chosen = None
+    builds_here = builder.available() is None  # e.g. TensorRT: probes for a GPU, so asked once
+    if builds_here:
+        chosen = quantize_target_stage(context, profile, builder, recipe)
+        recipe, model_path = chosen.recipe, chosen.model_path
+    else:
+        model_path = quantize_stage(context, recipe)
+    artifact = builder.build(model_path, profile, target_dir)
+    report = base_report(context, profile, artifact, recipe, model_path)
+    report["samples"] = samples_stage(context.eval_set, target_dir)
+    samples: dict[str, list[float]] = {}
+    if artifact.runnable_here and builds_here:
+        samples = measure_engine(context, profile, builder, artifact, report)
+    if context.compression is not None:
+        report["compression"] = compression_report(context.compression.record, report)
+    if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
+        report["int8_model_check"] = check_int8_model(context, profile, model_path)
+    report["verdict"] = verdicts(report, config.max_accuracy_drop)
+    if chosen is not None:
+        report["quantization"].update(chosen.report_fields(target_dir))
+        report["verdict"] += chosen.choice.summary
+    report["build"]["seconds"] = round(time.perf_counter() - started, 2)
+    write_report(report, target_dir, samples)
+    for line in report["verdict"]:
+        (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
+    if chosen is not None:
+        chosen.repair.raise_if_unmet(config.allow_over_budget)
+    return report
+
+
+def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe):
+    """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
+    from edgecompress.build.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
+    from edgecompress.build.repair import Budget, RepairOptions
+
+    config = context.config
+    budget = Budget(config.max_accuracy_drop, config.min_agreement)
+    budget.check_measurable(context.eval_set)
+    if config.precision != "auto" and config.precision not in profile.precisions:
+        raise ConfigError(
+            f"precision '{config.precision}' is not one that target '{profile.name}' runs ({', '.join(profile.precisions)})",
+            "use --precision auto or one of the target's precisions",
+        )
+    precision = config.precision
+    if precision == "auto" and profile.arch != host_arch():
+        # timing on this host says nothing about the device's speed: ship the profile's first precision
+        precision = profile.precisions[0]
+        info(f"{profile.name}: precision {precision} from the profile (this {host_arch()} host is not the device; "
+             "its timings cannot choose the precision)")
+    settings = PrecisionSettings(
+        budget,
+        RepairOptions(
+            max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off",
+            try_bias_correction=config.bias_correction == "auto",
+        ),
+        precision,
+        config.allow_over_budget,
+        config.diagnose,
+        bench_runs=min(config.bench_runs, 100),
+        bench_max_seconds=config.bench_max_seconds / 2,
+    )
+    fp16 = None
+    if "fp16" in profile.precisions:
+        fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
+    feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
+    return quantize_for_target(
+        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r),
+        TargetModels(builder, profile), feeds, settings, fp16,
+    )
+
+
+SAMPLE_COUNT = 8
+
+
+def samples_stage(eval_set: EvalSet, target_dir: Path) -> dict[str, Any]:
+    """Keep a few held-out inputs beside the engine: bundles carry them for the device self-test."""
+    from edgecompress.core.artifacts import atomic_path
+
+    path = target_dir / "samples.npz"
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
+    return {"path": path.name, "count": min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), "source": eval_set.description}
+
+
+def measure_engine(context: BuildContext, profile, builder, artifact: EngineArtifact, report: dict[str, Any]) -> dict[str, list[float]]:
+    """Evaluate and benchmark the engine against the fp32 reference on the same runner API."""
+    from edgecompress.measure.bench import benchmark
+    from edgecompress.measure.memory import peak_memory_mb
+
+    config = context.config
+    batch = _batch_size(context, profile.batch.opt)
+    feeds = _bench_feeds(context.eval_set, batch)
+    engine = builder.load(artifact, profile)
+    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
+    evaluation = evaluate(engine, reference, context.eval_set, batch_size=_batch_size(context, 32))
+    stats, samples = benchmark(
+        {"engine": engine, "fp32": reference}, feeds, config.bench_runs, config.bench_warmup, config.bench_max_seconds
+    )
+    report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
+    report["agreement"] = vars(evaluation.agreement)
+    report["latency_ms"] = stats["engine"].to_dict()
+    report["throughput_per_s"] = stats["engine"].throughput_per_s
+    report["reference"]["latency_ms"] = stats["fp32"].to_dict()
+    report["speedup_vs_fp32"] = stats["fp32"].p50 / stats["engine"].p50
+    report["memory"] = {
+        "engine_peak_mb": peak_memory_mb(artifact, profile, feeds),
+        "reference_peak_mb": peak_memory_mb(reference_artifact, profile, feeds),
+        "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
+    }
+    return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
+
+
+def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:
+    """What int8 does to the model on the device's arithmetic, when this host cannot run the device's engine.
+
+    With graph optimizations off, ONNX Runtime computes Q/DQ in float: exact int8 rounding
+    without the 16-bit saturation of x86 kernels lacking VNNI, i.e. what TensorRT and ARM
+    kernels compute (digits example: 100% agreement here and on emulated aarch64, 96.4%
+    through this host's fused int8 kernels).
+    """
+    batch = _batch_size(context, 32)
+    int8 = OrtRunner(int8_path, threads=profile.threads, level="disable")
+    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch)
+    return {
+        "how": "simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
+               "the device engine itself is measured on the device",
+        "accuracy": {"fp32": evaluation.accuracy_reference, "int8": evaluation.accuracy_engine, "data": evaluation.data},
+        "agreement": vars(evaluation.agreement),
+    }
+
+
+def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, recipe: QuantRecipe, int8_path: Path) -> dict[str, Any]:
+    engine_size = artifact.path.stat().st_size if artifact.path else sum(p.stat().st_size for p in artifact.files if p.is_file())
+    reference_size = context.fp32.path.stat().st_size
+    return {
+        "target": profile.name,
+        "model": {
+            "name": context.source.name,
+            "source": context.config.model or "built-in digits example",
+            "inputs": [spec.to_dict() for spec in context.fp32.inputs],
+            "outputs": [spec.to_dict() for spec in context.fp32.outputs],
+            "opset": context.fp32.opset,
+            "labels": context.source.labels,
+        },
+        "preprocess": _preprocess_spec(context.source),
+        "profile": profile.summary(),
+        "engine": {
+            "kind": artifact.kind,
+            "path": str(artifact.path) if artifact.path else None,
+            "precision": artifact.precision,
+            "size_bytes": engine_size,
+            "files": [str(p) for p in artifact.files],
+            "runnable_here": artifact.runnable_here,
+            "note": artifact.note,
+            "metadata": artifact.metadata,
+        },
+        "reference": {"path": str(context.fp32.path), "precision": "fp32", "size_bytes": reference_size, "latency_ms": None},
+        "size_ratio_vs_fp32": reference_size / engine_size if engine_size else None,
+        "quantization": {
+            "recipe": recipe.to_dict(),
+            "model_path": str(int8_path),
+            "calibration": {
+                "source": context.calibration.source,
+                "sha256": context.calibration.sha256,
+                "samples": len(context.calibration),
+                "manifest_verified": bool(context.calibration.manifest),
+                "made_from": context.calibration.manifest.get("source", {}).get("kind"),
+            },
+        },
+        "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},
+        "agreement": None,
+        "latency_ms": None,
+        "throughput_per_s": None,
+        "memory": {},
+        "versions": versions(),
+        "build": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": context.config.model_dump(mode="json")},
+    }

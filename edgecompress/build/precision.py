@@ -1,0 +1,220 @@
+"""Per target: repair int8 within the budget, then ship the fastest precision that meets it.
+
+int8 is not always faster: on a 2-core AVX2 host without VNNI a small depthwise model
+ran slower in int8 than in fp32 (benchmarks/quant_variants.py). So the candidates —
+fp32, int8 as the target's recipe makes it, int8 with nodes kept in fp32, and fp16
+where the profile lists it — are built and timed on the target's own runner,
+interleaved, and the fastest one within the budget is shipped. The losers' figures stay
+in the report, and a slower int8 is said plainly.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecompress.core.artifacts import atomic_path, sha256_file
+from edgecompress.measure.bench import LatencyStats, benchmark
+from edgecompress.engines.base import EngineBuilder, Runner
+from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
+from edgecompress.quantize.diagnose import Diagnosis, diagnose, plot_layers
+from edgecompress.build.repair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.targets import TargetProfile
+
+
+@dataclass
+class Candidate:
+    name: str  # "fp32" | "int8" | "int8+fp32 nodes" | "fp16"
+    model_path: Path
+    within_budget: bool
+    evaluation: Evaluation | None = None  # None for fp32 (the reference itself)
+    latency: LatencyStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.evaluation
+        return {
+            "name": self.name,
+            "model_path": str(self.model_path),
+            "within_budget": self.within_budget,
+            "accuracy": None if e is None else e.accuracy_engine,
+            "accuracy_drop": None if e is None or e.accuracy_engine is None else round(accuracy_drop(e), 3),
+            "agreement": 1.0 if e is None else round(e.agreement.top1, 4),
+            "latency_ms_p50": None if self.latency is None else self.latency.p50,
+        }
+
+
+@dataclass
+class PrecisionChoice:
+    chosen: Candidate
+    candidates: list[Candidate]
+    summary: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chosen": self.chosen.name, "summary": self.summary, "candidates": [c.to_dict() for c in self.candidates]}
+
+
+class TargetModels:
+    """Builds and loads any ONNX model as an engine on the target's runner (memoized)."""
+
+    def __init__(self, builder: EngineBuilder, profile: TargetProfile) -> None:
+        self._builder, self._profile = builder, profile
+        self._workdir = tempfile.TemporaryDirectory(prefix="edgecompress-candidates-")
+        self._runners: dict[Path, Runner] = {}
+
+    def load(self, model_path: Path) -> Runner:
+        if model_path not in self._runners:
+            out_dir = Path(self._workdir.name) / sha256_file(model_path)[:16]
+            out_dir.mkdir(parents=True, exist_ok=True)
+            artifact = self._builder.build(model_path, self._profile, out_dir)
+            self._runners[model_path] = self._builder.load(artifact, self._profile)
+        return self._runners[model_path]
+
+
+def fp16_model(fp32_path: Path, out_path: Path) -> Path:
+    """fp16 weights and compute with fp32 inputs/outputs (ORT's converter)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    if out_path.is_file():
+        return out_path
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+    return out_path
+
+
+def _slower_sentence(int8: Candidate, fp32: Candidate) -> str | None:
+    if int8.latency and fp32.latency and int8.latency.p50 > fp32.latency.p50:
+        return (
+            f"WARNING: {int8.name} is SLOWER than fp32 on this target for this model: {int8.latency.p50:.3f} ms vs "
+            f"{fp32.latency.p50:.3f} ms (p50, batch {fp32.latency.batch})."
+        )
+    return None
+
+
+# Timings within this fraction of the fastest count as a tie, and a tie goes to the smallest
+# model: on a busy or thermally throttled device a few percent is noise, while a 4x smaller
+# engine is a real gain, and the shipped precision should not flip from run to run.
+SPEED_TIE_MARGIN = 0.10
+
+
+def _fastest_with_margin(eligible: list[Candidate]) -> Candidate:
+    fastest = min(c.latency.p50 for c in eligible)
+    tied = [c for c in eligible if c.latency.p50 <= fastest * (1.0 + SPEED_TIE_MARGIN)]
+    return min(tied, key=lambda c: (c.model_path.stat().st_size, c.latency.p50))
+
+
+def choose_precision(
+    candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float
+) -> PrecisionChoice:
+    """Time every candidate interleaved on the target's runner; the fastest within budget wins."""
+    stats, _ = benchmark({c.name: load(c.model_path) for c in candidates}, feeds, runs=runs, warmup=5, max_seconds=max_seconds)
+    for candidate in candidates:
+        candidate.latency = stats[candidate.name]
+    eligible = [c for c in candidates if c.within_budget] or candidates
+    chosen = _fastest_with_margin(eligible)
+    fp32 = next((c for c in candidates if c.name == "fp32"), None)
+    summary = []
+    if fp32 is not None:
+        summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32))]
+    speed = "" if fp32 is None or chosen is fp32 else f", {fp32.latency.p50 / chosen.latency.p50:.2f}x vs fp32 {fp32.latency.p50:.3f} ms"
+    summary.append(
+        f"Shipping {chosen.name}: the smallest candidate within the budget and within "
+        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed})."
+    )
+    return PrecisionChoice(chosen, candidates, summary)
+
+
+@dataclass
+class TargetQuantization:
+    """Everything the quantize stage decided for one target, for the engine and the report."""
+
+    recipe: QuantRecipe
+    model_path: Path  # what the engine is built from (int8, or fp32/fp16 when they won)
+    repair: RepairResult
+    choice: PrecisionChoice | None
+    diagnosis: Diagnosis | None
+
+    def report_fields(self, target_dir: Path | None = None) -> dict[str, Any]:
+        """report.json's `quantization` additions; with `target_dir`, also the per-layer SQNR plot."""
+        layers = [] if self.diagnosis is None else [layer.to_dict() for layer in self.diagnosis.layers]
+        plot = plot_layers(layers, Path(target_dir) / "quant_layers.png").name if layers and target_dir else None
+        return {
+            "layers_plot": plot,
+            "recipe": self.recipe.to_dict(),
+            "model_path": str(self.model_path),
+            "layers": layers,
+            "worst_layers": [] if self.diagnosis is None else [layer.node for layer in self.diagnosis.worst(5)],
+            "fp32_nodes": self.repair.fp32_nodes,
+            "repair": {k: v for k, v in self.repair.to_dict().items() if k != "tries"},
+            "tries": [t.to_dict() for t in self.repair.tries],
+            "precision": None if self.choice is None else self.choice.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class PrecisionSettings:
+    budget: Budget
+    repair: RepairOptions
+    precision: str = "auto"  # auto | int8 | fp32 | fp16
+    allow_over_budget: bool = False
+    diagnose: bool = True
+    bench_runs: int = 100
+    bench_max_seconds: float = 10.0
+
+
+def _candidates(
+    result: RepairResult, fp32_path: Path, fp16_path: Path | None, settings: PrecisionSettings,
+    evaluate_model: Callable[[Path], Evaluation],
+) -> list[Candidate]:
+    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed."""
+    first, best = result.tries[0], result.best
+    candidates = [Candidate("int8", first.model_path, first.met, first.evaluation)]
+    if best is not first:
+        candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
+    candidates[-1].within_budget = candidates[-1].within_budget or settings.allow_over_budget
+    candidates.append(Candidate("fp32", fp32_path, True))
+    if fp16_path is not None:
+        fp16_eval = evaluate_model(fp16_path)
+        candidates.append(Candidate("fp16", fp16_path, settings.budget.met(fp16_eval), fp16_eval))
+    return candidates
+
+
+def quantize_for_target(
+    fp32_path: Path,
+    eval_set: EvalSet,
+    recipe: QuantRecipe,
+    quantize: Callable[[QuantRecipe], Path],
+    models: TargetModels,
+    feeds: dict[str, np.ndarray],
+    settings: PrecisionSettings,
+    fp16_path: Path | None = None,
+) -> TargetQuantization:
+    """Repair within the budget (when one is given), diagnose, then pick the precision."""
+    reference = models.load(fp32_path)
+    session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair)
+    if settings.budget.given:
+        result = repair(session, recipe)
+    else:
+        only = session.attempt("target recipe (no budget)", recipe)
+        result = RepairResult(only, session.tries, True, "no budget given: the target's recipe is used as is", settings.budget)
+    best: RepairTry = result.best
+    diagnosis = result.diagnosis
+    if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
+        diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
+    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set))
+    best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
+    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds)
+    wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
+    if settings.precision != "auto":
+        choice.chosen = next((c for c in candidates if c.name == wanted), choice.chosen)
+        choice.summary[-1] = f"Shipping {choice.chosen.name} as requested (precision = {settings.precision})."
+    if not result.met and not settings.allow_over_budget:
+        choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
+        choice.summary[-1] = f"WARNING: int8 misses the budget ({settings.budget.describe()}): {result.stop_reason}; best int8 kept."
+    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)

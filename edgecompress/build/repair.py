@@ -1,0 +1,274 @@
+"""Repair int8 within an accuracy budget by changing the recipe, never the graph.
+
+Order (cheapest first): the target's recipe as chosen → the other calibration methods
+(keep the best) → cross-layer equalization (edgecompress/quantize/equalize.py) → bias correction
+toggled (edgecompress/quantize/biascorrect.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
+doubling + bisection (few re-quantizations) or greedily (one node at a time, a node
+kept only if it helps). Every try is recorded with its accuracy and latency, and why
+the search stopped; when the budget is missed the best engine is kept and the caller
+raises `BudgetNotMetError` unless the user allowed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from edgecompress.engines.base import Runner
+from edgecompress.core.errors import BudgetError, BudgetNotMetError
+from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
+from edgecompress.quantize.diagnose import Diagnosis, diagnose
+from edgecompress.quantize.recipe import QuantRecipe
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Top-1 points the int8 model may lose vs fp32 (needs labels), and/or the fraction of
+    samples whose top-1 must agree with fp32 (needs none)."""
+
+    max_accuracy_drop: float | None = None
+    min_agreement: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 100:
+            raise BudgetError(
+                f"max_accuracy_drop {self.max_accuracy_drop} is outside 0..100 top-1 points", "pass e.g. --max-accuracy-drop 1.0"
+            )
+        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
+            raise BudgetError(
+                f"min_agreement {self.min_agreement} is outside 0..1 (a fraction of samples)", "pass e.g. --min-agreement 0.99"
+            )
+
+    @property
+    def given(self) -> bool:
+        return self.max_accuracy_drop is not None or self.min_agreement is not None
+
+    def check_measurable(self, eval_set: EvalSet) -> None:
+        if self.max_accuracy_drop is not None and eval_set.labels is None:
+            raise BudgetError(
+                f"--max-accuracy-drop needs labelled evaluation data, but {eval_set.description} has no labels",
+                "pass --eval-data FILE.npz with labels under `y`, or use --min-agreement FRACTION instead",
+            )
+
+    def met(self, evaluation: Evaluation) -> bool:
+        drop_ok = self.max_accuracy_drop is None or accuracy_drop(evaluation) <= self.max_accuracy_drop + 1e-9
+        agreement_ok = self.min_agreement is None or evaluation.agreement.top1 >= self.min_agreement - 1e-9
+        return drop_ok and agreement_ok
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_accuracy_drop is not None:
+            parts.append(f"top-1 drop <= {self.max_accuracy_drop:g} pt")
+        if self.min_agreement is not None:
+            parts.append(f"agreement >= {self.min_agreement:.1%}")
+        return " and ".join(parts) or "no budget"
+
+
+def accuracy_drop(evaluation: Evaluation) -> float:
+    if evaluation.accuracy_reference is None or evaluation.accuracy_engine is None:
+        return 0.0
+    return evaluation.accuracy_reference - evaluation.accuracy_engine
+
+
+@dataclass
+class RepairTry:
+    step: str
+    recipe: QuantRecipe
+    model_path: Path
+    evaluation: Evaluation
+    met: bool
+    latency_ms: float | None = None
+    fp32_latency_ms: float | None = None
+
+    def quality(self) -> tuple[float, float, float]:
+        """Higher is better: accuracy drop (negated), then agreement, then cosine."""
+        return (-accuracy_drop(self.evaluation), self.evaluation.agreement.top1, self.evaluation.agreement.cosine)
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.evaluation
+        speedup = self.fp32_latency_ms / self.latency_ms if self.latency_ms and self.fp32_latency_ms else None
+        return {
+            "step": self.step,
+            "calibration_method": self.recipe.calibration_method,
+            "nodes_to_exclude": list(self.recipe.nodes_to_exclude),
+            "accuracy": e.accuracy_engine,
+            "accuracy_drop": None if e.accuracy_engine is None else round(accuracy_drop(e), 3),
+            "agreement": round(e.agreement.top1, 4),
+            "cosine": round(e.agreement.cosine, 5),
+            "latency_ms_p50": self.latency_ms,
+            "fp32_latency_ms_p50": self.fp32_latency_ms,
+            "speedup_vs_fp32": None if speedup is None else round(speedup, 3),
+            "met": self.met,
+            "model_path": str(self.model_path),
+        }
+
+
+@dataclass(frozen=True)
+class RepairOptions:
+    calibration_methods: tuple[str, ...] = CALIBRATION_METHODS
+    max_excluded_layers: int = 8  # layers (a layer and the producers of its inputs) kept in fp32
+    strategy: Literal["bisect", "greedy"] = "bisect"
+    try_equalize: bool = True  # one try with cross-layer equalization before keeping nodes in fp32
+    try_bias_correction: bool = True  # one try with bias correction toggled (edgecompress/quantize/biascorrect.py) likewise
+    diagnose_samples: int = 64
+    latency_runs: int = 30  # timed runs per try, interleaved with fp32; 0 = do not time tries
+
+
+@dataclass
+class RepairSession:
+    """What a repair needs from the build: how to quantize a recipe and run a model on the target."""
+
+    fp32_path: Path
+    eval_set: EvalSet
+    quantize: Callable[[QuantRecipe], Path]
+    load: Callable[[Path], Runner]
+    reference: Runner
+    budget: Budget
+    bench_feeds: dict[str, np.ndarray] | None = None
+    options: RepairOptions = RepairOptions()
+    tries: list[RepairTry] = field(default_factory=list)
+
+    def attempt(self, step: str, recipe: QuantRecipe) -> RepairTry:
+        from edgecompress.core.progress import info
+
+        model_path = self.quantize(recipe)
+        runner = self.load(model_path)
+        evaluation = evaluate(runner, self.reference, self.eval_set)
+        result = RepairTry(step, recipe, model_path, evaluation, self.budget.met(evaluation))
+        if self.options.latency_runs and self.bench_feeds is not None:
+            from edgecompress.measure.bench import benchmark
+
+            stats, _ = benchmark({"try": runner, "fp32": self.reference}, self.bench_feeds, runs=self.options.latency_runs, warmup=3)
+            result.latency_ms, result.fp32_latency_ms = stats["try"].p50, stats["fp32"].p50
+        self.tries.append(result)
+        acc = "" if evaluation.accuracy_engine is None else f"top-1 {evaluation.accuracy_engine:.2f}% "
+        info(f"repair: {step}: {acc}agreement {evaluation.agreement.top1:.1%} -> {'meets' if result.met else 'misses'} budget")
+        return result
+
+
+@dataclass
+class RepairResult:
+    best: RepairTry
+    tries: list[RepairTry]
+    met: bool
+    stop_reason: str
+    budget: Budget
+    diagnosis: Diagnosis | None = None
+
+    @property
+    def fp32_nodes(self) -> list[str]:
+        return list(self.best.recipe.nodes_to_exclude)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget.describe(),
+            "met": self.met,
+            "stop_reason": self.stop_reason,
+            "fp32_nodes": self.fp32_nodes,
+            "chosen_try": self.tries.index(self.best),
+            "tries": [t.to_dict() for t in self.tries],
+        }
+
+    def raise_if_unmet(self, allow_over_budget: bool) -> None:
+        if not self.met and not allow_over_budget:
+            raise BudgetNotMetError(
+                f"int8 misses the budget ({self.budget.describe()}): {self.stop_reason}; best try kept "
+                f"({self.best.step}, agreement {self.best.evaluation.agreement.top1:.1%})",
+                "raise --max-excluded-layers, loosen the budget, ship fp32, or pass --allow-over-budget",
+            )
+
+
+def _pick_best(tries: list[RepairTry]) -> RepairTry:
+    """A try that meets the budget with the fewest fp32 nodes, else the most accurate."""
+    met = [t for t in tries if t.met]
+    if met:
+        return min(met, key=lambda t: (len(t.recipe.nodes_to_exclude), tuple(-q for q in t.quality())))
+    return max(tries, key=lambda t: t.quality())
+
+
+def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTry:
+    first = session.attempt(f"target recipe ({recipe.calibration_method})", recipe)
+    if first.met:
+        return first
+    for method in session.options.calibration_methods:
+        if method != recipe.calibration_method:
+            session.attempt(f"calibration {method}", recipe.with_options(calibration_method=method))
+    best = max(session.tries, key=lambda t: t.quality())
+    if session.options.try_equalize and not best.recipe.equalize and not best.met:
+        best = max([best, session.attempt("cross-layer equalization", best.recipe.with_options(equalize=True))], key=lambda t: t.quality())
+    if session.options.try_bias_correction and not best.met:  # the other setting: it usually helps, not always
+        toggled = not best.recipe.bias_correction
+        session.attempt(f"bias correction {'on' if toggled else 'off'}", best.recipe.with_options(bias_correction=toggled))
+    return max(session.tries, key=lambda t: t.quality())
+
+
+def _excluding(base: RepairTry, groups: list[tuple[str, ...]]) -> QuantRecipe:
+    nodes = [node for group in groups for node in group]
+    return base.recipe.with_options(nodes_to_exclude=tuple(dict.fromkeys(base.recipe.nodes_to_exclude + tuple(nodes))))
+
+
+Groups = list[tuple[str, ...]]
+
+
+def _bisect(session: RepairSession, base: RepairTry, ranking: Groups, limit: int) -> str:
+    """Double k (top-k ranked layers in fp32) until the budget is met, then bisect down to the smallest k."""
+    low, high, k = 0, None, 1
+    while k <= min(limit, len(ranking)):
+        if session.attempt(f"exclude top {k}", _excluding(base, ranking[:k])).met:
+            high = k
+            break
+        low, k = k, k * 2
+    if high is None:
+        last = min(limit, len(ranking))
+        if low < last and session.attempt(f"exclude top {last}", _excluding(base, ranking[:last])).met:
+            high = last
+        else:
+            return f"layer limit reached: the {last} most damaged layers in fp32 still miss the budget" if last == limit else (
+                f"ranking exhausted: all {last} quantized layers tried")
+    while high - low > 1:
+        middle = (low + high) // 2
+        if session.attempt(f"exclude top {middle}", _excluding(base, ranking[:middle])).met:
+            high = middle
+        else:
+            low = middle
+    return f"budget met with the {high} most damaged layer(s) in fp32"
+
+
+def _greedy(session: RepairSession, base: RepairTry, ranking: Groups, limit: int) -> str:
+    """Add ranked layers one at a time; keep a layer only if the try improves on the best so far."""
+    current, kept = base, 0
+    for group in ranking:
+        if kept >= limit:
+            return f"layer limit reached: {limit} layers in fp32 still miss the budget"
+        candidate = session.attempt(f"exclude {group[0]}", _excluding(current, [group]))
+        if candidate.met:
+            return f"budget met with {len(candidate.recipe.nodes_to_exclude)} node(s) in fp32"
+        if candidate.quality() > current.quality():
+            current, kept = candidate, kept + 1
+    return f"ranking exhausted: all {len(ranking)} quantized layers tried"
+
+
+def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
+    """Search recipes until one meets the budget or the search runs out (see module doc)."""
+    session.budget.check_measurable(session.eval_set)
+    base = _try_recipe_changes(session, recipe)
+    if base.met:
+        return RepairResult(_pick_best(session.tries), session.tries, True, f"met by {base.step}", session.budget)
+    # The most accurate calibration is not always the one that needs the fewest fp32 layers
+    # (clipping spreads damage over many layers, one outlier channel damages one), so the
+    # exclusion search also starts from the target's own recipe when that differs.
+    starts = [base] + [t for t in session.tries[:1] if t.recipe != base.recipe]
+    search = _bisect if session.options.strategy == "bisect" else _greedy
+    reasons, diagnosis = [], None
+    for start in starts:
+        start_diagnosis = diagnose(session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples)
+        diagnosis = diagnosis or start_diagnosis
+        ranking = [g.exclusion_group for g in start_diagnosis.ranking() if g.node not in start.recipe.nodes_to_exclude]
+        reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
+    best = _pick_best(session.tries)
+    return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)

@@ -1,0 +1,109 @@
+"""Data-parallel training under `torchrun` (gloo on CPU) with one-process results.
+
+`fit` asks this module for its batches and its network. In one process both are the
+plain ones. Under an initialized process group each rank takes an equal slice of every
+*global* batch, its loss is weighted so DDP's gradient average equals the global-batch
+mean, and batch norms compute their statistics over all ranks' samples. That is what
+makes N processes give the same weights as one process up to float noise, instead of
+a differently-regularized model. Launch with:
+
+    torchrun --nproc_per_node 2 -m edgecompress.compress.ddp  (the launcher, ddp.py) --student cnn-tiny --data digits --out student.pt
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from edgecompress.compress.batch import Batch
+from edgecompress.source.data import LabelledArrays
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def local_batches(data: LabelledArrays, order: torch.Tensor, batch_size: int) -> Iterator[tuple[Batch, float]]:
+    """This rank's share of each global batch, with the loss weight that keeps the global mean."""
+    rank, size = world()
+    x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        share = torch.tensor_split(index, size)[rank]
+        weight = len(share) * size / len(index)
+        if len(share) == 0:  # every rank must take part in the gradient all-reduce
+            share, weight = index[:1], 0.0
+        yield Batch(x_all[share], y_all[share], share), weight
+
+
+class _CrossRankBatchNorm:
+    """Batch-norm forward whose batch statistics are summed over all ranks (CPU-capable).
+
+    torch's SyncBatchNorm only runs on GPUs; this mixin is swapped onto the existing
+    BatchNorm objects for the duration of training, so parameters, buffers and
+    state_dict keys stay exactly those of the user's model.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if not (self.training and world()[1] > 1):
+            return super().forward(x)  # type: ignore[misc]
+        from torch.distributed.nn.functional import all_reduce  # differentiable, unlike dist.all_reduce
+
+        dims = [d for d in range(x.dim()) if d != 1]
+        count = x.new_tensor([x.numel() / x.shape[1]])
+        with warnings.catch_warnings():  # its suggested successor is a private module
+            warnings.simplefilter("ignore", FutureWarning)
+            totals = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        channels = x.shape[1]
+        n = totals[-1]
+        mean = totals[:channels] / n
+        var = totals[channels : 2 * channels] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+@contextlib.contextmanager
+def _cross_rank_batchnorms(model: nn.Module) -> Iterator[None]:
+    swapped = []
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            original = type(module)
+            module.__class__ = type(f"CrossRank{original.__name__}", (_CrossRankBatchNorm, original), {})
+            swapped.append((module, original))
+    try:
+        yield
+    finally:
+        for module, original in swapped:
+            module.__class__ = original
+
+
+@contextlib.contextmanager
+def data_parallel(trainables: nn.Module) -> Iterator[nn.Module]:
+    """The network `fit` should call: the module itself, or a DDP wrapper under torchrun."""
+    if world()[1] == 1:
+        yield trainables
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    with _cross_rank_batchnorms(trainables):
+        yield DistributedDataParallel(trainables)

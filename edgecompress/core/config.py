@@ -1,0 +1,147 @@
+"""Build configuration: one typed model shared by the TOML file and the command line.
+
+`--config FILE` supplies values, command-line options override them, and validation
+names the offending key. Field descriptions double as `--help` text, so the documented
+defaults cannot drift from the real ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgecompress.core.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class BuildConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str | None = Field(
+        None, description="model: .onnx, TorchScript .pt, torch.export .pt2, or package.module:factory; "
+        "unset = the built-in digits example"
+    )
+    weights: Path | None = Field(None, description="state_dict file for a package.module:factory model (weights_only load)")
+    input_shape: list[str] = Field(
+        default_factory=list, description="NAME:1,3,224,224 per input (NAME: may be left out for one input)"
+    )
+    target: list[str] = Field(default_factory=lambda: ["cpu"], description="target profile names or .toml paths")
+    calib: Path | None = Field(None, description="calibration set .npz (keys = input names, batch on axis 0)")
+    eval_data: Path | None = Field(
+        None, description="held-out evaluation .npz (inputs by name or x, optional labels y); unset = the "
+        "example's test split, or the calibration set for other models"
+    )
+    out: Path = Field(Path("build"), description="build folder")
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="activation range calibration")
+    percentile: float = Field(99.999, gt=0, le=100, description="percentile for calibration_method = percentile")
+    per_channel: bool = Field(True, description="per-channel weight scales")
+    nodes_to_exclude: list[str] = Field(default_factory=list, description="fp32 node names to keep out of int8")
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset of the export")
+    exporter: Literal["dynamo", "torchscript"] = Field("dynamo", description="torch.onnx exporter (falls back to torchscript)")
+    export_tolerance: float = Field(1e-3, gt=0, description="max |ORT - PyTorch| relative to the output scale")
+    bench_runs: int = Field(200, ge=10, description="timed runs per engine")
+    bench_warmup: int = Field(20, ge=0, description="untimed warm-up runs per engine")
+    bench_max_seconds: float = Field(20.0, gt=0, description="time limit of the timed runs per target")
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=100, description="accuracy budget in top-1 points (compression vs teacher, int8 vs fp32)"
+    )
+    min_agreement: float | None = Field(
+        None, ge=0, le=1, description="budget without labels: fraction of samples whose top-1 must match fp32"
+    )
+    allow_over_budget: bool = Field(False, description="keep and ship the best int8 even when it misses the budget (exit 0)")
+    max_excluded_layers: int = Field(8, ge=0, description="most layers repair may keep in fp32")
+    repair_strategy: Literal["bisect", "greedy"] = Field("bisect", description="how repair searches the sensitivity ranking")
+    precision: Literal["auto", "int8", "fp32", "fp16"] = Field(
+        "auto", description="engine precision; auto = the smallest candidate within the budget whose latency is within 10% of the fastest on the target's runner"
+    )
+    equalize: Literal["auto", "on", "off"] = Field(
+        "auto", description="cross-layer equalization before int8; auto = on for per-tensor weights, where it measured to help"
+    )
+    bias_correction: Literal["auto", "on", "off"] = Field(
+        "auto", description="move the mean int8 weight error of each layer into its bias; auto = on for coarse weights "
+        "(reduce_range or per-tensor), where it measured to help, and repair tries the other setting; off = never"
+    )
+    diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
+    seed: int = Field(0, description="seed for every random choice")
+    # compression (PyTorch models only): distillation, pruning and the accuracy gate
+    data: str | None = Field(
+        None, description="labelled data for compression: digits, an image folder DIR/<class>/<image>, or .npz with "
+        "x and y (y optional when distill_alpha = 0); unset = digits for the built-in example"
+    )
+    teacher: str | None = Field(
+        None, description="teacher for distillation: zoo name, package.module:factory or a saved .pt module; "
+        "unset = the --model itself"
+    )
+    student: str | None = Field(
+        None, description="student to distil and ship: zoo name or package.module:factory; none = keep the model; "
+        "unset = cnn-small for the built-in example, none otherwise"
+    )
+    prune: Literal["none", "magnitude", "taylor", "channels"] | None = Field(
+        None, description="pruning: channels (structured, faster engines), magnitude/taylor (unstructured zeros); "
+        "unset = channels for the built-in example, none otherwise"
+    )
+    prune_ratio: float = Field(0.5, ge=0, lt=1, description="most to prune: fraction of channels or weights")
+    prune_steps: int = Field(2, ge=1, le=20, description="prune -> fine-tune -> evaluate steps towards prune_ratio")
+    channel_importance: Literal["l1", "taylor"] = Field("l1", description="channel ranking for --prune channels")
+    epochs: int = Field(8, ge=1, le=1000, description="distillation epochs of the student")
+    finetune_epochs: int = Field(2, ge=1, le=1000, description="fine-tuning epochs after each prune step")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label loss (1 - alpha: teacher's soft targets)")
+    distill_temperature: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
+    distill_features: list[str] = Field(
+        default_factory=list, description="feature distillation pairs student_layer=teacher_layer"
+    )
+
+    @field_validator("target", "input_shape", "nodes_to_exclude", "distill_features", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+def describe(key: str) -> str:
+    """Help text for a config key: its description and its default."""
+    field = BuildConfig.model_fields[key]
+    default = field.default_factory() if field.default_factory else field.default
+    shown = "unset" if default is None else ", ".join(map(str, default)) if isinstance(default, list) else default
+    return f"{field.description} (default: {shown or 'none'})"
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist", "check the --config path")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}", "fix its syntax") from exc
+    return {key.replace("-", "_"): value for key, value in data.items()}
+
+
+def make_config(file_values: dict[str, Any], overrides: dict[str, Any], where: str = "config") -> BuildConfig:
+    """Validate file values overlaid with command-line overrides (None = not given)."""
+    values = dict(file_values) | {key: value for key, value in overrides.items() if value not in (None, [], ())}
+    try:
+        return BuildConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            key = ".".join(str(part) for part in error["loc"]) or "(config)"
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key '{key}'")
+            else:
+                problems.append(f"'{key}': {error['msg']} (got {error.get('input')!r})")
+        raise ConfigError(
+            f"{where}: {'; '.join(problems)}",
+            f"valid keys: {', '.join(BuildConfig.model_fields)} (see `edgecompress build --help`)",
+        ) from exc
+
+
+def load_config(path: Path | None, overrides: dict[str, Any]) -> BuildConfig:
+    file_values = read_config_file(path) if path else {}
+    return make_config(file_values, overrides, where=str(path) if path else "options")

@@ -1,0 +1,270 @@
+#!/usr/bin/env python3
+"""Run an edgecompress bundle on the device it was built for.
+
+    python3 run.py --verify                 # device and files match the manifest?
+    python3 run.py --selftest               # bundled samples give the stored outputs?
+    python3 run.py photo.jpg [x.npy ...]    # top-k and latency
+
+Needs only numpy and onnxruntime (Pillow for images, tensorrt for a plan). Before
+running anything it checks the device against the manifest (CPU arch, runtime
+versions, the engine's operators load) and every file's sha256, because an engine that
+does not match its device fails in confusing ways or, worse, gives quietly wrong numbers.
+Preprocessing is the bundle's `preprocess.py`: the same code that calibrated and
+evaluated the engine on the workstation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if (HERE / "unpack.py").is_file():  # inside a bundle: the copied siblings
+    sys.dont_write_bytecode = True  # a __pycache__ would be a file the manifest does not list
+    sys.path.insert(0, str(HERE))
+    from unpack import BundleError, safe_unpack, verify_tree  # type: ignore[import-not-found]
+else:  # inside the edgecompress package (the workstation computes expected outputs with this file)
+    from edgecompress.device.unpack import BundleError, safe_unpack, verify_tree
+
+ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
+ORT_KINDS = ("ort-cpu", "ort-arm")
+
+
+def normalize_arch(machine: str) -> str:
+    machine = machine.strip().lower()
+    return ARCH_ALIASES.get(machine, machine)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def load_manifest(root: Path) -> dict[str, Any]:
+    try:
+        return json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"no manifest.json in {root}", "run this from an unpacked bundle") from None
+
+
+def device_problems(manifest: dict[str, Any], machine: str | None = None) -> list[str]:
+    """Why this device cannot run the engine (empty when it can): arch, runtime, versions."""
+    runtime = manifest["runtime"]
+    problems = []
+    here = normalize_arch(machine or platform.machine())
+    if normalize_arch(runtime["arch"]) != here:
+        problems.append(f"bundle is for {runtime['arch']} but this device is {here}")
+    kind = manifest["engine"]["kind"]
+    module = "onnxruntime" if kind in ORT_KINDS else "tensorrt"
+    try:
+        installed = __import__(module).__version__
+    except ImportError:  # also when numpy, which onnxruntime needs, is missing
+        return problems + [f"{module} is not installed (the engine needs {module} >= {_required_version(runtime, module)})"]
+    needed = _required_version(runtime, module)
+    if needed and version_tuple(installed) < version_tuple(needed):
+        problems.append(f"{module} {installed} is older than the {needed} this engine needs")
+    if module == "tensorrt" and runtime.get("tensorrt", {}).get("exact_version"):
+        built = runtime["tensorrt"]["version"]
+        if version_tuple(installed)[:3] != version_tuple(built)[:3]:
+            problems.append(f"TensorRT plan built with {built}, device has {installed}: plans only load on the same version")
+    return problems
+
+
+def _required_version(runtime: dict[str, Any], module: str) -> str:
+    section = runtime.get(module, {})
+    return str(section.get("min_version") or section.get("version") or "")
+
+
+class Engine:
+    """The bundle's engine behind one `run(feeds) -> outputs` call."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        kind = manifest["engine"]["kind"]
+        if kind not in ORT_KINDS:
+            raise BundleError(
+                f"run.py cannot execute '{kind}' engines on this device yet",
+                "see README.md in the bundle for building/running the TensorRT engine on the device",
+            )
+        import onnxruntime as ort
+
+        runtime = manifest["runtime"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(runtime.get("threads") or 0)
+        available = ort.get_available_providers()
+        providers = [p for p in runtime.get("providers", ["CPUExecutionProvider"]) if p in available]
+        try:
+            self.session = ort.InferenceSession(
+                str(root / manifest["engine"]["path"]), options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # ORT raises its own types; a missing op is NOT_IMPLEMENTED
+            ops = ", ".join(runtime.get("required_operators", [])) or "see manifest"
+            raise BundleError(
+                f"onnxruntime {ort.__version__} cannot load the engine: {str(exc).splitlines()[0]}",
+                f"install an onnxruntime build with these operators: {ops}",
+            ) from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        return self.session.run(None, feeds)
+
+
+def verify(root: Path, public_key: Path | None = None) -> list[str]:
+    """Checksums, signature (when `cryptography` is present) and device checks; returns notes."""
+    manifest = load_manifest(root)
+    verify_tree(root, manifest)
+    notes = [f"{len(manifest['files'])} files match their sha256"]
+    notes.append(_signature_note(root, public_key))
+    problems = device_problems(manifest)
+    if problems:
+        raise BundleError("device does not match the bundle: " + "; ".join(problems),
+            "install the runtime it names, or ship a bundle built for this device",
+        )
+    if manifest["engine"]["kind"] in ORT_KINDS:
+        Engine(root, manifest)
+        notes.append("engine loads (all required operators available)")
+    return notes
+
+
+def _signature_note(root: Path, public_key: Path | None) -> str:
+    signature_path = root / "manifest.sig"
+    if not signature_path.is_file():
+        return "bundle is UNSIGNED"
+    try:
+        import base64
+
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+        from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+    except ImportError:
+        return "signature not checked here (no `cryptography`); it was checked before shipping"
+    doc = json.loads(signature_path.read_text(encoding="utf-8"))
+    signer = Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"]))
+    if public_key is not None:
+        trusted = load_ssh_public_key(public_key.read_bytes().split(b"\n")[0])
+        if trusted.public_bytes_raw() != signer.public_bytes_raw():  # type: ignore[attr-defined]
+            raise BundleError(f"bundle is signed by key {doc.get('key_id')}, not by {public_key}", "ship a bundle you signed")
+    try:
+        signer.verify(base64.b64decode(doc["signature"]), (root / "manifest.json").read_bytes())
+    except Exception:
+        raise BundleError("manifest signature is invalid (manifest changed after signing)", "ship the bundle again") from None
+    return f"signature valid (key {doc.get('key_id')}{', trusted' if public_key else ''})"
+
+
+def load_samples(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    import numpy as np
+
+    selftest = manifest["selftest"]
+    feeds = {name: np.load(root / path) for name, path in selftest["inputs"].items()}
+    expected = [np.load(root / path) for path in selftest["expected"]]
+    return feeds, expected
+
+
+def selftest(root: Path) -> str:
+    """Run the bundled sample inputs and compare with the stored outputs within the stated tolerance."""
+    import numpy as np
+
+    manifest = load_manifest(root)
+    feeds, expected = load_samples(root, manifest)
+    outputs = Engine(root, manifest).run(feeds)
+    atol = float(manifest["selftest"]["atol"])
+    worst = max(float(np.max(np.abs(np.asarray(o, np.float64) - e))) for o, e in zip(outputs, expected))
+    flipped = 0
+    if manifest["selftest"].get("top1_must_match"):
+        flipped = int(np.sum(np.argmax(outputs[0], axis=1) != np.argmax(expected[0], axis=1)))
+    if worst > atol or flipped:
+        raise BundleError(
+            f"self-test FAILED: outputs differ from the workstation's by {worst:.3g} (tolerance {atol:.3g}), "
+            f"{flipped} top-1 changes",
+            "this device's runtime computes different results; rebuild for this device",
+        )
+    count = len(next(iter(feeds.values())))
+    return f"self-test passed: {count} samples, max abs diff {worst:.3g} <= {atol:.3g}, top-1 unchanged"
+
+
+def load_input(path: Path, manifest: dict[str, Any]) -> Any:
+    """An image (decoded with the stored preprocessing) or a .npy (model-ready, or raw NHWC pixels)."""
+    import numpy as np
+
+    try:  # numpy-dependent, so imported only when inputs are classified (--verify needs the stdlib only)
+        from preprocess import PreprocessSpec  # type: ignore[import-not-found]
+    except ImportError:
+        from edgecompress.device.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec.from_dict(manifest["preprocess"]) if manifest.get("preprocess") else None
+    rank = len(manifest["inputs"][0]["shape"])
+    if path.suffix == ".npy":
+        array = np.load(path)
+        if array.ndim == rank - 1:
+            array = array[None]
+        if spec is not None and array.ndim == rank and array.shape[-1] == spec.channels and spec.layout == "NCHW":
+            array = spec.normalize(array)  # raw NHWC pixels -> model layout
+        return array.astype(manifest["inputs"][0]["dtype"])
+    if spec is None:
+        raise BundleError(f"{path} is an image but the bundle has no preprocessing spec", "pass a model-ready .npy")
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return spec.images_to_batch([image])
+
+
+def predict(root: Path, paths: list[Path], top_k: int, runs: int) -> list[str]:
+    import numpy as np
+
+    manifest = load_manifest(root)
+    engine = Engine(root, manifest)
+    labels = manifest.get("labels") or []
+    lines = []
+    for path in paths:
+        feeds = {engine.input_names[0]: load_input(path, manifest)}
+        engine.run(feeds)  # warm-up
+        timings = []
+        for _ in range(max(1, runs)):
+            start = time.perf_counter()
+            scores = engine.run(feeds)[0]
+            timings.append((time.perf_counter() - start) * 1000)
+        row = np.asarray(scores, np.float64).reshape(len(next(iter(feeds.values()))), -1)[0]
+        best = np.argsort(-row)[:top_k]
+        ranked = ", ".join(f"{labels[i] if i < len(labels) else i}={row[i]:.3f}" for i in best)
+        lines.append(f"{path.name}: top-{top_k} [{ranked}]  latency p50 {float(np.median(timings)):.2f} ms")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run an edgecompress bundle on this device.")
+    parser.add_argument("inputs", nargs="*", type=Path, help="images or .npy files to classify")
+    parser.add_argument("--verify", action="store_true", help="check files, signature and device against the manifest")
+    parser.add_argument("--selftest", action="store_true", help="run bundled samples and compare with stored outputs")
+    parser.add_argument("--key", type=Path, help="trusted signing public key (.pub) for --verify")
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per input")
+    parser.add_argument("--root", type=Path, default=HERE, help="unpacked bundle directory (default: beside run.py)")
+    parser.add_argument("--unpack", nargs=2, metavar=("BUNDLE", "DEST"), help="safely unpack another bundle archive")
+    args = parser.parse_args(argv)
+    try:
+        if args.unpack:
+            manifest = safe_unpack(Path(args.unpack[0]), Path(args.unpack[1]))
+            print(f"unpacked {manifest['model']['name']} ({manifest['target']['name']}) into {args.unpack[1]}")
+        if args.verify:
+            for note in verify(args.root, args.key):
+                print(f"verify: {note}")
+        if args.selftest:
+            print(selftest(args.root))
+        for line in predict(args.root, args.inputs, args.top_k, args.runs) if args.inputs else []:
+            print(line)
+        if not (args.unpack or args.verify or args.selftest or args.inputs):
+            parser.print_help()
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

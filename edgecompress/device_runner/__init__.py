@@ -1,1 +1,0 @@
-"""The minimal device-side runner that bundles carry (`run.py`); see edgecompress.bundle."""

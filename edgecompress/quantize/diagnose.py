@@ -1,0 +1,229 @@
+"""Diagnosis: where does int8 damage the model, layer by layer?
+
+Runs the fp32 model and its QDQ model on the same held-out inputs with ONNX Runtime's
+QDQ debugging helpers (`onnxruntime.quantization.qdq_loss_debug`), then scores every
+quantized activation (fp32 vs the int8 model's dequantized value: SQNR dB and cosine)
+and every quantized weight. SQNR of a tensor alone accumulates everything upstream, so
+nodes are ranked by the SQNR they *lose* between their inputs and their output: the
+node where the signal suddenly drops is the one to keep in fp32, not the last layer.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+DQ_SUFFIX = "_DequantizeLinear_Output"
+SQNR_CAP_DB = 100.0  # a tensor the int8 model reproduces exactly would otherwise score +inf
+
+
+@dataclass(frozen=True)
+class TensorError:
+    """Error of one quantized tensor: fp32 value vs what the int8 model computes."""
+
+    tensor: str
+    kind: str  # "activation" | "weight"
+    sqnr_db: float
+    cosine: float
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """One quantized compute node: the error at its output and what it added there."""
+
+    node: str
+    op_type: str
+    output: str  # the quantized tensor its result is measured at
+    output_sqnr_db: float
+    output_cosine: float
+    input_sqnr_db: float  # worst SQNR among its quantized activation inputs
+    weight_sqnr_db: float | None
+    lost_db: float  # input_sqnr_db - output_sqnr_db: the damage this node adds
+    input_producers: tuple[str, ...] = ()  # nodes whose quantized outputs feed this one
+
+    @property
+    def exclusion_group(self) -> tuple[str, ...]:
+        """Nodes to keep in fp32 to take this node's damage out: ORT quantizes a tensor when
+        either its producer or its consumer is quantized, so both sides must go."""
+        return (self.node, *self.input_producers)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        data["input_producers"] = list(self.input_producers)
+        return data
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    layers: list[LayerError]  # in graph order
+    tensors: list[TensorError]
+    samples: int
+
+    def ranking(self) -> list[LayerError]:
+        """Most damaging first: SQNR lost across the node, then its weight's SQNR."""
+        return sorted(self.layers, key=lambda layer: (-layer.lost_db, layer.weight_sqnr_db or SQNR_CAP_DB))
+
+    def worst(self, count: int = 5) -> list[LayerError]:
+        return self.ranking()[:count]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "layers": [layer.to_dict() for layer in self.layers]}
+
+
+class _ArrayReader:
+    """CalibrationDataReader over held-out arrays (the helpers take that interface)."""
+
+    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int) -> None:
+        count = len(next(iter(inputs.values())))
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(
+            [{name: array[start : start + batch_size] for name, array in inputs.items()} for start in range(0, count, batch_size)]
+        )
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._batches
+
+
+def _sqnr_db(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
+    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
+
+    return min(SQNR_CAP_DB, compute_signal_to_quantization_noice_ratio(reference, value))
+
+
+def _cosine(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
+    left = np.concatenate([np.ravel(a) for a in np.atleast_1d(reference)]).astype(np.float64)
+    right = np.concatenate([np.ravel(a) for a in np.atleast_1d(value)]).astype(np.float64)
+    norm = np.linalg.norm(left) * np.linalg.norm(right)
+    return float(np.dot(left, right) / norm) if norm > 0 else 1.0
+
+
+def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int) -> dict[str, list[np.ndarray]]:
+    from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
+
+    augmented = workdir / f"{model_path.stem}.augmented.onnx"
+    modify_model_output_intermediate_tensors(str(model_path), str(augmented))
+    return collect_activations(str(augmented), _ArrayReader(inputs, batch_size))
+
+
+def tensor_errors(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 16) -> list[TensorError]:
+    """SQNR and cosine of every quantized activation and weight (ORT's matching helpers)."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        compute_activation_error,
+        compute_weight_error,
+        create_activation_matching,
+        create_weight_matching,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="edgecompress-diagnose-") as tmp:
+        float_acts = _activations(Path(fp32_path), inputs, Path(tmp), batch_size)
+        qdq_acts = _activations(Path(qdq_path), inputs, Path(tmp), batch_size)
+    matching = {k: v for k, v in create_activation_matching(qdq_acts, float_acts).items() if "float" in v}
+    sqnr = compute_activation_error(matching, _sqnr_db)
+    cosine = compute_activation_error(matching, _cosine)
+    weights = create_weight_matching(str(fp32_path), str(qdq_path))
+    weight_sqnr = compute_weight_error(weights, _sqnr_db)
+    weight_cosine = compute_weight_error(weights, _cosine)
+    return [TensorError(name, "activation", sqnr[name]["xmodel_err"], cosine[name]["xmodel_err"]) for name in sqnr] + [
+        TensorError(name, "weight", weight_sqnr[name], weight_cosine[name]) for name in weight_sqnr
+    ]
+
+
+def _measured_output(node, consumers: dict[str, list], measured: set[str]) -> str | None:
+    """The first quantized tensor downstream of `node` through single-consumer float nodes."""
+    tensor = node.output[0]
+    for _ in range(4):
+        name = tensor.removesuffix("_QuantizeLinear_Input")  # a graph output keeps its name after its QDQ
+        if name in measured:
+            return name
+        following = [n for n in consumers.get(tensor, []) if n.op_type not in QDQ_OPS]
+        if len(following) != 1:
+            return None
+        tensor = following[0].output[0]
+    return None
+
+
+def layer_errors(qdq_path: Path, errors: list[TensorError]) -> list[LayerError]:
+    """Attribute tensor errors to the quantized compute nodes of the QDQ graph."""
+    import onnx
+
+    graph = onnx.load(str(qdq_path), load_external_data=False).graph
+    initializers = {init.name for init in graph.initializer}
+    activation = {e.tensor: e for e in errors if e.kind == "activation"}
+    weight = {e.tensor: e for e in errors if e.kind == "weight"}
+    dq_source = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    producer = {out: n.name for n in graph.node if n.op_type not in QDQ_OPS for out in n.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    layers = []
+    for node in graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        sources = [dq_source[name] for name in node.input if name in dq_source]
+        act_inputs = [s.removesuffix("_QuantizeLinear_Output") for s in sources if s not in initializers]
+        weight_inputs = [s.removesuffix("_quantized") for s in sources if s in initializers]
+        output = _measured_output(node, consumers, set(activation))
+        if not act_inputs or output is None:
+            continue  # not a quantized compute node
+        input_sqnr = min((activation[a].sqnr_db for a in act_inputs if a in activation), default=SQNR_CAP_DB)
+        weight_sqnrs = [weight[w].sqnr_db for w in weight_inputs if w in weight]
+        out = activation[output]
+        producers = tuple(dict.fromkeys(producer[a] for a in act_inputs if a in producer))
+        layers.append(
+            LayerError(
+                node.name, node.op_type, output, out.sqnr_db, out.cosine, input_sqnr,
+                min(weight_sqnrs) if weight_sqnrs else None, max(0.0, input_sqnr - out.sqnr_db), producers,
+            )
+        )
+    return layers
+
+
+# ORT's helpers keep every intermediate tensor of both models in memory; for CNNs those sum
+# to roughly 100x the input per sample, times ~4 for fp32 + QDQ (pre-Q, Q, DQ) copies.
+ACTIVATION_BYTES_PER_INPUT_BYTE = 400
+DIAGNOSE_MEMORY_BYTES = 1 << 30
+
+
+def samples_within_memory(inputs: dict[str, np.ndarray], max_samples: int) -> int:
+    """How many samples to diagnose on so that the kept activations stay near 1 GiB."""
+    per_sample = sum(array[:1].nbytes for array in inputs.values()) * ACTIVATION_BYTES_PER_INPUT_BYTE
+    count = len(next(iter(inputs.values())))
+    return max(1, min(max_samples, count, DIAGNOSE_MEMORY_BYTES // max(1, per_sample)))
+
+
+def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64) -> Diagnosis:
+    """Per-tensor and per-layer int8 error on (up to `max_samples` of) held-out inputs."""
+    count = samples_within_memory(inputs, max_samples)
+    sample = {name: np.ascontiguousarray(array[:count]) for name, array in inputs.items()}
+    errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample)
+    return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)
+
+
+def plot_layers(layers: list[dict[str, Any]], out_path: Path) -> Path:
+    """Per-layer output SQNR in graph order (report's quantization plot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgecompress.core.artifacts import atomic_path
+
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.25 * len(layers)), 3.5))
+    values = [layer["output_sqnr_db"] for layer in layers]
+    axis.bar(range(len(values)), values, color=["tab:red" if layer["lost_db"] > 10 else "tab:blue" for layer in layers])
+    axis.set_xticks(range(len(values)), [layer["node"].split("/")[-2] if "/" in layer["node"] else layer["node"] for layer in layers], rotation=90, fontsize=6)
+    axis.set_ylabel("output SQNR (dB)")
+    axis.set_title("int8 vs fp32 per layer (higher is better; red: lost > 10 dB)")
+    figure.tight_layout()
+    with atomic_path(out_path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return Path(out_path)

@@ -1,0 +1,105 @@
+"""Read a target's report.json and lay out what quantization did (for `edgecompress inspect`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgecompress.core.errors import BuildDirError
+
+
+def load_target_report(target_dir: Path) -> dict[str, Any]:
+    path = Path(target_dir) / "report.json"
+    if not path.is_file():
+        raise BuildDirError(f"{target_dir} has no report.json", "pass a target folder of a build, e.g. build/cpu")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BuildDirError(f"{path} is not valid JSON ({exc})", "rebuild the target with `edgecompress build`") from exc
+    if "quantization" not in report:
+        raise BuildDirError(f"{path} has no quantization section", "rebuild the target with `edgecompress build`")
+    return report
+
+
+LAYER_COLUMNS = ["node", "op", "SQNR dB", "cosine", "weight SQNR dB", "lost dB"]
+TRY_COLUMNS = ["#", "step", "calibration", "fp32 nodes", "top-1", "drop", "agreement", "p50 ms", "met"]
+CANDIDATE_COLUMNS = ["candidate", "within budget", "top-1", "agreement", "p50 ms"]
+
+
+def _num(value: Any, spec: str = ".2f") -> str:
+    return "-" if value is None else f"{value:{spec}}"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def layer_rows(quant: dict[str, Any], top: int) -> list[list[str]]:
+    """Most damaging layers first (SQNR lost across the node)."""
+    layers = sorted(quant.get("layers", []), key=lambda layer: -layer["lost_db"])[:top]
+    return [[l["node"], l["op_type"], _num(l["output_sqnr_db"], ".1f"), _num(l["output_cosine"], ".4f"),
+             _num(l["weight_sqnr_db"], ".1f"), _num(l["lost_db"], ".1f")] for l in layers]
+
+
+def try_rows(quant: dict[str, Any]) -> list[list[str]]:
+    return [[str(i), t["step"], t["calibration_method"], str(len(t["nodes_to_exclude"])), _num(t["accuracy"]),
+             _num(t["accuracy_drop"]), _num(t["agreement"], ".3f"), _num(t["latency_ms_p50"], ".3f"), _yes(t["met"])]
+            for i, t in enumerate(quant.get("tries", []))]
+
+
+def candidate_rows(quant: dict[str, Any]) -> list[list[str]]:
+    candidates = (quant.get("precision") or {}).get("candidates", [])
+    return [[c["name"], _yes(c["within_budget"]), _num(c["accuracy"]), _num(c["agreement"], ".3f"),
+             _num(c["latency_ms_p50"], ".3f")] for c in candidates]
+
+
+def _rich(title: str, columns: list[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _markdown(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *["| " + " | ".join(row) + " |" for row in rows]]
+
+
+def inspection_tables(report: dict[str, Any], top: int = 15) -> list[Any]:
+    """Layers (worst first), recipe, repair tries and precision candidates as rich tables."""
+    quant = report["quantization"]
+    recipe = quant["recipe"]
+    recipe_rows = [[key, str(recipe[key])] for key in recipe if key != "nodes_to_exclude"]
+    recipe_rows.append(["nodes kept in fp32", ", ".join(recipe.get("nodes_to_exclude", [])) or "none"])
+    tables = [
+        _rich(f"{report['target']}: int8 error per layer (most damaging first)", LAYER_COLUMNS, layer_rows(quant, top)),
+        _rich("recipe", ["key", "value"], recipe_rows),
+    ]
+    if quant.get("tries"):
+        tables.append(_rich(f"repair tries ({quant['repair']['stop_reason']})", TRY_COLUMNS, try_rows(quant)))
+    if quant.get("precision"):
+        tables.append(_rich(f"precision: shipping {quant['precision']['chosen']}", CANDIDATE_COLUMNS, candidate_rows(quant)))
+        tables.extend(quant["precision"]["summary"])
+    return tables
+
+
+def quantization_markdown(quant: dict[str, Any], top: int = 8) -> list[str]:
+    """report.md lines: precision choice, repair tries and the most damaged layers."""
+    lines: list[str] = []
+    if quant.get("precision"):
+        precision = quant["precision"]
+        lines += ["", f"### Precision: shipping {precision['chosen']}", *[f"- {line}" for line in precision["summary"]], ""]
+        lines += _markdown(CANDIDATE_COLUMNS, candidate_rows(quant))
+    if quant.get("tries"):
+        lines += ["", f"### Repair ({quant['repair']['budget']}): {quant['repair']['stop_reason']}",
+                  f"fp32 nodes: {', '.join(quant['fp32_nodes']) or 'none'}", ""]
+        lines += _markdown(TRY_COLUMNS, try_rows(quant))
+    if quant.get("layers"):
+        lines += ["", "### Most damaged layers (int8 vs fp32)", "", *_markdown(LAYER_COLUMNS, layer_rows(quant, top))]
+        if quant.get("layers_plot"):
+            lines += ["", f"![per-layer SQNR]({quant['layers_plot']})"]
+    return lines

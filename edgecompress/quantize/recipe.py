@@ -1,0 +1,62 @@
+"""The quantization recipe: the one dataclass that decides how a model is quantized.
+
+Targets pick a recipe from their instruction set (isa.py); diagnosis and repair change the recipe and
+quantize again — nothing patches quantized graphs by hand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Literal
+
+CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How to quantize: types, granularity, calibration and the nodes kept in fp32."""
+
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    symmetric_activations: bool = False
+    quantize_bias: bool = True  # int32 biases; TensorRT's parser takes float biases only
+    calibration_method: CalibrationMethodName = "minmax"
+    percentile: float = 99.999
+    nodes_to_exclude: tuple[str, ...] = ()
+    equalize: bool = False  # cross-layer equalization of Conv→ReLU(6)→Conv pairs first (edgecompress/quantize/equalize.py)
+    bias_correction: bool = False  # remove the int8 weight error's mean from each bias (edgecompress/quantize/biascorrect.py)
+    reason: str = ""  # why this recipe was chosen (recorded in report.json)
+
+    @property
+    def label(self) -> str:
+        """Short human description, e.g. 'u8s8 per-channel reduce_range minmax'."""
+        sign = {"int8": "s8", "uint8": "u8"}
+        types = sign[self.activation_type] + sign[self.weight_type]
+        parts = [types, "per-channel" if self.per_channel else "per-tensor", self.calibration_method]
+        if self.reduce_range:
+            parts.insert(2, "reduce_range")
+        if self.equalize:
+            parts.append("CLE")
+        if self.bias_correction:
+            parts.append("bias-corrected")
+        if self.nodes_to_exclude:
+            parts.append(f"{len(self.nodes_to_exclude)} nodes fp32")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        data["label"] = self.label
+        return data
+
+    def cache_key(self) -> dict:
+        """Everything that changes the quantized bytes (the reason and label do not)."""
+        data = self.to_dict()
+        data.pop("reason")
+        data.pop("label")
+        return data
+
+    def with_options(self, **changes) -> "QuantRecipe":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})

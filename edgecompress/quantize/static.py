@@ -1,0 +1,154 @@
+"""Quantize stage: fp32 ONNX + calibration set + recipe → static int8 QDQ ONNX.
+
+The `QuantRecipe` is the only thing that decides how a model is quantized. Targets pick
+a recipe from their instruction set; diagnosis and repair change the recipe and run this
+stage again — nothing patches quantized graphs by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import onnx
+
+from edgecompress.core.artifacts import atomic_path
+from edgecompress.calib.load import CalibrationSet
+from edgecompress.core.errors import QuantizationError
+from edgecompress.quantize.recipe import QuantRecipe
+
+class ArrayCalibrationReader:
+    """ONNX Runtime `CalibrationDataReader` over a calibration set, a few samples at a time."""
+
+    def __init__(self, calibration: CalibrationSet, batch_size: int = 16) -> None:
+        self._calibration = calibration
+        self._batch_size = batch_size
+        self._iterator = calibration.batches(batch_size)
+
+    def get_next(self) -> dict | None:
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = self._calibration.batches(self._batch_size)
+
+
+def _calibration_method(recipe: QuantRecipe):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[recipe.calibration_method]
+
+
+def _quant_type(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return QuantType.QUInt8 if name == "uint8" else QuantType.QInt8
+
+
+def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
+    """A node name that is not in the graph is a typo; say so instead of silently ignoring it."""
+    if not nodes:
+        return
+    names = {node.name for node in onnx.load(str(fp32_path), load_external_data=False).graph.node}
+    unknown = [name for name in nodes if name not in names]
+    if unknown:
+        sample = ", ".join(sorted(names)[:8])
+        raise QuantizationError(
+            f"nodes_to_exclude names nodes that are not in the model: {', '.join(unknown)}",
+            f"use node names of the fp32 model (e.g. {sample}; `edgecompress inspect` lists them)",
+        )
+
+
+def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, extra_options: dict) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
+        try:
+            quantize_static(
+                str(prepared),
+                str(out),
+                reader,
+                quant_format=QuantFormat.QDQ,
+                activation_type=_quant_type(recipe.activation_type),
+                weight_type=_quant_type(recipe.weight_type),
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                # entropy ranges arrive as overrides for every tensor: a cheap minmax pass
+                # stands in for ORT's slow (and overridden) KL search
+                calibrate_method=CalibrationMethod.MinMax if "TensorQuantOverrides" in extra_options else _calibration_method(recipe),
+                nodes_to_exclude=list(recipe.nodes_to_exclude),
+                extra_options=extra_options,
+            )
+        except Exception as exc:
+            raise QuantizationError(
+                f"static quantization failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}",
+                "try another calibration_method, or exclude the failing node with nodes_to_exclude",
+            ) from exc
+
+
+def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> None:
+    """Shape inference and ORT's pre-processing, then the recipe's fp32 rewrites (CLE, bias correction)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    if not (recipe.equalize or recipe.bias_correction):
+        return
+    model = onnx.load(str(prepared))
+    if recipe.equalize:
+        from edgecompress.quantize.equalize import equalize
+
+        equalize(model)
+    if recipe.bias_correction:
+        _correct_biases(model, prepared, recipe, calibration, extra_options)
+    onnx.save(model, str(prepared))
+
+
+def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet,
+                    extra_options: dict) -> None:
+    """Quantize once to learn the exact int8 weights (they depend on the weights alone, so one
+    sample calibrates), then move each weight error's mean out of the fp32 biases of `model`."""
+    from edgecompress.quantize.biascorrect import correct_biases, correctable_nodes, dequantized_weights, input_means
+
+    onnx.save(model, str(prepared))  # the probe quantizes the model as rewritten so far
+    probe = prepared.with_name("weights-probe.onnx")
+    one_sample = replace(calibration, arrays={name: array[:1] for name, array in calibration.arrays.items()})
+    options = {k: v for k, v in extra_options.items() if k != "TensorQuantOverrides"}
+    _quantize_static(prepared, probe, ArrayCalibrationReader(one_sample), replace(recipe, calibration_method="minmax"), options)
+    quantized_weights = dequantized_weights(onnx.load(str(probe)))
+    inputs = {node.input[0] for node in correctable_nodes(model) if node.name in quantized_weights}
+    correct_biases(model, quantized_weights, input_means(model, calibration.batches(16), inputs))
+
+
+def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
+    """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
+    check_exclusions(fp32_path, recipe.nodes_to_exclude)
+    extra_options = {
+        "ActivationSymmetric": recipe.symmetric_activations,
+        "WeightSymmetric": True,
+        "CalibMovingAverage": False,
+        "QuantizeBias": recipe.quantize_bias,
+    }
+    if recipe.calibration_method == "percentile":
+        extra_options["CalibPercentile"] = recipe.percentile
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
+        prepared = Path(workdir) / "prepared.onnx"
+        _prepare(fp32_path, prepared, recipe, calibration, extra_options)
+        if recipe.calibration_method == "entropy":
+            from edgecompress.calib.ranges import entropy_overrides
+
+            extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
+        with atomic_path(out_path) as tmp:
+            _quantize_static(prepared, tmp, ArrayCalibrationReader(calibration), recipe, extra_options)
+    return Path(out_path)
