@@ -49,3 +49,41 @@ def test_raspberry_pi_5_build_runs_the_ort_engine_here(reports):
     assert report["agreement"]["samples"] == 64 and report["latency_ms"]["p50"] > 0
     assert report["engine"]["metadata"]["device_providers"][0] == "XNNPACKExecutionProvider"
     assert "## Engine" in (out / "raspberry-pi-5" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "unavailable, needs_device_arch, profile_arch, host, here",
+    [
+        (None, True, "x86_64", "x86_64", True),  # TensorRT + GPU on the device's own architecture: a plan here
+        (None, True, "aarch64", "x86_64", False),  # --target jetson on an x86 host that has TensorRT: a kit
+        ("TensorRT is not installed", True, "x86_64", "x86_64", False),  # no runtime here: a kit
+        (None, False, "aarch64", "x86_64", True),  # an ORT-format engine converts anywhere
+    ],
+)
+def test_where_an_engine_is_built_is_decided_from_the_profile_and_the_host(unavailable, needs_device_arch, profile_arch, host, here):
+    from edgecompress.engines.base import decide_build_place
+
+    place = decide_build_place(unavailable, needs_device_arch, profile_arch, host)
+    assert place.here is here
+    assert (place.reason == "") is here
+    if unavailable:
+        assert place.reason == unavailable
+    elif not here:
+        assert "aarch64" in place.reason and "x86_64" in place.reason
+
+
+def test_every_builder_states_where_it_builds_for_each_profile():
+    from edgecompress.core.targets import all_profiles
+    from edgecompress.engines import build_place, get_builder
+
+    from edgecompress.quantize.isa import host_arch
+
+    for profile in all_profiles():
+        builder = get_builder(profile.engine)
+        place = build_place(builder, profile)
+        if profile.engine != "tensorrt":
+            assert place.here  # ONNX Runtime engines are built (and converted) on any host
+        elif profile.arch != host_arch():
+            assert not place.here and host_arch() in place.reason  # a Jetson's plan is never built on x86
+        else:
+            assert place.here is (builder.available() is None)

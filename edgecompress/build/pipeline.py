@@ -21,7 +21,7 @@ from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_
 from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.core.config import BuildConfig
 from edgecompress.source.data import DigitsSplits as Splits
-from edgecompress.engines import EngineArtifact, check_profile, get_builder
+from edgecompress.engines import EngineArtifact, build_place, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.core.errors import CalibrationError, ConfigError
 from edgecompress.measure.evaluate import EvalSet, evaluate
@@ -204,7 +204,10 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
     chosen = None
-    builds_here = builder.available() is None  # e.g. TensorRT: probes for a GPU, so asked once
+    place = build_place(builder, profile)  # asked once: TensorRT probes for a GPU
+    builds_here = place.here
+    if not builds_here:
+        info(f"{profile.name}: the engine is built on the device ({place.reason}); this host quantizes and validates")
     if builds_here:
         chosen = quantize_target_stage(context, profile, builder, recipe)
         recipe, model_path = chosen.recipe, chosen.model_path

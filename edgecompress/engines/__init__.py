@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner
+from edgecompress.engines.base import BuildPlace, EngineArtifact, EngineBuilder, Runner, decide_build_place
 
 from edgecompress.source.specs import TensorSpec
 from edgecompress.core.errors import TargetError
@@ -39,10 +39,21 @@ def check_profile(profile: TargetProfile) -> None:
         check(profile)
 
 
+def build_place(builder: EngineBuilder, profile: TargetProfile) -> BuildPlace:
+    """Whether `profile`'s engine is built (and measured) on this host or handed over as a device kit."""
+    from edgecompress.quantize.isa import host_arch
+
+    needs_device_arch = getattr(builder, "needs_device_arch", False)
+    return decide_build_place(builder.available(), needs_device_arch, profile.arch, host_arch())
+
+
 def describe_profile(profile: TargetProfile) -> str:
     """A builder's one-line view of a profile (engine options, what builds on this host)."""
     describe = getattr(get_builder(profile.engine), "describe", None)
     return describe(profile) if describe is not None else ""
 
 
-__all__ = ["EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "check_profile", "describe_profile", "get_builder"]
+__all__ = [
+    "BuildPlace", "EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "build_place", "check_profile",
+    "describe_profile", "get_builder",
+]

@@ -73,6 +73,24 @@ class EngineBuilder(Protocol):
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...
 
 
+@dataclass(frozen=True)
+class BuildPlace:
+    """Where a target's engine is built: here (then measured here) or on the device (a kit); `reason` says why not here."""
+
+    here: bool
+    reason: str = ""
+
+
+def decide_build_place(unavailable: str | None, needs_device_arch: bool, profile_arch: str, host_arch: str) -> BuildPlace:
+    """One rule for every engine kind: build here when the runtime is here and, for engines tied to the machine that
+    builds them (TensorRT plans), this host is the device's architecture; else hand over a device kit."""
+    if needs_device_arch and profile_arch != host_arch:  # first: even with the runtime installed, not here
+        return BuildPlace(False, f"a {profile_arch} device's engine cannot be built on this {host_arch} host")
+    if unavailable is not None:
+        return BuildPlace(False, unavailable)
+    return BuildPlace(True)
+
+
 def onnx_precision(onnx_path: Path) -> str:
     """'int8' when the graph holds QuantizeLinear/QLinear nodes, else 'fp16' or 'fp32' by its inputs' type."""
     import onnx

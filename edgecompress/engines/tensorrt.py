@@ -209,6 +209,7 @@ class TensorRTBuilder:
     """Builds `engine.plan` where TensorRT and a CUDA GPU exist, else the on-device kit."""
 
     kind = "tensorrt"
+    needs_device_arch = True  # a plan runs only on the GPU and TensorRT that built it: an x86 GPU cannot build a Jetson's
 
     def available(self) -> str | None:
         if importlib.util.find_spec("tensorrt") is None:
@@ -225,12 +226,15 @@ class TensorRTBuilder:
         options = trt_options(profile)
         where = f"DLA{options.dla_core}" + ("+GPU" if options.gpu_fallback else "") \
             if options.dla_core is not None else "GPU"
-        here = "plan" if self.available() is None and _host_is(profile.arch) else "device kit"
+        from edgecompress.engines import build_place
+
+        here = "plan" if build_place(self, profile).here else "device kit"
         return f"TRT {options.tensorrt_major} {where}; here: {here}"
 
     def build(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact:
-        reason = self.available()
-        if reason is not None or not _host_is(profile.arch):  # an x86 GPU cannot build a Jetson's plan
+        from edgecompress.engines import build_place
+
+        if not build_place(self, profile).here:  # no TensorRT/GPU here, or an x86 GPU asked for a Jetson's plan
             return write_build_kit(onnx_path, profile, out_dir)
         return self._build_here(Path(onnx_path), profile, Path(out_dir))
 
@@ -264,12 +268,6 @@ class TensorRTBuilder:
             raise EngineBuildError(f"no TensorRT engine was built for '{profile.name}' on this host",
                                    artifact.note or "build the engine on the device")
         return TensorRTRunner(artifact.path)
-
-
-def _host_is(arch: str) -> bool:
-    import platform
-
-    return platform.machine() in ({"aarch64", "arm64"} if arch == "aarch64" else {"x86_64", "AMD64"})
 
 
 class TensorRTRunner:
