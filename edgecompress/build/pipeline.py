@@ -27,7 +27,7 @@ from edgecompress.core.errors import CalibrationError, ConfigError
 from edgecompress.measure.evaluate import EvalSet, evaluate
 from edgecompress.export.graph import OnnxModelInfo, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.export.torch_export import export_torch
-from edgecompress.presets.example import load_model_or_example
+from edgecompress.presets.example import load_model_or_example, with_example_defaults
 from edgecompress.source.model import SourceModel
 from edgecompress.core.progress import info, warn
 from edgecompress.quantize.isa import recipe_for_target
@@ -37,7 +37,7 @@ from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.build.report import verdicts, versions, write_report
 from edgecompress.core.targets import TargetProfile, load_profiles
 
-EXAMPLE_CALIBRATION_COUNT = 256
+CALIBRATION_COUNT_FROM_DATA = 256  # calibration samples drawn from --data's train split when --calib is not given
 
 
 @dataclass
@@ -58,6 +58,7 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
     for profile in profiles:
         check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
+    config = with_example_defaults(config)
     source = load_model_or_example(config.model, config.weights, config.input_shape)
     compression = compress_stage(source, config)
     if compression is not None:  # export the compressed student in the source model's place
@@ -99,30 +100,21 @@ def _record(model_info: OnnxModelInfo) -> dict[str, Any]:
     return {"max_abs_diff": model_info.export_max_abs_diff, "opset": model_info.opset}
 
 
-def _is_example(source: SourceModel) -> bool:
-    from edgecompress.source.model import EXAMPLE_NAME
-
-    return source.name == EXAMPLE_NAME
-
-
-def _preprocess_spec(source: SourceModel) -> dict[str, Any] | None:
-    """How raw images become inputs, when known (the built-in example's spec); bundles carry it to devices."""
+def _preprocess_spec(config: BuildConfig) -> dict[str, Any] | None:
+    """How raw images become inputs, when known (the digits data's spec); bundles carry it to devices."""
     from edgecompress.source.data import DIGITS_SPEC
 
-    return DIGITS_SPEC.to_dict() if _is_example(source) else None
+    return DIGITS_SPEC.to_dict() if config.data == "digits" else None
 
 
 def _labelled_data(source: SourceModel, config: BuildConfig, labelled: Splits | None) -> Splits | None:
-    """The compression data when there was compression, else the example's digits, else None."""
-    if labelled is None and _is_example(source):
-        from edgecompress.source.data import digits_splits
+    """The compression data when there was compression, else --data's splits, else None."""
+    if labelled is None and config.data is not None:
+        from edgecompress.compress.sources import load_labelled_data
+        from edgecompress.compress.stage import data_preprocess
 
-        return digits_splits(config.seed)
+        return load_labelled_data(config.data, data_preprocess(source), config.seed)
     return labelled
-
-
-def _data_name(source: SourceModel, config: BuildConfig) -> str:
-    return "digits (built-in example)" if _is_example(source) and config.data is None else str(config.data)
 
 
 def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
@@ -130,8 +122,8 @@ def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildCon
     if config.calib is not None:
         calibration = load_calibration_set(config.calib, fp32.inputs)
     elif labelled is not None:
-        arrays = {fp32.inputs[0].name: labelled.train.x[:EXAMPLE_CALIBRATION_COUNT]}
-        calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
+        arrays = {fp32.inputs[0].name: labelled.train.x[:CALIBRATION_COUNT_FROM_DATA]}
+        calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{config.data} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
     for finding in diagnose(calibration.arrays):
@@ -147,7 +139,7 @@ def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: Calibratio
         return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
     if labelled is not None:
         test = labelled.test
-        return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{_data_name(source, config)} test split (held out)")
+        return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{config.data} test split (held out)")
     warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
     return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
 
@@ -352,7 +344,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
             "opset": context.fp32.opset,
             "labels": context.source.labels,
         },
-        "preprocess": _preprocess_spec(context.source),
+        "preprocess": _preprocess_spec(context.config),
         "profile": profile.summary(),
         "engine": {
             "kind": artifact.kind,

@@ -29,12 +29,11 @@ from edgecompress.compress.sources import Splits, has_labels, load_labelled_data
 from edgecompress.compress.trainer import TrainConfig, accuracy
 from edgecompress.core.config import BuildConfig
 from edgecompress.core.errors import ConfigError, DistillationError
-from edgecompress.source.model import EXAMPLE_NAME, SourceModel
+from edgecompress.source.model import SourceModel
 from edgecompress.device.preprocess import PreprocessSpec
 from edgecompress.core.progress import info
 
 STAGE_VERSION = "compress-v2"  # v2: students saved as state_dicts (weights_only=True)
-EXAMPLE_STUDENT, EXAMPLE_PRUNE = "cnn-small", "channels"
 
 
 @dataclass
@@ -46,11 +45,10 @@ class Compression:
     record: dict[str, Any]
 
 
-def resolved_choices(config: BuildConfig, is_example: bool) -> tuple[str | None, str]:
-    """(student spec or None, prune method) after the built-in example's defaults."""
-    student = config.student if config.student is not None else (EXAMPLE_STUDENT if is_example else None)
-    prune = config.prune if config.prune is not None else (EXAMPLE_PRUNE if is_example else "none")
-    return (None if student == "none" else student), prune
+def resolved_choices(config: BuildConfig) -> tuple[str | None, str]:
+    """(student spec or None, prune method): unset means none (the built-in example sets both, as a preset)."""
+    student = None if config.student in (None, "none") else config.student
+    return student, config.prune or "none"
 
 
 def splits_hash(splits: Splits) -> str:
@@ -89,12 +87,16 @@ def stage_entry(name: str, module: nn.Module, splits: Splits, **extra: Any) -> d
             "latency_ms": round(eager_latency_ms(module, example), 4), "runtime": "pytorch eager fp32, 1 thread", **extra}
 
 
-def _data_source(config: BuildConfig, is_example: bool, source: SourceModel) -> Splits:
-    if config.data is None and not is_example:
+def _data_source(config: BuildConfig, source: SourceModel) -> Splits:
+    if config.data is None:
         raise ConfigError("compression needs labelled training data", "add --data digits|DIR|FILE.npz")
+    return load_labelled_data(config.data, data_preprocess(source), config.seed)
+
+
+def data_preprocess(source: SourceModel) -> PreprocessSpec | None:
+    """How image folders become this model's inputs: resized to its input size, RGB for 3 channels."""
     shape = next(iter(source.input_shapes.values()))
-    preprocess = PreprocessSpec(resize=tuple(shape[2:4]), color="rgb" if shape[1] == 3 else "grayscale") if len(shape) == 4 else None
-    return load_labelled_data(config.data or "digits", preprocess, config.seed)
+    return PreprocessSpec(resize=tuple(shape[2:4]), color="rgb" if shape[1] == 3 else "grayscale") if len(shape) == 4 else None
 
 
 def _with_labels(splits: Splits, teacher: nn.Module, alpha: float) -> Splits:
@@ -186,8 +188,7 @@ def _gate_step(student: nn.Module, teacher: _Teacher, method: str, splits: Split
 
 def compress_stage(source: SourceModel, config: BuildConfig) -> Compression | None:
     """Distil and/or prune the source model; None when compression is off."""
-    is_example = source.name == EXAMPLE_NAME
-    student_spec, prune = resolved_choices(config, is_example)
+    student_spec, prune = resolved_choices(config)
     if student_spec is None and prune == "none":
         return None
     if source.is_onnx or not isinstance(source.module, nn.Module) or isinstance(source.module, torch.jit.ScriptModule):
@@ -195,13 +196,13 @@ def compress_stage(source: SourceModel, config: BuildConfig) -> Compression | No
             f"compression (--student/--prune) needs a PyTorch nn.Module, not '{config.model}'",
             "pass --model package.module:factory --weights FILE, or drop --student/--prune",
         )
-    splits = _data_source(config, is_example, source)
+    splits = _data_source(config, source)
     module = (load_model(config.teacher) if config.teacher else source.module).eval()
     splits = _with_labels(splits, module, config.distill_alpha)
     teacher, data_hash = _Teacher(module, module_hash(module), splits), splits_hash(splits)
     out = config.out / "compress"
     stages = [stage_entry("teacher", module, splits, model=config.teacher or source.name)]
-    record: dict[str, Any] = {"data": config.data or "digits", "stages": stages}
+    record: dict[str, Any] = {"data": config.data, "stages": stages}
     module = copy.deepcopy(module)
     if student_spec is not None:
         module, extra = _distill_step(teacher, student_spec, splits, config, out, data_hash)
