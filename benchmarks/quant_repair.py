@@ -89,7 +89,7 @@ def export(model: torch.nn.Module, shape: tuple[int, ...], path: Path) -> Path:
 
 def cpu_models() -> tuple[TargetProfile, TargetModels]:
     profile = load_profile("cpu")
-    return profile, TargetModels(OrtCpuBuilder(), profile)
+    return profile, TargetModels(OrtCpuBuilder(), profile, Path(tempfile.mkdtemp(prefix="edgecompress-candidates-")))
 
 
 def repair_case(name: str, fp32: Path, calib: np.ndarray, eval_set: EvalSet, workdir: Path, runs: int, rewrites: bool) -> dict:

@@ -22,9 +22,9 @@ def test_slower_int8_is_reported_with_both_latencies(tmp_path) -> None:
     assert _slower_sentence(Candidate("int8", tmp_path, True, latency=stats(1.0)), fp32) is None
 
 
-def test_candidate_over_budget_is_never_chosen(digits_case) -> None:
+def test_candidate_over_budget_is_never_chosen(digits_case, tmp_path) -> None:
     int8 = digits_case.quantizer(digits_case.fragile)(QuantRecipe(reduce_range=True))
-    models = TargetModels(OrtCpuBuilder(), load_profile("cpu"))
+    models = TargetModels(OrtCpuBuilder(), load_profile("cpu"), tmp_path / "candidates")
     candidates = [Candidate("int8", int8, False), Candidate("fp32", digits_case.fragile, True)]
     feeds = {"input": digits_case.eval_set.inputs["input"][:1]}
     choice = choose_precision(candidates, models.load, feeds, runs=10, max_seconds=2.0)
@@ -38,7 +38,7 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
                                  bench_max_seconds=2.0)
     result = quantize_for_target(
         digits_case.fragile, digits_case.eval_set, QuantRecipe(reduce_range=True), digits_case.quantizer(digits_case.fragile),
-        TargetModels(OrtCpuBuilder(), load_profile("cpu")), {"input": digits_case.eval_set.inputs["input"][:1]}, settings,
+        TargetModels(OrtCpuBuilder(), load_profile("cpu"), tmp_path / "candidates"), {"input": digits_case.eval_set.inputs["input"][:1]}, settings,
     )
     fields = result.report_fields(tmp_path)
     assert fields["repair"]["met"] and "/conv2/Conv" in fields["fp32_nodes"]

@@ -197,20 +197,20 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     target_dir.mkdir(parents=True, exist_ok=True)
     chosen = None
     place = build_place(builder, profile)  # asked once: TensorRT probes for a GPU
-    builds_here = place.here
-    if not builds_here:
-        info(f"{profile.name}: the engine is built on the device ({place.reason}); this host quantizes and validates")
-    if builds_here:
-        chosen = quantize_target_stage(context, profile, builder, recipe)
+    if place.here:
+        # every candidate engine is built and measured once; the one that ships is moved into target_dir
+        chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir)
         recipe, model_path = chosen.recipe, chosen.model_path
+        artifact = models.promote(model_path, target_dir)
     else:
+        info(f"{profile.name}: the engine is built on the device ({place.reason}); this host quantizes and validates")
         model_path = quantize_stage(context, recipe)
-    artifact = builder.build(model_path, profile, target_dir)
+        artifact = builder.build(model_path, profile, target_dir)
     report = base_report(context, profile, artifact, recipe, model_path)
     report["samples"] = samples_stage(context.eval_set, target_dir)
     samples: dict[str, list[float]] = {}
-    if artifact.runnable_here and builds_here:
-        samples = measure_engine(context, profile, builder, artifact, report)
+    if chosen is not None:
+        samples = record_measurements(context, profile, artifact, chosen.choice, report)
     if context.compression is not None:
         report["compression"] = compression_report(context.compression.record, report)
     if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
@@ -228,7 +228,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     return report
 
 
-def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe):
+def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path):
     """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
     from edgecompress.build.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
     from edgecompress.build.repair import Budget, RepairOptions
@@ -252,21 +252,24 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
         RepairOptions(
             max_excluded_layers=config.max_excluded_layers, strategy=config.repair_strategy, try_equalize=config.equalize != "off",
             try_bias_correction=config.bias_correction == "auto",
+            latency_runs=0,  # tries are judged on fidelity; the candidates are timed once, together, afterwards
         ),
         precision,
         config.allow_over_budget,
         config.diagnose,
-        bench_runs=min(config.bench_runs, 100),
-        bench_max_seconds=config.bench_max_seconds / 2,
+        bench_runs=config.bench_runs,
+        bench_max_seconds=config.bench_max_seconds,
+        bench_warmup=config.bench_warmup,
     )
     fp16 = None
     if "fp16" in profile.precisions:
         fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
     feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
-    return quantize_for_target(
-        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r),
-        TargetModels(builder, profile), feeds, settings, fp16,
+    models = TargetModels(builder, profile, target_dir / ".candidates")
+    quantization = quantize_for_target(
+        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r), models, feeds, settings, fp16,
     )
+    return quantization, models
 
 
 SAMPLE_COUNT = 8
@@ -282,33 +285,37 @@ def samples_stage(eval_set: EvalSet, target_dir: Path) -> dict[str, Any]:
     return {"path": path.name, "count": min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), "source": eval_set.description}
 
 
-def measure_engine(context: BuildContext, profile, builder, artifact: EngineArtifact, report: dict[str, Any]) -> dict[str, list[float]]:
-    """Evaluate and benchmark the engine against the fp32 reference on the same runner API."""
-    from edgecompress.measure.bench import benchmark
+def record_measurements(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, choice,
+                        report: dict[str, Any]) -> dict[str, list[float]]:
+    """The report's accuracy and latency are the precision choice's own measurements (one evaluation per candidate,
+    one interleaved timing run with fp32): nothing is measured twice. Peak memory comes from fresh processes."""
     from edgecompress.measure.memory import peak_memory_mb
 
-    config = context.config
-    batch = _batch_size(context, profile.batch.opt)
-    feeds = _bench_feeds(context.eval_set, batch)
-    engine = builder.load(artifact, profile)
-    reference = OrtRunner(context.fp32.path, threads=profile.threads)
+    chosen, fp32 = choice.chosen, choice.fp32
+    evaluation = chosen.evaluation or next((c.evaluation for c in choice.candidates if c.evaluation is not None), None)
+    if chosen.evaluation is not None:
+        report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
+        report["agreement"] = vars(evaluation.agreement)
+    else:  # fp32 ships: the engine is the reference itself
+        accuracy = None if evaluation is None else evaluation.accuracy_reference
+        report["accuracy"] = {"fp32": accuracy, "engine": accuracy, "data": context.eval_set.description}
+        samples = len(next(iter(context.eval_set.inputs.values())))
+        report["agreement"] = {"top1": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "cosine": 1.0, "samples": samples}
+    report["latency_ms"] = chosen.latency.to_dict()
+    report["throughput_per_s"] = chosen.latency.throughput_per_s
+    report["reference"]["latency_ms"] = fp32.latency.to_dict()
+    report["speedup_vs_fp32"] = fp32.latency.p50 / chosen.latency.p50
+    feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
     reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
-    evaluation = evaluate(engine, reference, context.eval_set, batch_size=_batch_size(context, 32))
-    stats, samples = benchmark(
-        {"engine": engine, "fp32": reference}, feeds, config.bench_runs, config.bench_warmup, config.bench_max_seconds
-    )
-    report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
-    report["agreement"] = vars(evaluation.agreement)
-    report["latency_ms"] = stats["engine"].to_dict()
-    report["throughput_per_s"] = stats["engine"].throughput_per_s
-    report["reference"]["latency_ms"] = stats["fp32"].to_dict()
-    report["speedup_vs_fp32"] = stats["fp32"].p50 / stats["engine"].p50
     report["memory"] = {
         "engine_peak_mb": peak_memory_mb(artifact, profile, feeds),
         "reference_peak_mb": peak_memory_mb(reference_artifact, profile, feeds),
         "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
     }
-    return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
+    info(f"{profile.name}: measured once — {len(choice.candidates)} candidates timed interleaved "
+         f"({chosen.latency.runs} runs each); the report uses those figures")
+    return {f"{artifact.precision} engine" if chosen is not fp32 else "fp32 engine": choice.latency_samples[chosen.name],
+            "fp32 reference": choice.latency_samples[fp32.name]}
 
 
 def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:

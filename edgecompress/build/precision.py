@@ -10,8 +10,9 @@ in the report, and a slower int8 is said plainly.
 
 from __future__ import annotations
 
-import tempfile
-from dataclasses import dataclass, field
+import os
+import shutil
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.measure.bench import LatencyStats, benchmark
-from edgecompress.engines.base import EngineBuilder, Runner
+from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.quantize.diagnose import Diagnosis, diagnose, plot_layers
 from edgecompress.build.repair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
@@ -53,26 +54,50 @@ class PrecisionChoice:
     chosen: Candidate
     candidates: list[Candidate]
     summary: list[str] = field(default_factory=list)
+    latency_samples: dict[str, list[float]] = field(default_factory=dict)  # per-run times of the one interleaved run
+
+    @property
+    def fp32(self) -> Candidate:
+        return next(c for c in self.candidates if c.name == "fp32")
 
     def to_dict(self) -> dict[str, Any]:
         return {"chosen": self.chosen.name, "summary": self.summary, "candidates": [c.to_dict() for c in self.candidates]}
 
 
 class TargetModels:
-    """Builds and loads any ONNX model as an engine on the target's runner (memoized)."""
+    """Builds each candidate model once as an engine on the target's runner, in `workdir`, and keeps it:
+    the candidate that ships is promoted into the target's folder, never built a second time."""
 
-    def __init__(self, builder: EngineBuilder, profile: TargetProfile) -> None:
-        self._builder, self._profile = builder, profile
-        self._workdir = tempfile.TemporaryDirectory(prefix="edgecompress-candidates-")
+    def __init__(self, builder: EngineBuilder, profile: TargetProfile, workdir: Path) -> None:
+        self._builder, self._profile, self._workdir = builder, profile, Path(workdir)
+        self._artifacts: dict[Path, EngineArtifact] = {}
         self._runners: dict[Path, Runner] = {}
 
     def load(self, model_path: Path) -> Runner:
         if model_path not in self._runners:
-            out_dir = Path(self._workdir.name) / sha256_file(model_path)[:16]
+            out_dir = self._workdir / sha256_file(model_path)[:16]
             out_dir.mkdir(parents=True, exist_ok=True)
             artifact = self._builder.build(model_path, self._profile, out_dir)
+            self._artifacts[model_path] = artifact
             self._runners[model_path] = self._builder.load(artifact, self._profile)
         return self._runners[model_path]
+
+    def promote(self, model_path: Path, target_dir: Path) -> EngineArtifact:
+        """Move the built engine of `model_path` into `target_dir` (replacing any older one); drop the other candidates."""
+        self.load(model_path)
+        artifact = self._artifacts[model_path]
+        built_in = self._workdir / sha256_file(model_path)[:16]
+        moved = {}
+        for source in [*artifact.files, *([artifact.path] if artifact.path else [])]:
+            destination = Path(target_dir) / Path(source).relative_to(built_in)
+            if source not in moved:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, destination)
+                moved[source] = destination
+        self._runners.clear()  # sessions hold the moved files open by path on some platforms
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        return replace(artifact, path=moved.get(artifact.path) if artifact.path else None,
+                       files=[moved[f] for f in artifact.files])
 
 
 def fp16_model(fp32_path: Path, out_path: Path) -> Path:
@@ -110,10 +135,14 @@ def _fastest_with_margin(eligible: list[Candidate]) -> Candidate:
 
 
 def choose_precision(
-    candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float
+    candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float,
+    warmup: int = 5,
 ) -> PrecisionChoice:
-    """Time every candidate interleaved on the target's runner; the fastest within budget wins."""
-    stats, _ = benchmark({c.name: load(c.model_path) for c in candidates}, feeds, runs=runs, warmup=5, max_seconds=max_seconds)
+    """Time every candidate interleaved on the target's runner, once; the fastest within budget wins.
+
+    These are the report's figures too: nothing is timed again after the choice."""
+    stats, latency_samples = benchmark({c.name: load(c.model_path) for c in candidates}, feeds, runs=runs, warmup=warmup,
+                                       max_seconds=max_seconds)
     for candidate in candidates:
         candidate.latency = stats[candidate.name]
     eligible = [c for c in candidates if c.within_budget] or candidates
@@ -127,7 +156,7 @@ def choose_precision(
         f"Shipping {chosen.name}: the smallest candidate within the budget and within "
         f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed})."
     )
-    return PrecisionChoice(chosen, candidates, summary)
+    return PrecisionChoice(chosen, candidates, summary, latency_samples)
 
 
 @dataclass
@@ -166,6 +195,7 @@ class PrecisionSettings:
     diagnose: bool = True
     bench_runs: int = 100
     bench_max_seconds: float = 10.0
+    bench_warmup: int = 5
 
 
 def _candidates(
@@ -209,7 +239,7 @@ def quantize_for_target(
         diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
     candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set))
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
-    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds)
+    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds, settings.bench_warmup)
     wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
     if settings.precision != "auto":
         choice.chosen = next((c for c in candidates if c.name == wanted), choice.chosen)
