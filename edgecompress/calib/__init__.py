@@ -1,4 +1,8 @@
-"""Calibration sets: one `.npz` of model inputs (+ a manifest), made by `edgecompress calib`."""
+"""calib: calibration sets — one `.npz` of model inputs + a manifest, made by `edgecompress calib` (image folders,
+arrays, digits, data-free synthesis), checked against the model, read by quantize and measure.
+
+May import: core, source, device (the preprocessing spec), export (to read a model's inputs).
+"""
 
 from edgecompress.calib.load import CalibrationSet, load_calibration_set
 

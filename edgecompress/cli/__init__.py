@@ -2,6 +2,8 @@
 
 One module per command; each registers itself on `app`. Errors caused by the user's
 input become one line on stderr with the fix and a non-zero exit, never a traceback.
+
+May import: every package (it is the top of the one-way import order).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Engine builders, one module per engine kind, looked up by the profile's `engine` key."""
+"""engines: one module per engine kind (ONNX Runtime CPU, ARM .ort, TensorRT) behind `EngineBuilder` / `Runner`,
+looked up by the profile's `engine` key; `build_place` decides whether an engine is built here or on the device.
+
+May import: core, source, export, quantize (instruction-set facts).
+"""
 
 from __future__ import annotations
 
