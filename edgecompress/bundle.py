@@ -172,6 +172,8 @@ def runtime_requirements(
                     or report.get("versions", {}).get("onnxruntime") or onnxruntime.__version__)
         minimum = profile.options.get("onnxruntime_min") or ".".join(built.split(".")[:2])
         runtime["onnxruntime"] = {"built_with": built, "min_version": str(minimum)}
+        if meta.get("session_config"):  # an ARM .ort with saved runtime optimizations needs them applied
+            runtime["session_config"] = dict(meta["session_config"])
     else:
         plan = report["engine"].get("path") is not None
         runtime["tensorrt"] = {

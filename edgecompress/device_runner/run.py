@@ -98,6 +98,8 @@ class Engine:
         runtime = manifest["runtime"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(runtime.get("threads") or 0)
+        for key, value in (runtime.get("session_config") or {}).items():  # e.g. apply saved runtime optimizations
+            options.add_session_config_entry(key, value)
         available = ort.get_available_providers()
         providers = [p for p in runtime.get("providers", ["CPUExecutionProvider"]) if p in available]
         try:
