@@ -8,13 +8,14 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from edgecompress.data import digits_splits
 from edgecompress.engines import _trt_build, get_builder
 from edgecompress.engines.tensorrt import KIT_DIR, PLAN_NAME, TensorRTBuilder, write_build_kit
-from edgecompress.engines.trt_preflight import preflight
+from edgecompress.engines.trt_preflight import _check_node, operator_table, preflight
 from edgecompress.errors import EngineBuildError
 from edgecompress.targets import load_profile
 from tests._int8_models import qdq_models, with_extra_node  # noqa: F401 - fixture
@@ -93,10 +94,54 @@ def test_preflight_names_unsupported_nodes(qdq_models, tmp_path):
                       "(it needs a plugin)"]
 
 
+@pytest.mark.parametrize("op_type", ["Mod", "NonZero", "OneHot", "Shrink", "MeanVarianceNormalization"])
+def test_preflight_accepts_what_onnx_tensorrt_lists_as_supported_on_tensorrt_8(qdq_models, tmp_path, op_type):
+    """onnx-tensorrt's own table (8.5 GA onwards) marks these supported; refusing them refused valid models."""
+    model = with_extra_node(qdq_models["int8"], tmp_path / f"{op_type}.onnx", op_type, f"head/{op_type}")
+    assert preflight(model, trt_major=8).errors == []
+    assert operator_table(8).operators[op_type] is True
+
+
 def test_preflight_knows_what_tensorrt_10_added(qdq_models, tmp_path):
-    model = with_extra_node(qdq_models["int8"], tmp_path / "nonzero.onnx", "NonZero", "head/nonzero")
-    assert [i.op_type for i in preflight(model, trt_major=8).errors] == ["NonZero"]
+    model = with_extra_node(qdq_models["int8"], tmp_path / "hardmax.onnx", "Hardmax", "head/hardmax")
+    assert [i.op_type for i in preflight(model, trt_major=8).errors] == ["Hardmax"]
     assert preflight(model, trt_major=10).errors == []
+
+
+@pytest.mark.parametrize("major", [8, 10])
+def test_operator_tables_are_onnx_tensorrts_and_say_where_they_came_from(major):
+    table = operator_table(major)
+    source = table.sources[0]
+    assert source["repo"] == "onnx/onnx-tensorrt" and source["path"] == "docs/operators.md" and source["date"]
+    assert {"Conv", "QuantizeLinear", "DequantizeLinear", "Gemm", "Resize"} <= table.supported()
+    assert {"QLinearConv", "ConvInteger", "MatMulInteger", "Det", "Unique"} <= table.unsupported()
+    assert table.supported() | table.unsupported() == set(table.operators)
+
+
+def test_operator_table_for_tensorrt_8_is_the_recorded_commit_with_the_8_6_additions():
+    table = operator_table(8)
+    assert table.sources[0]["commit"] == "6d0ab7be324d02c7feb3a306b6fdbeae84f71ddc" and table.opset_max == 17
+    assert len(table.supported()) == 145 and len(table.unsupported()) == 36  # 142 Y + 3 from the 8.6 changelog
+    assert {"GroupNormalization", "LayerNormalization", "IsInf"} <= table.supported()  # 8.6 EA changelog
+
+
+@pytest.mark.parametrize("major", [8, 10])
+def test_every_operator_the_table_refuses_is_refused_and_every_one_it_supports_passes(major):
+    """Preflight follows the table exactly (per-node checks beyond it only concern attributes and Q/DQ)."""
+    table = operator_table(major)
+    for op_type, supported in table.operators.items():
+        node = onnx.helper.make_node(op_type, ["x"], ["y"], name=op_type)
+        problem = _check_node(node, major, {}) or ""
+        assert (f"not supported by TensorRT {major}'s ONNX parser" not in problem) == supported, (op_type, problem)
+
+
+def test_operators_added_after_10_0_warn_and_undocumented_ones_warn(qdq_models, tmp_path):
+    stft = with_extra_node(qdq_models["int8"], tmp_path / "stft.onnx", "STFT", "head/stft")
+    [warning] = preflight(stft, trt_major=10).warnings
+    assert preflight(stft, trt_major=10).errors == [] and "needs TensorRT >= 10.5" in warning.problem
+    swish = with_extra_node(qdq_models["int8"], tmp_path / "swish.onnx", "Swish", "head/swish")
+    [undocumented] = preflight(swish, trt_major=10).warnings
+    assert "not in TensorRT 10's operator table" in undocumented.problem
 
 
 def test_preflight_rejects_onnxruntime_default_quantization(qdq_models):
