@@ -34,6 +34,8 @@ RUNNER_FILES = {  # bundle name -> source; preprocess.py and unpack.py are copie
     "preprocess.py": _PACKAGE / "preprocess.py",
     "unpack.py": _PACKAGE / "unpack.py",
 }
+# TensorRT bundles also carry the device-side TensorRT code (GPU probe, plan build, plan runners)
+TENSORRT_RUNNER_FILES = {"trt_device.py": _PACKAGE / "engines" / "_trt_build.py"}
 ORT_KINDS = ("ort-cpu", "ort-arm")
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
@@ -182,6 +184,9 @@ def runtime_requirements(
             "exact_version": plan,  # a plan loads only on the TensorRT version and GPU it was built with
             "compute_capability": meta.get("compute_capability"),
             "gpu_name": meta.get("gpu"),
+            "build_on_device": not plan,  # `run.py --build-engine` turns the kit into a plan there
+            "needs": "an NVIDIA GPU; trtexec (JetPack: /usr/src/tensorrt/bin) or the tensorrt Python module, "
+                     "with cuda-python to run the plan through Python",
         }
         if profile.options.get("jetpack"):
             runtime["jetpack"] = profile.options["jetpack"]
@@ -345,7 +350,8 @@ def stage_bundle(target_dir: Path, staging: Path, options: BundleOptions) -> tup
             raise BundleError("no fp32 reference model found for --include-reference", "rebuild with `edgecompress build`")
         _copy(reference, staging / "reference" / "model.fp32.onnx")
         manifest["reference"] = "reference/model.fp32.onnx"
-    for name, source in RUNNER_FILES.items():
+    runner_files = RUNNER_FILES | (TENSORRT_RUNNER_FILES if manifest["engine"]["kind"] == "tensorrt" else {})
+    for name, source in runner_files.items():
         _copy(source, staging / name)
     feeds = sample_inputs(report, target_dir, manifest["inputs"], options.samples) if manifest["inputs"] else {}
     write_samples(staging, manifest, feeds, options.selftest_atol, reference)

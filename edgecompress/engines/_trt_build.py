@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Build a TensorRT plan from an ONNX model with the TensorRT Python API (8.6 and 10.x).
+"""TensorRT on the machine that runs the plan: find the GPU, build a plan, run a plan (8.6 and 10.x).
 
-This file is self-contained on purpose (standard library + `tensorrt` only): edgecompress
-uses it in-process on a GPU host, and copies it verbatim into the on-device build kit as
-`build_engine.py`, so the plan built on a Jetson comes from exactly the same code.
+This file is self-contained on purpose (standard library; `tensorrt`, `cuda-python` and numpy
+imported only where needed): edgecompress uses it in-process on a GPU host, copies it
+verbatim into the on-device build kit as `build_engine.py` and into every TensorRT bundle as
+`trt_device.py`, so the plan a Jetson builds and runs comes from exactly the same code.
 
     python3 build_engine.py --onnx model.int8.onnx --settings build_settings.json --plan engine.plan
 
@@ -17,17 +18,63 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
+
+# where JetPack installs trtexec when it is not on PATH
+TRTEXEC_PLACES = ("/usr/src/tensorrt/bin/trtexec",)
+# device nodes of an NVIDIA GPU: desktop driver, Jetson integrated GPU (L4T)
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0/ctrl")
+UNKNOWN_GPU = {"gpu": "unknown", "compute_capability": "unknown"}
 
 
 def trt_major(trt: Any) -> int:
     return int(trt.__version__.split(".")[0])
 
 
+def cuda_runtime() -> Any | None:
+    """cuda-python's runtime module: `cuda.bindings.runtime` (12.6+ and 13), `cuda.cudart` (older 12.x)."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        pass
+    try:
+        from cuda import cudart  # removed in cuda-python 13
+
+        return cudart
+    except ImportError:
+        return None
+
+
+def _check(result: Any) -> Any:
+    """cuda-python returns (error, value...) tuples; raise on an error, return the value(s)."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise RuntimeError(f"CUDA call failed: {error}")
+    return values[0] if len(values) == 1 else (tuple(values) or None)
+
+
 def gpu_info() -> dict[str, Any]:
-    """GPU name and compute capability: plans only run on the GPU model they were built for."""
+    """GPU name and compute capability: plans only run on the GPU model they were built for.
+
+    cuda-python first (no torch needed), then CUDA torch where one is installed, then the
+    device nodes a driver creates (a Jetson without cuda-python: name from the device tree).
+    """
+    cudart = cuda_runtime()
+    if cudart is not None:
+        try:
+            if _check(cudart.cudaGetDeviceCount()) > 0:
+                props = _check(cudart.cudaGetDeviceProperties(0))
+                name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+                return {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}"}
+        except RuntimeError:  # no driver or no device: fall through to the other probes
+            pass
     try:
         import torch
 
@@ -36,16 +83,36 @@ def gpu_info() -> dict[str, Any]:
             return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
     except ImportError:
         pass
-    try:
-        from cuda import cudart
+    node = next((path for path in GPU_DEVICE_NODES if os.path.exists(path)), None)
+    if node is not None:
+        model = Path("/proc/device-tree/model")
+        name = model.read_text(errors="replace").strip("\x00\n ") if model.is_file() else f"NVIDIA GPU ({node})"
+        return {"gpu": name, "compute_capability": "unknown"}
+    return dict(UNKNOWN_GPU)
 
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-            return {"gpu": name.strip("\x00"), "compute_capability": f"{props.major}.{props.minor}"}
-    except ImportError:
-        pass
-    return {"gpu": "unknown", "compute_capability": "unknown"}
+
+def find_trtexec() -> str | None:
+    return shutil.which("trtexec") or next((p for p in TRTEXEC_PLACES if os.access(p, os.X_OK)), None)
+
+
+def _shape_arg(shapes: dict[str, list[list[int]]], which: int) -> str:
+    return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
+
+
+def trtexec_command(onnx_name: str, plan_name: str, settings: dict[str, Any], trtexec: str = "trtexec") -> list[str]:
+    """The `trtexec` line that builds the same plan as `build_plan` with `settings`."""
+    command = [trtexec, f"--onnx={onnx_name}", f"--saveEngine={plan_name}"]
+    command += [f"--{p}" for p in ("int8", "fp16") if p in settings["precisions"]]
+    if settings["shapes"]:
+        command += [f"--{kind}Shapes={_shape_arg(settings['shapes'], i)}" for i, kind in enumerate(("min", "opt", "max"))]
+    command.append(f"--memPoolSize=workspace:{settings['workspace_mib']}")  # MiB in TensorRT 8.6 and 10
+    if settings["timing_cache"]:
+        command.append(f"--timingCacheFile={settings['timing_cache']}")
+    if settings["dla_core"] is not None:
+        command.append(f"--useDLACore={settings['dla_core']}")
+        if settings["gpu_fallback"]:
+            command.append("--allowGPUFallback")
+    return command
 
 
 def _parse(trt: Any, builder: Any, logger: Any, onnx_path: Path) -> Any:
@@ -103,8 +170,92 @@ def build_plan(onnx_path: Path, plan_path: Path, settings: dict[str, Any]) -> di
     tmp.write_bytes(bytes(serialized))
     os.replace(tmp, plan_path)
     if cache_path:
+        Path(cache_path).parent.mkdir(parents=True, exist_ok=True)
         Path(cache_path).write_bytes(bytes(config.get_timing_cache().serialize()))
     return {"tensorrt_version": trt.__version__, **gpu_info(), "dla_core": settings.get("dla_core")}
+
+
+class PlanRunner:
+    """Runs a plan with the TensorRT Python API; device buffers come from cuda-python, not torch."""
+
+    def __init__(self, plan_path: Path) -> None:
+        import numpy as np
+        import tensorrt as trt
+
+        self._np, self._cudart = np, cuda_runtime()
+        if self._cudart is None:
+            raise RuntimeError("running a TensorRT plan from Python needs cuda-python (pip install cuda-python)")
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
+        if self._engine is None:
+            raise RuntimeError(f"{plan_path} does not load with TensorRT {trt.__version__} on this GPU "
+                               "(a plan only loads on the GPU model and TensorRT version that built it)")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self.input_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.input_names]
+        self.dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
+        self.shapes = {n: tuple(self._engine.get_tensor_shape(n)) for n in names}  # -1 = dynamic
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        np, cudart = self._np, self._cudart
+        to_device, to_host = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        buffers, outputs = [], []
+        stream = _check(cudart.cudaStreamCreate())
+        try:
+            for name in self.input_names:
+                array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+                pointer = _check(cudart.cudaMalloc(max(1, array.nbytes)))
+                buffers.append(pointer)
+                _check(cudart.cudaMemcpy(pointer, array.ctypes.data, array.nbytes, to_device))
+                self._context.set_input_shape(name, array.shape)
+                self._context.set_tensor_address(name, int(pointer))
+            for name in self.output_names:
+                host = np.empty(tuple(self._context.get_tensor_shape(name)), self.dtypes[name])
+                pointer = _check(cudart.cudaMalloc(max(1, host.nbytes)))
+                buffers.append(pointer)
+                self._context.set_tensor_address(name, int(pointer))
+                outputs.append((host, pointer))
+            if not self._context.execute_async_v3(int(stream)):
+                raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
+            _check(cudart.cudaStreamSynchronize(stream))
+            for host, pointer in outputs:
+                _check(cudart.cudaMemcpy(host.ctypes.data, pointer, host.nbytes, to_host))
+        finally:
+            for pointer in buffers:
+                cudart.cudaFree(pointer)
+            cudart.cudaStreamDestroy(stream)
+        return [host for host, _ in outputs]
+
+
+class TrtexecRunner:
+    """Runs a plan through `trtexec --loadEngine` where Python has no TensorRT (JetPack always has trtexec)."""
+
+    def __init__(self, plan_path: Path, trtexec: str, outputs: list[str]) -> None:
+        self.plan_path, self.trtexec, self.output_names = Path(plan_path), trtexec, outputs
+
+    def command(self, feeds: dict[str, Any], work: Path) -> list[str]:
+        """One inference: inputs from raw .bin files, outputs exported as JSON."""
+        loads = ",".join(f"{name}:{work / f'input_{i}.bin'}" for i, name in enumerate(feeds))
+        shapes = ",".join(f"{name}:{'x'.join(str(d) for d in array.shape)}" for name, array in feeds.items())
+        return [self.trtexec, f"--loadEngine={self.plan_path}", f"--loadInputs={loads}", f"--shapes={shapes}",
+                f"--exportOutput={work / 'outputs.json'}", "--iterations=1", "--warmUp=0", "--duration=0",
+                "--avgRuns=1"]
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        import numpy as np
+
+        with tempfile.TemporaryDirectory(prefix="trtexec-") as tmp:
+            work = Path(tmp)
+            for index, array in enumerate(feeds.values()):
+                np.ascontiguousarray(array).tofile(work / f"input_{index}.bin")
+            done = subprocess.run(self.command(feeds, work), capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
+                raise RuntimeError(f"trtexec could not run {self.plan_path}: {' | '.join(tail)}")
+            exported = {entry["name"]: entry for entry in json.loads((work / "outputs.json").read_text())}
+        return [np.asarray(exported[name]["values"], np.float32).reshape(
+            [int(d) for d in str(exported[name]["dimensions"]).split("x")]) for name in self.output_names]
 
 
 def main(argv: list[str] | None = None) -> int:

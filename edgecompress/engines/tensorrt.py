@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress.artifacts import atomic_dir, write_json_atomic
 from edgecompress.engines import _trt_build
+from edgecompress.engines._trt_build import trtexec_command
 from edgecompress.engines.base import EngineArtifact, TensorSpec
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
 from edgecompress.errors import EngineBuildError, TargetError
@@ -116,26 +117,6 @@ def build_settings(model: onnx.ModelProto, profile: TargetProfile, timing_cache:
         "shapes": input_shapes(model, profile),
         "timing_cache": timing_cache if options.timing_cache else None,
     }
-
-
-def _shape_arg(shapes: dict[str, list[list[int]]], which: int) -> str:
-    return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
-
-
-def trtexec_command(onnx_name: str, plan_name: str, settings: dict[str, Any]) -> list[str]:
-    """The `trtexec` line that builds the same plan as `build_plan` with `settings`."""
-    command = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={plan_name}"]
-    command += [f"--{p}" for p in ("int8", "fp16") if p in settings["precisions"]]
-    if settings["shapes"]:
-        command += [f"--{kind}Shapes={_shape_arg(settings['shapes'], i)}" for i, kind in enumerate(("min", "opt", "max"))]
-    command.append(f"--memPoolSize=workspace:{settings['workspace_mib']}")  # MiB in TensorRT 8.6 and 10
-    if settings["timing_cache"]:
-        command.append(f"--timingCacheFile={settings['timing_cache']}")
-    if settings["dla_core"] is not None:
-        command.append(f"--useDLACore={settings['dla_core']}")
-        if settings["gpu_fallback"]:
-            command.append("--allowGPUFallback")
-    return command
 
 
 def _check_model(onnx_path: Path, profile: TargetProfile) -> tuple[onnx.ModelProto, PreflightReport]:
@@ -272,46 +253,22 @@ def _host_is(arch: str) -> bool:
 
 
 class TensorRTRunner:
-    """Runs a plan with torch CUDA tensors as device buffers (TensorRT 8.6+ tensor API)."""
+    """A plan behind the `Runner` interface: `_trt_build.PlanRunner` (cuda-python buffers, no torch)."""
 
     def __init__(self, plan_path: Path) -> None:
-        import tensorrt as trt
-        import torch
-
-        self._torch = torch
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if self._engine is None:
-            raise EngineBuildError(f"{plan_path} does not load with TensorRT {trt.__version__}", NOT_PORTABLE)
-        self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
-        self.inputs = [self._spec(n) for n in names if is_input[n]]
-        self.outputs = [self._spec(n) for n in names if not is_input[n]]
+        try:
+            self._plan = _trt_build.PlanRunner(Path(plan_path))
+        except RuntimeError as exc:
+            raise EngineBuildError(str(exc), "pip install -e .[tensorrt] (TensorRT and cuda-python)") from None
+        self.inputs = [self._spec(n) for n in self._plan.input_names]
+        self.outputs = [self._spec(n) for n in self._plan.output_names]
 
     def _spec(self, name: str) -> TensorSpec:
-        dims = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
-        return TensorSpec(name, dims, self._dtypes[name].name)
+        dims = tuple(d if d >= 0 else None for d in self._plan.shapes[name])
+        return TensorSpec(name, dims, self._plan.dtypes[name].name)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        torch = self._torch
-        keep = []
-        for tensor in self.inputs:
-            array = np.ascontiguousarray(feeds[tensor.name], dtype=self._dtypes[tensor.name])
-            device = torch.from_numpy(array).cuda()
-            self._context.set_input_shape(tensor.name, tuple(device.shape))
-            self._context.set_tensor_address(tensor.name, device.data_ptr())
-            keep.append(device)
-        results = []
-        for tensor in self.outputs:
-            shape = tuple(self._context.get_tensor_shape(tensor.name))
-            torch_dtype = torch.from_numpy(np.empty(0, self._dtypes[tensor.name])).dtype
-            out = torch.empty(shape, dtype=torch_dtype, device="cuda")
-            self._context.set_tensor_address(tensor.name, out.data_ptr())
-            results.append(out)
-        stream = torch.cuda.current_stream()
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise EngineBuildError("TensorRT execution failed", "see the TensorRT log")
-        stream.synchronize()
-        return [out.cpu().numpy() for out in results]
+        try:
+            return self._plan.run(feeds)
+        except RuntimeError as exc:
+            raise EngineBuildError(str(exc), "see the TensorRT log") from None
