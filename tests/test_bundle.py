@@ -20,7 +20,7 @@ from edgecompress.errors import BundleError, SigningKeyError
 from edgecompress.signing import generate_keypair, load_private_key
 from edgecompress.unpack import safe_unpack
 from edgecompress.verify import verify_bundle
-from tests.ship_support import copy_build
+from tests.ship_support import build_for_target, copy_build
 
 
 @pytest.fixture()
@@ -256,7 +256,7 @@ def test_runner_refuses_a_tree_changed_after_unpacking(target_dir: Path, tmp_pat
 
 
 def test_runner_refuses_a_bundle_for_another_arch(tmp_path: Path) -> None:
-    arm_dir = copy_build(tmp_path / "run", arch="aarch64")
+    arm_dir = build_for_target(tmp_path / "run", "raspberry-pi-5")
     bundle = build_bundle(arm_dir, tmp_path / "b.tar.gz")
     root = verify_bundle(bundle.path, allow_unsigned=True, extract_to=tmp_path / "device").root
     result = run_py(root, "--verify")
