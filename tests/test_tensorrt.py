@@ -189,3 +189,91 @@ def test_gpu_plan_builds_runs_and_agrees_with_onnxruntime(qdq_models, tmp_path):
     session = ort.InferenceSession(str(qdq_models["int8"]), providers=["CPUExecutionProvider"])
     (ort_out,) = session.run(None, {"input": batch})
     assert (plan_out.argmax(1) == ort_out.argmax(1)).mean() >= 0.875
+
+
+def test_gpu_probe_uses_cuda_python_13_runtime_bindings_and_reports_no_gpu_here():
+    """cuda-python 13 removed `cuda.cudart`; the probe asks `cuda.bindings.runtime` and needs no torch."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python is not installed (pip install -e .[dev])")
+    runtime = _trt_build.cuda_runtime()
+    assert runtime.__name__ == "cuda.bindings.runtime"
+    error, _count = runtime.cudaGetDeviceCount()  # a real CUDA call: no driver or no device on this host
+    if int(error) == 0 and _count > 0:
+        pytest.skip("this host has a CUDA GPU")
+    assert _trt_build.gpu_info() == {"gpu": "unknown", "compute_capability": "unknown"}
+
+
+@pytest.fixture(scope="module")
+def jetson_bundle_root(tmp_path_factory):
+    """A Jetson bundle (the kit TensorRTBuilder writes here), unpacked as the device would."""
+    from edgecompress.bundle import build_bundle
+    from edgecompress.verify import verify_bundle
+    from tests.ship_support import build_for_target
+
+    work = tmp_path_factory.mktemp("jetson-bundle")
+    bundle = build_for_target(work / "run", "jetson")
+    archive = build_bundle(bundle, work / "jetson.tar.gz").path
+    return verify_bundle(archive, allow_unsigned=True, extract_to=work / "device").root
+
+
+def test_device_turns_the_kit_into_a_plan_with_the_kits_own_trtexec_line(jetson_bundle_root, tmp_path):
+    from edgecompress.device_runner.run import DEVICE_PLAN, load_manifest, plan_build_command
+
+    root = jetson_bundle_root
+    settings = json.loads((root / "engine" / "build_settings.json").read_text())
+    cache = tmp_path / "cache" / "timing.cache"
+    command = plan_build_command(root, settings, "/usr/src/tensorrt/bin/trtexec", cache)
+    kit_line = (root / "engine" / "build_engine.sh").read_text().strip().splitlines()[-1].split()
+    assert command[:3] == ["/usr/src/tensorrt/bin/trtexec", f"--onnx={root}/engine/model.int8.onnx",
+                           f"--saveEngine={root}/{DEVICE_PLAN}"]
+    assert f"--timingCacheFile={cache}" in command  # kept outside the release: the next build reuses it
+    same_flags = [flag for flag in kit_line[3:] if not flag.startswith("--timingCacheFile")]
+    assert command[3:-1] == same_flags and "--int8" in same_flags and "--fp16" in same_flags
+    assert load_manifest(root)["runtime"]["tensorrt"]["build_on_device"] is True
+
+
+def test_building_the_plan_on_a_device_without_gpu_or_tensorrt_is_refused_clearly(jetson_bundle_root):
+    done = subprocess.run([sys.executable, "run.py", "--build-engine"], cwd=jetson_bundle_root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1
+    assert "error: cannot build the TensorRT engine on this device: no NVIDIA GPU is visible" in done.stderr
+    assert "no `tensorrt` Python module and no trtexec (looked in PATH and /usr/src/tensorrt/bin/trtexec)" in done.stderr
+    assert not (jetson_bundle_root / "device-built" / "engine.plan").exists()
+
+
+def test_selftest_before_the_plan_is_built_says_how_to_build_it(jetson_bundle_root):
+    done = subprocess.run([sys.executable, "run.py", "--selftest"], cwd=jetson_bundle_root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1 and "it is built on the device from the bundle's kit" in done.stderr
+    assert "python3 run.py --build-engine" in done.stderr
+
+
+def test_trtexec_runner_feeds_raw_inputs_and_exports_outputs(tmp_path):
+    runner = _trt_build.TrtexecRunner(tmp_path / "engine.plan", "/usr/src/tensorrt/bin/trtexec", ["logits"])
+    command = runner.command({"input": np.zeros((8, 1, 32, 32), np.float32)}, tmp_path)
+    assert command == ["/usr/src/tensorrt/bin/trtexec", f"--loadEngine={tmp_path}/engine.plan",
+                       f"--loadInputs=input:{tmp_path}/input_0.bin", "--shapes=input:8x1x32x32",
+                       f"--exportOutput={tmp_path}/outputs.json", "--iterations=1", "--warmUp=0", "--duration=0",
+                       "--avgRuns=1"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(GPU_REASON is not None, reason=f"building a plan on the device needs TensorRT and a GPU: {GPU_REASON}")
+def test_kit_bundle_builds_its_plan_and_self_tests_against_fp32_on_a_gpu_host(tmp_path):
+    """The Jetson road on an x86 GPU host: kit bundle -> run.py builds the plan -> self-test vs the fp32 reference."""
+    from edgecompress.bundle import build_bundle
+    from edgecompress.verify import verify_bundle
+    from tests.ship_support import build_for_target
+
+    target = build_for_target(tmp_path / "run", "gpu")
+    if json.loads((target / "report.json").read_text())["engine"]["path"] is not None:
+        pytest.skip("this GPU host builds the plan itself; the kit road is for other devices")
+    root = verify_bundle(build_bundle(target, tmp_path / "gpu.tar.gz").path, allow_unsigned=True,
+                         extract_to=tmp_path / "device").root
+    run = [sys.executable, "run.py", "--verify", "--build-engine", "--selftest"]
+    env = {**__import__("os").environ, "EDGECOMPRESS_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "built device-built/engine.plan on this device" in first.stdout and "self-test passed" in first.stdout
+    again = subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "already built from this kit" in again.stdout
+    assert (tmp_path / "cache" / "tensorrt" / "timing.cache").is_file()
