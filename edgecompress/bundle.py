@@ -256,8 +256,34 @@ def write_samples(
         _save_npy(staging / f"samples/expected_{index}.npy", output)
     scale = max(float(np.max(np.abs(o))) for o in outputs)
     classifier = outputs[0].ndim == 2 and outputs[0].shape[1] > 1
-    manifest["selftest"].update({"atol": atol if atol is not None else max(1e-4, 0.05 * scale),
-                                 "top1_must_match": bool(classifier), "source": source})
+    default_atol, top1 = max(1e-4, 0.05 * scale), bool(classifier)
+    if source == "fp32 reference":
+        default_atol, top1 = _quantization_allowance(staging, manifest, feeds, outputs, default_atol, top1)
+    manifest["selftest"].update({"atol": atol if atol is not None else default_atol,
+                                 "top1_must_match": top1, "source": source})
+
+
+def _quantization_allowance(staging: Path, manifest: dict[str, Any], feeds: dict[str, np.ndarray],
+                            reference: list[np.ndarray], atol: float, top1: bool) -> tuple[float, bool]:
+    """Expected outputs are fp32, the device computes int8: allow at least twice the int8 model's own error.
+
+    The kit's int8 ONNX runs here with Q/DQ simulated in float, as TensorRT computes it (integer
+    accumulation); x86's fused u8/s8 kernels would overstate it (ship tests' digits model: max
+    error 0.058 fused vs 0.0035 simulated, default tolerance 0.0196). Top-1 must match only where
+    the int8 model itself keeps every sample's top-1.
+    """
+    import onnxruntime as ort
+
+    models = [staging / name for name in manifest["engine"]["files"] if name.endswith(".onnx")]
+    if not models:
+        return atol, top1
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    simulated = ort.InferenceSession(str(models[0]), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+    error = max(float(np.max(np.abs(np.asarray(s, np.float64) - r))) for s, r in zip(simulated, reference))
+    manifest["selftest"]["int8_error_here"] = error
+    agrees = bool(np.all(np.argmax(simulated[0], axis=1) == np.argmax(reference[0], axis=1))) if top1 else False
+    return max(atol, 2 * error), top1 and agrees
 
 
 DEVICE_README = """# {model} for {target} ({kind}, {precision})

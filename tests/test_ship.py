@@ -336,7 +336,8 @@ def test_tensorrt_kit_bundle_states_that_the_device_builds_its_engine(tensorrt_k
     manifest = tensorrt_kit_bundle.manifest
     assert manifest["engine"]["path"] is None and "engine/build_engine.sh" in manifest["files"]
     assert manifest["runtime"]["tensorrt"]["build_on_device"] is True and "trt_device.py" in manifest["files"]
-    assert manifest["selftest"]["source"] == "fp32 reference"
+    selftest = manifest["selftest"]
+    assert selftest["source"] == "fp32 reference" and selftest["atol"] >= 2 * selftest["int8_error_here"] > 0
 
 
 def test_tensorrt_kit_is_refused_on_a_device_without_gpu_or_trtexec(device, bundles, tensorrt_kit_bundle) -> None:
