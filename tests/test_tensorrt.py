@@ -277,3 +277,14 @@ def test_kit_bundle_builds_its_plan_and_self_tests_against_fp32_on_a_gpu_host(tm
     again = subprocess.run(run, cwd=root, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and "already built from this kit" in again.stdout
     assert (tmp_path / "cache" / "tensorrt" / "timing.cache").is_file()
+
+
+def test_trtexec_exported_outputs_are_read_back_in_the_manifests_order(tmp_path):
+    """The layout trtexec's exportJSONOutput writes (TensorRT samples/common/sampleReporting.cpp)."""
+    exported = tmp_path / "outputs.json"
+    exported.write_text('[\n  { "name" : "boxes"\n  , "dimensions" : "2x1"\n  , "values" : [ 0.5, 1 ]\n  }\n'
+                        ', { "name" : "logits"\n  , "dimensions" : "2x3"\n  , "values" : [ 1, 2, 3, 4, 5, 6 ]\n  }\n]\n')
+    logits, boxes = _trt_build.read_exported_outputs(exported, ["logits", "boxes"])
+    assert logits.shape == (2, 3) and logits[1].tolist() == [4, 5, 6] and boxes.tolist() == [[0.5], [1.0]]
+    with pytest.raises(RuntimeError, match="no output named scores"):
+        _trt_build.read_exported_outputs(exported, ["scores"])

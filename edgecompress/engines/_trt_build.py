@@ -253,9 +253,19 @@ class TrtexecRunner:
             if done.returncode != 0:
                 tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
                 raise RuntimeError(f"trtexec could not run {self.plan_path}: {' | '.join(tail)}")
-            exported = {entry["name"]: entry for entry in json.loads((work / "outputs.json").read_text())}
-        return [np.asarray(exported[name]["values"], np.float32).reshape(
-            [int(d) for d in str(exported[name]["dimensions"]).split("x")]) for name in self.output_names]
+            return read_exported_outputs(work / "outputs.json", self.output_names)
+
+
+def read_exported_outputs(path: Path, names: list[str]) -> list[Any]:
+    """trtexec's `--exportOutput` JSON: [{"name", "dimensions": "4x10", "values": [...]}, ...], in `names` order."""
+    import numpy as np
+
+    exported = {entry["name"]: entry for entry in json.loads(Path(path).read_text())}
+    missing = [name for name in names if name not in exported]
+    if missing:
+        raise RuntimeError(f"trtexec exported no output named {', '.join(missing)}")
+    return [np.asarray(exported[name]["values"], np.float32).reshape(
+        [int(d) for d in str(exported[name]["dimensions"]).split("x")]) for name in names]
 
 
 def main(argv: list[str] | None = None) -> int:
