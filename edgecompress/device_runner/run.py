@@ -9,9 +9,8 @@
 Needs only numpy and onnxruntime (Pillow for images). A TensorRT bundle needs JetPack's
 TensorRT instead: `--build-engine` turns its on-device kit into a plan with `trtexec` (or the
 TensorRT Python API), and the plan runs through the Python API (with cuda-python) or through
-`trtexec --loadEngine`. Before
-running anything it checks the device against the manifest (CPU arch, runtime
-versions, the engine's operators load) and every file's sha256, because an engine that
+`trtexec --loadEngine`. Before running anything it checks the device against the manifest
+(CPU arch, GPU, runtime versions, the engine's operators load) and every file's sha256, because an engine that
 does not match its device fails in confusing ways or, worse, gives quietly wrong numbers.
 Preprocessing is the bundle's `preprocess.py`: the same code that calibrated and
 evaluated the engine on the workstation.
