@@ -196,36 +196,54 @@ class PlanRunner:
         self.output_names = [n for n in names if n not in self.input_names]
         self.dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
         self.shapes = {n: tuple(self._engine.get_tensor_shape(n)) for n in names}  # -1 = dynamic
+        self._buffers: dict[str, tuple[Any, int]] = {}
+        self._stream: Any = None
+        self._stream = _check(self._cudart.cudaStreamCreate())
+
+    def _buffer(self, name: str, nbytes: int) -> Any:
+        """Device memory per tensor, kept between runs (re-allocated only when it must grow): latency
+        figures measure TensorRT and the copies, not cudaMalloc."""
+        pointer, size = self._buffers.get(name, (None, 0))
+        if pointer is None or size < nbytes:
+            if pointer is not None:
+                self._cudart.cudaFree(pointer)
+            pointer = _check(self._cudart.cudaMalloc(max(1, nbytes)))
+            self._buffers[name] = (pointer, max(1, nbytes))
+        return pointer
 
     def run(self, feeds: dict[str, Any]) -> list[Any]:
         np, cudart = self._np, self._cudart
         to_device, to_host = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
-        buffers, outputs = [], []
-        stream = _check(cudart.cudaStreamCreate())
-        try:
-            for name in self.input_names:
-                array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
-                pointer = _check(cudart.cudaMalloc(max(1, array.nbytes)))
-                buffers.append(pointer)
-                _check(cudart.cudaMemcpy(pointer, array.ctypes.data, array.nbytes, to_device))
-                self._context.set_input_shape(name, array.shape)
-                self._context.set_tensor_address(name, int(pointer))
-            for name in self.output_names:
-                host = np.empty(tuple(self._context.get_tensor_shape(name)), self.dtypes[name])
-                pointer = _check(cudart.cudaMalloc(max(1, host.nbytes)))
-                buffers.append(pointer)
-                self._context.set_tensor_address(name, int(pointer))
-                outputs.append((host, pointer))
-            if not self._context.execute_async_v3(int(stream)):
-                raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
-            _check(cudart.cudaStreamSynchronize(stream))
-            for host, pointer in outputs:
-                _check(cudart.cudaMemcpy(host.ctypes.data, pointer, host.nbytes, to_host))
-        finally:
-            for pointer in buffers:
-                cudart.cudaFree(pointer)
-            cudart.cudaStreamDestroy(stream)
+        for name in self.input_names:
+            array = np.ascontiguousarray(feeds[name], dtype=self.dtypes[name])
+            pointer = self._buffer(name, array.nbytes)
+            _check(cudart.cudaMemcpy(pointer, array.ctypes.data, array.nbytes, to_device))
+            self._context.set_input_shape(name, array.shape)
+            self._context.set_tensor_address(name, int(pointer))
+        outputs = []
+        for name in self.output_names:
+            host = np.empty(tuple(self._context.get_tensor_shape(name)), self.dtypes[name])
+            pointer = self._buffer(name, host.nbytes)
+            self._context.set_tensor_address(name, int(pointer))
+            outputs.append((host, pointer))
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TensorRT execution failed (see the TensorRT log)")
+        _check(cudart.cudaStreamSynchronize(self._stream))
+        for host, pointer in outputs:
+            _check(cudart.cudaMemcpy(host.ctypes.data, pointer, host.nbytes, to_host))
         return [host for host, _ in outputs]
+
+    def close(self) -> None:
+        for pointer, _ in self._buffers.values():
+            self._cudart.cudaFree(pointer)
+        self._buffers.clear()
+        if self._stream is not None:
+            self._cudart.cudaStreamDestroy(self._stream)
+            self._stream = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_buffers", None) is not None:
+            self.close()
 
 
 class TrtexecRunner:
