@@ -47,7 +47,7 @@ def test_runner_falls_back_to_cpu_and_matches_the_int8_onnx(pi5_engine, qdq_mode
     assert runner.providers == ["CPUExecutionProvider"] and "XNNPACK" in runner.notice
     assert [t.name for t in runner.inputs] == ["input"] and runner.inputs[0].shape[1:] == (1, 32, 32)
     (ort_out,) = runner.run({"input": BATCH})
-    session = ort.InferenceSession(str(pi5_int8), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(qdq_models["int8"]), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {"input": BATCH})
     assert np.array_equal(ort_out.argmax(1), onnx_out.argmax(1))
     assert np.abs(ort_out - onnx_out).max() < 0.05 * np.abs(onnx_out).max()
@@ -108,7 +108,7 @@ def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accurac
 
 
 @pytest.fixture(scope="module")
-def pi5_int8(qdq_models, tmp_path_factory):
+def pi5_int8(tmp_path_factory):
     """The int8 model quantized with the Raspberry Pi's own recipe (what `edgecompress build` gives an ARM target)."""
     from edgecompress.isa import recipe_for_target
     from tests._int8_models import export_fp32, quantize
