@@ -289,10 +289,10 @@ def _quantization_allowance(staging: Path, manifest: dict[str, Any], feeds: dict
 DEVICE_README = """# {model} for {target} ({kind}, {precision})
 
 Files here were checked on the workstation and are listed with their sha256 in
-manifest.json{signed}. Needs Python 3 with numpy and onnxruntime >= {ort}
+manifest.json{signed}. Needs Python 3 with numpy and {runtime}
 (Pillow to classify images).
 
-    python3 run.py --verify            # files, signature, CPU arch, runtime, operators
+    python3 run.py --verify            # files, signature, CPU arch, runtime, operators{build}
     python3 run.py --selftest          # bundled samples reproduce the workstation's outputs
     python3 run.py image.png --top-k 3 # top-k and latency (also takes .npy arrays)
 
@@ -302,13 +302,22 @@ points at the active one; `edgecompress rollback` points it back at the previous
 """
 
 
+def _runtime_needed(runtime: dict[str, Any]) -> str:
+    if "onnxruntime" in runtime:
+        return f"onnxruntime >= {runtime['onnxruntime']['min_version']}"
+    tensorrt = runtime.get("tensorrt", {})
+    return f"TensorRT {tensorrt.get('version') or tensorrt.get('min_version')} ({tensorrt.get('needs', '')})"
+
+
 def write_readme(staging: Path, manifest: dict[str, Any]) -> None:
     runtime = manifest["runtime"]
     text = DEVICE_README.format(
         model=manifest["model"]["name"], target=manifest["target"]["name"], kind=manifest["engine"]["kind"],
         precision=manifest["engine"]["precision"],
         signed=" (whose signature is manifest.sig)" if manifest.get("signed") else "",
-        ort=runtime.get("onnxruntime", {}).get("min_version", "-"),
+        runtime=_runtime_needed(runtime),
+        build="\n    python3 run.py --build-engine      # the kit in engine/ -> device-built/engine.plan (trtexec)"
+        if runtime.get("tensorrt", {}).get("build_on_device") else "",
         preprocess=json.dumps(manifest.get("preprocess")) if manifest.get("preprocess") else "none (inputs are model-ready .npy)",
     )
     (staging / "README.md").write_text(text, encoding="utf-8")
