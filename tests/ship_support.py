@@ -2,9 +2,8 @@
 
 The build target mirrors what `edgecompress build` writes (`<run>/<target>/report.json`,
 the int8 engine, `<run>/model.fp32.onnx`, `<run>/calib.npz`), so bundling is tested on
-
-
-
+real artifacts; targets other than the x86 CPU get their engine from that target's own
+engine builder (the ARM .ort converter, the TensorRT kit writer), never by relabelling.
 """
 
 from __future__ import annotations
@@ -65,11 +64,13 @@ def make_build_target(run_dir: Path, target: str = "cpu", profile: dict | None =
     engine = target_dir / "engine.onnx"
     quantize_static(str(fp32), str(engine), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    write_report(target_dir, engine, fp32, target, profile)
+    engine_entry = {"kind": (profile or {}).get("engine", "ort-cpu"), "path": engine.name, "precision": "int8",
+                    "size_bytes": engine.stat().st_size}
+    write_report(target_dir, engine_entry, fp32, target, profile)
     return target_dir
 
 
-def write_report(target_dir: Path, engine: Path, fp32: Path, target: str, profile: dict | None) -> None:
+def write_report(target_dir: Path, engine: dict, fp32: Path, target: str, profile: dict | None) -> None:
     """report.json following the spine's contract (issue #2)."""
     import onnx
     import onnxruntime
@@ -79,8 +80,7 @@ def write_report(target_dir: Path, engine: Path, fp32: Path, target: str, profil
 
     report = {
         "target": target,
-        "engine": {"kind": (profile or {}).get("engine", "ort-cpu"), "path": engine.name, "precision": "int8",
-                   "size_bytes": engine.stat().st_size},
+        "engine": engine,
         "reference": {"size_bytes": fp32.stat().st_size},
         "accuracy": {"fp32": 0.11, "engine": 0.1},
         "agreement": {"top1": 0.98, "max_abs_diff": 0.02, "samples": 16},
@@ -105,20 +105,53 @@ def cached_build_run() -> Path:
     return run_dir
 
 
-def copy_build(dest_run: Path, arch: str | None = None) -> Path:
-    """A private copy of the cached build; with `arch`, relabelled as an ARM target of that arch."""
+def copy_build(dest_run: Path) -> Path:
+    """A private copy of the cached build's x86 CPU target."""
     shutil.copytree(cached_build_run(), dest_run)
-    target_dir = dest_run / "cpu"
-    if arch is not None:
-        from edgecompress.core.targets import load_profile
+    return dest_run / "cpu"
 
-        profile = load_profile("cpu").model_dump(mode="json", exclude={"source"})
-        profile |= {"name": "raspberry-pi-5", "arch": arch, "engine": "ort-arm"}
-        report = json.loads((target_dir / "report.json").read_text())
-        report |= {"target": "raspberry-pi-5", "profile": profile}
-        report["engine"]["kind"] = "ort-arm"
-        (target_dir / "report.json").write_text(json.dumps(report))
-        target_dir = target_dir.rename(dest_run / "raspberry-pi-5")
+
+def symmetric_int8(fp32: Path, out: Path) -> Path:
+    """The int8 TensorRT takes: symmetric int8 activations and weights, float biases (its preflight checks this)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    calib = np.load(fp32.parent / "calib.npz")["input"]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self):  # noqa: ANN201
+            row = next(self.rows, None)
+            return None if row is None else {"input": row}
+
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    return out
+
+
+def build_for_target(dest_run: Path, target: str) -> Path:
+    """A copy of the cached build with `target`'s engine made by that target's own engine builder.
+
+    ARM targets get ONNX Runtime's .ort conversion of the int8 model, TensorRT targets the
+    on-device build kit (no GPU here), each with the report entry the pipeline writes.
+    """
+    from edgecompress.engines import get_builder
+    from edgecompress.core.targets import load_profile
+
+    run_dir = copy_build(dest_run).parent
+    profile = load_profile(target)
+    int8 = run_dir / "cpu" / "engine.onnx"
+    if profile.engine == "tensorrt":
+        int8 = symmetric_int8(run_dir / "model.fp32.onnx", run_dir / "model.int8.tensorrt.onnx")
+    target_dir = run_dir / profile.name
+    artifact = get_builder(profile.engine).build(int8, profile, target_dir)
+    engine = {"kind": artifact.kind, "path": str(artifact.path) if artifact.path else None,
+              "precision": artifact.precision, "files": [str(p) for p in artifact.files],
+              "size_bytes": sum(p.stat().st_size for p in artifact.files), "note": artifact.note,
+              "metadata": artifact.metadata}
+    write_report(target_dir, engine, run_dir / "model.fp32.onnx", profile.name, profile.summary())
     return target_dir
 
 

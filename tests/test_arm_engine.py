@@ -106,3 +106,31 @@ def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accurac
     assert not any("no VNNI" in line for line in host_caveats(profile, qdq_models["int8"], avx2))
     assert any("not from the device" in line for line in host_caveats(profile, qdq_models["int8"], vnni))
     assert host_caveats(profile, qdq_models["int8"], Isa("aarch64", frozenset({"dotprod"}))) == []
+
+
+@pytest.fixture(scope="module")
+def pi5_int8(tmp_path_factory):
+    """The int8 model quantized with the Raspberry Pi's own recipe (what `edgecompress build` gives an ARM target)."""
+    from edgecompress.quantize.isa import recipe_for_target
+    from tests._int8_models import export_fp32, quantize
+
+    root = tmp_path_factory.mktemp("pi5-int8")
+    return quantize(export_fp32(root / "model.fp32.onnx"), root / "model.int8.onnx",
+                    recipe_for_target(load_profile("raspberry-pi-5")))
+
+
+def test_runtime_optimization_style_ships_the_converted_ort_and_applies_its_saved_optimizations(pi5_int8, tmp_path):
+    """The converter writes `engine.with_runtime_opt.ort` for this style; the session must be told to apply it."""
+    profile = load_profile("raspberry-pi-5").model_copy(
+        update={"options": {**load_profile("raspberry-pi-5").options, "optimization_style": "Runtime"}})
+    artifact = get_builder("ort-arm").build(pi5_int8, profile, tmp_path)
+    assert artifact.path == tmp_path / ENGINE_NAME and artifact.path.read_bytes()[4:8] == b"ORTM"
+    assert artifact.metadata["session_config"] == {"optimization.minimal_build_optimizations": "apply"}
+    runner = get_builder("ort-arm").load(artifact, profile)
+    applied = runner.session.get_session_options().get_session_config_entry("optimization.minimal_build_optimizations")
+    assert applied == "apply"
+    (ort_out,) = runner.run({"input": BATCH})
+    session = ort.InferenceSession(str(pi5_int8), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"input": BATCH})
+    assert np.array_equal(ort_out.argmax(1), onnx_out.argmax(1))
+    assert np.abs(ort_out - onnx_out).max() < 0.05 * np.abs(onnx_out).max()

@@ -20,7 +20,7 @@ from edgecompress.core.errors import BundleError, SigningKeyError
 from edgecompress.ship.signing import generate_keypair, load_private_key
 from edgecompress.device.unpack import safe_unpack
 from edgecompress.ship.verify import verify_bundle
-from tests.ship_support import copy_build
+from tests.ship_support import build_for_target, copy_build
 
 
 @pytest.fixture()
@@ -258,7 +258,7 @@ def test_runner_refuses_a_tree_changed_after_unpacking(target_dir: Path, tmp_pat
 
 
 def test_runner_refuses_a_bundle_for_another_arch(tmp_path: Path) -> None:
-    arm_dir = copy_build(tmp_path / "run", arch="aarch64")
+    arm_dir = build_for_target(tmp_path / "run", "raspberry-pi-5")
     bundle = build_bundle(arm_dir, tmp_path / "b.tar.gz")
     root = verify_bundle(bundle.path, allow_unsigned=True, extract_to=tmp_path / "device").root
     result = run_py(root, "--verify")
@@ -290,13 +290,17 @@ def test_tensorrt_build_kit_bundle_states_what_the_device_needs(target_dir: Path
     manifest = build_bundle(target_dir, tmp_path / "kit.tar.gz").manifest
     assert manifest["engine"]["path"] is None
     assert manifest["engine"]["files"] == ["engine/build_engine.sh", "engine/engine.onnx"]
-    assert manifest["runtime"]["tensorrt"] | {"gpu_name": None} == {
-        "version": None, "min_version": "10", "exact_version": False, "compute_capability": None, "gpu_name": None}
-    assert manifest["selftest"]["source"] == "fp32 reference"
+    requirements = manifest["runtime"]["tensorrt"]
+    assert requirements | {"gpu_name": None, "needs": None} == {
+        "version": None, "min_version": "10", "exact_version": False, "compute_capability": None, "gpu_name": None,
+        "build_on_device": True, "needs": None}
+    assert "NVIDIA GPU" in requirements["needs"] and "trtexec" in requirements["needs"]
+    assert manifest["selftest"]["source"] == "fp32 reference" and "trt_device.py" in manifest["files"]
     root = verify_bundle(tmp_path / "kit.tar.gz", allow_unsigned=True, extract_to=tmp_path / "device").root
     result = run_py(root, "--verify")
     assert result.returncode == 1
-    assert "bundle is for aarch64 but this device is x86_64; tensorrt is not installed" in result.stderr
+    assert "bundle is for aarch64 but this device is x86_64; no NVIDIA GPU is visible" in result.stderr
+    assert "TensorRT is not installed: no `tensorrt` Python module and no trtexec" in result.stderr
 
 
 def test_selftest_fails_when_the_device_computes_other_classes(target_dir: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from edgecompress.ship.bundle import BundleOptions, build_bundle
 from edgecompress.core.errors import BundleError, ShipError, SigningKeyError
 from edgecompress.ship.transport import Destination, SshOptions, rollback, ship
 from edgecompress.ship.signing import generate_keypair
-from tests.ship_support import arm64_device, copy_build, device, find_sshd, unprivileged_user  # noqa: F401 (fixtures)
+from tests.ship_support import arm64_device, build_for_target, copy_build, device, find_sshd, unprivileged_user  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(
     find_sshd() is None, reason="OpenSSH server (sshd) not installed: apt-get install openssh-server"
@@ -34,7 +34,7 @@ def bundles(tmp_path_factory):
     signed = BundleOptions(sign_key=keys.private_path)
     first = build_bundle(target, work / "first.tar.gz", signed)
     second = build_bundle(target, work / "second.tar.gz", replace(signed, samples=2))
-    arm = build_bundle(copy_build(work / "arm", arch="aarch64"), work / "arm.tar.gz", signed)
+    arm = build_bundle(build_for_target(work / "arm", "raspberry-pi-5"), work / "arm.tar.gz", signed)
     return {"keys": keys, "first": first, "second": second, "arm": arm, "target": target, "work": work}
 
 
@@ -315,3 +315,44 @@ def test_arm64_bundle_ships_and_self_tests_on_emulated_aarch64(arm64_device, bun
         import shutil
 
         shutil.rmtree(arm64_root() / inside.lstrip("/"), ignore_errors=True)
+
+
+def test_arm_bundle_carries_the_arm_builders_ort_engine(bundles) -> None:
+    """The ARM bundle these tests ship is ONNX Runtime's .ort conversion, with its operator config."""
+    manifest = bundles["arm"].manifest
+    assert manifest["engine"]["kind"] == "ort-arm" and manifest["engine"]["path"] == "engine/engine.ort"
+    assert "engine/required_operators.config" in manifest["files"]
+    assert "com.microsoft:QLinearConv@1" in manifest["runtime"]["required_operators"]
+
+
+@pytest.fixture(scope="module")
+def tensorrt_kit_bundle(bundles):
+    """A TensorRT bundle for the x86-64 `gpu` target built without a GPU: the on-device kit, no plan."""
+    target = build_for_target(bundles["work"] / "gpu", "gpu")
+    return build_bundle(target, bundles["work"] / "gpu.tar.gz", BundleOptions(sign_key=bundles["keys"].private_path))
+
+
+def test_tensorrt_kit_bundle_states_that_the_device_builds_its_engine(tensorrt_kit_bundle) -> None:
+    manifest = tensorrt_kit_bundle.manifest
+    assert manifest["engine"]["path"] is None and "engine/build_engine.sh" in manifest["files"]
+    assert manifest["runtime"]["tensorrt"]["build_on_device"] is True and "trt_device.py" in manifest["files"]
+    selftest = manifest["selftest"]
+    assert selftest["source"] == "fp32 reference" and selftest["atol"] >= 2 * selftest["int8_error_here"] > 0
+
+
+def test_tensorrt_kit_is_refused_on_a_device_without_gpu_or_trtexec(device, bundles, tensorrt_kit_bundle) -> None:
+    """Ship runs `run.py --verify --build-engine --selftest`; this device has neither GPU nor TensorRT."""
+    root, dest = fresh_destination(device, "gpu-kit")
+    [result] = ship(tensorrt_kit_bundle.path, [dest], ssh_options(device), bundles["keys"].public_path)
+    assert not result.ok
+    assert "checks on the device failed: error: device does not match the bundle: no NVIDIA GPU is visible" \
+        in result.reason
+    assert "no `tensorrt` Python module and no trtexec" in result.reason and "install the runtime it names" in result.reason
+    assert not (root / "current").exists() and list((root / "releases").iterdir()) == []
+
+
+def test_tensorrt_kit_needs_python_on_the_device(device, bundles, tensorrt_kit_bundle) -> None:
+    root, dest = fresh_destination(device, "gpu-kit-nopython")
+    [result] = ship(tensorrt_kit_bundle.path, [dest], quick(device), bundles["keys"].public_path)
+    assert not result.ok and "a TensorRT kit bundle needs Python 3 there to build and self-test" in result.reason
+    assert not (root / "current").exists()

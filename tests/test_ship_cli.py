@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ship_support import cached_build_run, copy_build, device  # noqa: F401 (fixture)
+from tests.ship_support import build_for_target, cached_build_run, copy_build, device  # noqa: F401 (fixture)
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def test_keygen_bundle_verify_ship_rollback(device, tmp_path: Path) -> None:
 
 
 def test_failed_host_exits_nonzero_with_its_reason(device, tmp_path: Path) -> None:
-    arm = copy_build(tmp_path / "run", arch="aarch64")
+    arm = build_for_target(tmp_path / "run", "raspberry-pi-5")
     assert cli("bundle", str(arm), "--out", str(tmp_path / "arm.tar.gz")).returncode == 0
     shipped = cli("ship", str(tmp_path / "arm.tar.gz"), "--allow-unsigned", "--to", device.destination(device.root / "a"),
                   *ssh_args(device))

@@ -3,11 +3,14 @@
 
     python3 run.py --verify                 # device and files match the manifest?
     python3 run.py --selftest               # bundled samples give the stored outputs?
+    python3 run.py --build-engine           # TensorRT kit -> engine.plan on this device
     python3 run.py photo.jpg [x.npy ...]    # top-k and latency
 
-Needs only numpy and onnxruntime (Pillow for images, tensorrt for a plan). Before
-running anything it checks the device against the manifest (CPU arch, runtime
-versions, the engine's operators load) and every file's sha256, because an engine that
+Needs only numpy and onnxruntime (Pillow for images). A TensorRT bundle needs JetPack's
+TensorRT instead: `--build-engine` turns its on-device kit into a plan with `trtexec` (or the
+TensorRT Python API), and the plan runs through the Python API (with cuda-python) or through
+`trtexec --loadEngine`. Before running anything it checks the device against the manifest
+(CPU arch, GPU, runtime versions, the engine's operators load) and every file's sha256, because an engine that
 does not match its device fails in confusing ways or, worse, gives quietly wrong numbers.
 Preprocessing is the bundle's `preprocess.py`: the same code that calibrated and
 evaluated the engine on the workstation.
@@ -17,22 +20,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-if (HERE / "unpack.py").is_file():  # inside a bundle: the copied siblings
+IN_BUNDLE = (HERE / "unpack.py").is_file()
+if IN_BUNDLE:  # inside a bundle: the copied siblings
     sys.dont_write_bytecode = True  # a __pycache__ would be a file the manifest does not list
     sys.path.insert(0, str(HERE))
-    from unpack import BundleError, safe_unpack, verify_tree  # type: ignore[import-not-found]
+    from unpack import DEVICE_BUILT_DIR, BundleError, safe_unpack, verify_tree  # type: ignore[import-not-found]
 else:  # inside the edgecompress package (the workstation computes expected outputs with this file)
-    from edgecompress.device.unpack import BundleError, safe_unpack, verify_tree
+    from edgecompress.device.unpack import DEVICE_BUILT_DIR, BundleError, safe_unpack, verify_tree
 
 ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 ORT_KINDS = ("ort-cpu", "ort-arm")
+TENSORRT = "tensorrt"
+DEVICE_PLAN = f"{DEVICE_BUILT_DIR}/engine.plan"
+INSTALL_TENSORRT = ("install JetPack's TensorRT (trtexec in /usr/src/tensorrt/bin, or the tensorrt Python module "
+                    "with cuda-python) on the device with the NVIDIA GPU the bundle is for, then ship again")
 
 
 def normalize_arch(machine: str) -> str:
@@ -63,7 +74,9 @@ def device_problems(manifest: dict[str, Any], machine: str | None = None) -> lis
     if normalize_arch(runtime["arch"]) != here:
         problems.append(f"bundle is for {runtime['arch']} but this device is {here}")
     kind = manifest["engine"]["kind"]
-    module = "onnxruntime" if kind in ORT_KINDS else "tensorrt"
+    if kind == TENSORRT:
+        return problems + tensorrt_problems(runtime)
+    module = "onnxruntime"
     try:
         installed = __import__(module).__version__
     except ImportError:  # also when numpy, which onnxruntime needs, is missing
@@ -71,10 +84,41 @@ def device_problems(manifest: dict[str, Any], machine: str | None = None) -> lis
     needed = _required_version(runtime, module)
     if needed and version_tuple(installed) < version_tuple(needed):
         problems.append(f"{module} {installed} is older than the {needed} this engine needs")
-    if module == "tensorrt" and runtime.get("tensorrt", {}).get("exact_version"):
-        built = runtime["tensorrt"]["version"]
-        if version_tuple(installed)[:3] != version_tuple(built)[:3]:
-            problems.append(f"TensorRT plan built with {built}, device has {installed}: plans only load on the same version")
+    return problems
+
+
+def tensorrt_helpers() -> Any:
+    """The TensorRT helpers: the bundle's `trt_device.py`, a verbatim copy of edgecompress/device/trt_device.py."""
+    if IN_BUNDLE:
+        try:
+            import trt_device  # type: ignore[import-not-found]
+        except ImportError:
+            raise BundleError("this bundle has no trt_device.py", "rebuild it with `edgecompress bundle`") from None
+        return trt_device
+    from edgecompress.device import trt_device
+
+    return trt_device
+
+
+def tensorrt_problems(runtime: dict[str, Any]) -> list[str]:
+    """A TensorRT engine needs an NVIDIA GPU and TensorRT: the Python module, or at least trtexec."""
+    device, problems = tensorrt_helpers(), []
+    if device.gpu_info()["gpu"] == "unknown":
+        problems.append("no NVIDIA GPU is visible (asked cuda-python, then looked for "
+                        f"{', '.join(device.GPU_DEVICE_NODES)})")
+    try:
+        installed = __import__("tensorrt").__version__
+    except ImportError:
+        installed = None
+    if installed is None and device.find_trtexec() is None:
+        problems.append("TensorRT is not installed: no `tensorrt` Python module and no trtexec "
+                        f"(looked in PATH and {', '.join(device.TRTEXEC_PLACES)})")
+    needed, section = _required_version(runtime, TENSORRT), runtime.get(TENSORRT, {})
+    if installed and needed and version_tuple(installed) < version_tuple(needed):
+        problems.append(f"tensorrt {installed} is older than the {needed} this engine needs")
+    if installed and section.get("exact_version") and version_tuple(installed)[:3] != version_tuple(section["version"])[:3]:
+        problems.append(f"TensorRT plan built with {section['version']}, device has {installed}: "
+                        "plans only load on the same version")
     return problems
 
 
@@ -88,16 +132,20 @@ class Engine:
 
     def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
         kind = manifest["engine"]["kind"]
+        self.input_names = [spec["name"] for spec in manifest.get("inputs", [])]
+        self.session: Any = None  # onnxruntime's, for ORT engines
+        if kind == TENSORRT:
+            self._plan = tensorrt_runner(root, manifest)
+            return
         if kind not in ORT_KINDS:
-            raise BundleError(
-                f"run.py cannot execute '{kind}' engines on this device yet",
-                "see README.md in the bundle for building/running the TensorRT engine on the device",
-            )
+            raise BundleError(f"run.py cannot execute '{kind}' engines", "ship a bundle built by this edgecompress")
         import onnxruntime as ort
 
         runtime = manifest["runtime"]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(runtime.get("threads") or 0)
+        for key, value in (runtime.get("session_config") or {}).items():  # e.g. apply saved runtime optimizations
+            options.add_session_config_entry(key, value)
         available = ort.get_available_providers()
         providers = [p for p in runtime.get("providers", ["CPUExecutionProvider"]) if p in available]
         try:
@@ -113,7 +161,95 @@ class Engine:
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def run(self, feeds: dict[str, Any]) -> list[Any]:
-        return self.session.run(None, feeds)
+        if self.session is not None:
+            return self.session.run(None, feeds)
+        try:
+            return self._plan.run(feeds)
+        except RuntimeError as exc:  # CUDA and trtexec failures
+            raise BundleError(f"the TensorRT engine failed to run: {exc}", INSTALL_TENSORRT) from None
+
+
+def plan_path(root: Path, manifest: dict[str, Any]) -> Path:
+    """A plan built on a GPU host ships in the bundle; one built here from the kit lives in device-built/."""
+    shipped = manifest["engine"].get("path")
+    return root / (shipped or DEVICE_PLAN)
+
+
+def tensorrt_runner(root: Path, manifest: dict[str, Any]) -> Any:
+    """The TensorRT Python API where it and cuda-python are installed, else `trtexec --loadEngine`."""
+    plan = plan_path(root, manifest)
+    if not plan.is_file():
+        raise BundleError(f"no TensorRT engine at {plan}: it is built on the device from the bundle's kit",
+                          "run `python3 run.py --build-engine` first (`edgecompress ship` does)")
+    device = tensorrt_helpers()
+    try:
+        import tensorrt  # noqa: F401 - probing only
+
+        python_api = device.cuda_runtime() is not None
+    except ImportError:
+        python_api = False
+    try:
+        if python_api:
+            return device.PlanRunner(plan)
+    except RuntimeError as exc:
+        raise BundleError(str(exc), "rebuild the engine on this device: python3 run.py --build-engine") from None
+    trtexec = device.find_trtexec()
+    if trtexec is None:
+        raise BundleError("cannot run the TensorRT engine here: no `tensorrt` Python module with cuda-python, "
+                          "and no trtexec", INSTALL_TENSORRT)
+    return device.TrtexecRunner(plan, trtexec, [spec["name"] for spec in manifest["outputs"]])
+
+
+def timing_cache_path() -> Path:
+    """Kept outside the release, so the next release's build reuses this GPU's timings."""
+    base = os.environ.get("EDGECOMPRESS_CACHE") or Path.home() / ".cache" / "edgecompress"
+    return Path(base) / "tensorrt" / "timing.cache"
+
+
+def plan_build_command(root: Path, settings: dict[str, Any], trtexec: str, timing_cache: Path) -> list[str]:
+    """The `trtexec` line that turns the bundle's kit into `device-built/engine.plan` (the kit's own line)."""
+    settings = {**settings, "timing_cache": str(timing_cache) if settings.get("timing_cache") else None}
+    return tensorrt_helpers().trtexec_command(str(root / "engine" / "model.int8.onnx"), str(root / DEVICE_PLAN), settings,
+                                        trtexec)
+
+
+def kit_fingerprint(manifest: dict[str, Any]) -> dict[str, str]:
+    """sha256 of every kit file: a plan is reused only if it was built from exactly this kit."""
+    return {name: entry["sha256"] for name, entry in sorted(manifest["files"].items()) if name.startswith("engine/")}
+
+
+def build_engine(root: Path, timing_cache: Path | None = None) -> str:
+    """Turn the bundle's on-device kit into a plan here: trtexec where installed, else the TensorRT Python API."""
+    manifest = load_manifest(root)
+    if manifest["engine"]["kind"] != TENSORRT or manifest["engine"].get("path"):
+        return "engine ships ready to run: nothing to build"
+    problems = tensorrt_problems(manifest["runtime"])
+    if problems:
+        raise BundleError("cannot build the TensorRT engine on this device: " + "; ".join(problems), INSTALL_TENSORRT)
+    plan, record = root / DEVICE_PLAN, root / DEVICE_BUILT_DIR / "plan.json"
+    fingerprint = kit_fingerprint(manifest)
+    if plan.is_file() and record.is_file() and json.loads(record.read_text())["kit"] == fingerprint:
+        return f"{DEVICE_PLAN} is already built from this kit"
+    settings = json.loads((root / "engine" / "build_settings.json").read_text(encoding="utf-8"))
+    timing_cache = timing_cache or timing_cache_path()
+    timing_cache.parent.mkdir(parents=True, exist_ok=True)
+    plan.parent.mkdir(exist_ok=True)
+    device, trtexec = tensorrt_helpers(), tensorrt_helpers().find_trtexec()
+    if trtexec is not None:
+        command = plan_build_command(root, settings, trtexec, timing_cache)
+        done = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.STDOUT)  # progress keeps SSH alive
+        if done.returncode != 0 or not plan.is_file():
+            raise BundleError(f"trtexec could not build the engine (exit status {done.returncode})",
+                              "see the trtexec log above; check the preflight warnings in engine/preflight.json")
+        how = shlex.join(command)
+    else:
+        try:
+            device.build_plan(root / "engine" / "model.int8.onnx", plan, {**settings, "timing_cache": str(timing_cache)})
+        except RuntimeError as exc:
+            raise BundleError(str(exc), "check the preflight warnings in engine/preflight.json") from None
+        how = "the TensorRT Python API (trtexec not found)"
+    record.write_text(json.dumps({"kit": fingerprint, "built_with": how, "timing_cache": str(timing_cache)}, indent=2))
+    return f"built {DEVICE_PLAN} on this device with {how}"
 
 
 def verify(root: Path, public_key: Path | None = None) -> list[str]:
@@ -130,6 +266,9 @@ def verify(root: Path, public_key: Path | None = None) -> list[str]:
     if manifest["engine"]["kind"] in ORT_KINDS:
         Engine(root, manifest)
         notes.append("engine loads (all required operators available)")
+    elif plan_path(root, manifest).is_file():
+        Engine(root, manifest)
+        notes.append("TensorRT engine loads on this GPU")
     return notes
 
 
@@ -240,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run an edgecompress bundle on this device.")
     parser.add_argument("inputs", nargs="*", type=Path, help="images or .npy files to classify")
     parser.add_argument("--verify", action="store_true", help="check files, signature and device against the manifest")
+    parser.add_argument("--build-engine", action="store_true",
+                        help="TensorRT bundles: build the engine from the bundle's kit on this device (after --verify)")
     parser.add_argument("--selftest", action="store_true", help="run bundled samples and compare with stored outputs")
     parser.add_argument("--key", type=Path, help="trusted signing public key (.pub) for --verify")
     parser.add_argument("--top-k", type=int, default=5)
@@ -254,11 +395,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.verify:
             for note in verify(args.root, args.key):
                 print(f"verify: {note}")
+        if args.build_engine:
+            print(build_engine(args.root))
         if args.selftest:
             print(selftest(args.root))
         for line in predict(args.root, args.inputs, args.top_k, args.runs) if args.inputs else []:
             print(line)
-        if not (args.unpack or args.verify or args.selftest or args.inputs):
+        if not (args.unpack or args.verify or args.build_engine or args.selftest or args.inputs):
             parser.print_help()
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)

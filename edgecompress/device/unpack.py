@@ -41,6 +41,9 @@ SIGNATURE_NAME = "manifest.sig"
 MAX_MANIFEST_BYTES = 4 << 20
 MAX_MEMBERS = 10_000
 _UNLISTED_ALLOWED = (MANIFEST_NAME, SIGNATURE_NAME)
+# what the device makes from a verified bundle (a TensorRT plan from the kit): not in the manifest, and
+# never read from an archive (bundles may not contain it), only written by run.py on the device
+DEVICE_BUILT_DIR = "device-built"
 _REFUSED_FIX = "do not use this bundle; rebuild it with `edgecompress bundle` and ship it again"
 
 
@@ -116,6 +119,9 @@ def _check_against_manifest(files: dict[str, tarfile.TarInfo], listed: dict[str,
     for name, member in files.items():
         if name in _UNLISTED_ALLOWED:
             continue
+        if name.startswith(f"{DEVICE_BUILT_DIR}/"):
+            raise BundleError(f"bundle entry '{name}' is in {DEVICE_BUILT_DIR}/, which only the device writes",
+                              _REFUSED_FIX)
         if name not in listed:
             raise BundleError(f"bundle entry '{name}' is not listed in the manifest", _REFUSED_FIX)
         if member.size > int(listed[name]["size"]):
@@ -152,7 +158,8 @@ def verify_tree(root: Path, manifest: dict[str, Any]) -> None:
     present = {
         p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file() or p.is_symlink()
     }
-    extra = sorted(present - set(listed) - set(_UNLISTED_ALLOWED))
+    extra = sorted(name for name in present - set(listed) - set(_UNLISTED_ALLOWED)
+                   if not name.startswith(f"{DEVICE_BUILT_DIR}/"))
     if extra:
         raise BundleError(f"files not listed in the manifest: {', '.join(extra)}", _REFUSED_FIX)
     for name, entry in sorted(listed.items()):

@@ -32,6 +32,13 @@ from edgecompress.core.targets import TargetProfile
 
 ENGINE_NAME = "engine.ort"
 FALLBACK_PROVIDER = "CPUExecutionProvider"
+# Runtime style saves optimizations the session must be told to apply (ONNX Runtime's own key)
+APPLY_SAVED_OPTIMIZATIONS = {"optimization.minimal_build_optimizations": "apply"}
+
+
+def session_config(optimization_style: str) -> dict[str, str]:
+    """Session config entries an `.ort` of this optimization style needs to run as converted."""
+    return dict(APPLY_SAVED_OPTIMIZATIONS) if optimization_style == "Runtime" else {}
 
 
 class ArmOptions(BaseModel):
@@ -123,7 +130,9 @@ def convert_to_ort(onnx_path: Path, options: ArmOptions, work_dir: Path) -> tupl
             "replace that op with standard ONNX ops (or register a custom-op library) and build again",
         ) from exc
     configs = sorted(out.glob("*.config"))
-    return out / ENGINE_NAME, configs[0]
+    # the converter names the file per style (engine.ort, engine.with_runtime_opt.ort): take what it wrote
+    (converted,) = sorted(out.glob("*.ort"))
+    return converted, configs[0]
 
 
 def required_operators(config: Path) -> list[str]:
@@ -187,6 +196,7 @@ class ArmBuilder:
                 "runtime_requirement": f"onnxruntime >= {ort.__version__} (full or minimal build with "
                                        f"--include_ops_by_config {config.name})",
                 "optimization_style": options.optimization_style, "target_platform": "arm",
+                "session_config": session_config(options.optimization_style),
                 "device_providers": list(options.providers), "threads": profile.threads,
                 "required_operators": operators, "sha256": sha256_file(engine),
                 "summary": [
@@ -202,7 +212,9 @@ class ArmBuilder:
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> "OrtFormatRunner":
         if artifact.path is None or not Path(artifact.path).is_file():
             raise EngineBuildError(f"no ORT-format engine at {artifact.path}", "build the target first")
-        return OrtFormatRunner(Path(artifact.path), arm_options(profile).providers, profile.threads)
+        options = arm_options(profile)
+        return OrtFormatRunner(Path(artifact.path), options.providers, profile.threads,
+                               session_config(options.optimization_style))
 
 
 def _has_uint8_activations(onnx_path: Path) -> bool:
@@ -233,7 +245,8 @@ def _thread_count(threads: int) -> int:
 class OrtFormatRunner:
     """An `.ort` model in an ONNX Runtime session with the profile's providers, CPU as fallback."""
 
-    def __init__(self, engine: Path, providers: tuple[str, ...], threads: int) -> None:
+    def __init__(self, engine: Path, providers: tuple[str, ...], threads: int,
+                 config: dict[str, str] | None = None) -> None:
         import onnxruntime as ort
 
         chosen, self.notice = providers_here(providers)
@@ -243,6 +256,8 @@ class OrtFormatRunner:
             warn(self.notice)
         options = ort.SessionOptions()
         options.intra_op_num_threads = _thread_count(threads)
+        for key, value in (config or {}).items():
+            options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(engine), options, providers=chosen)
         self.providers = self.session.get_providers()
         self.inputs = [_spec(arg) for arg in self.session.get_inputs()]

@@ -21,7 +21,8 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress.core.artifacts import atomic_dir, write_json_atomic
-from edgecompress.engines import _trt_build
+from edgecompress.device import trt_device
+from edgecompress.device.trt_device import trtexec_command
 from edgecompress.engines.base import EngineArtifact
 from edgecompress.source.specs import TensorSpec
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
@@ -107,7 +108,7 @@ def input_shapes(model: onnx.ModelProto, profile: TargetProfile) -> dict[str, li
 
 
 def build_settings(model: onnx.ModelProto, profile: TargetProfile, timing_cache: str | None) -> dict[str, Any]:
-    """Everything `_trt_build.build_plan` and `trtexec` need, as one JSON-able dict."""
+    """Everything `trt_device.build_plan` and `trtexec` need, as one JSON-able dict."""
     options = trt_options(profile)
     return {
         "precisions": list(profile.precisions),
@@ -117,26 +118,6 @@ def build_settings(model: onnx.ModelProto, profile: TargetProfile, timing_cache:
         "shapes": input_shapes(model, profile),
         "timing_cache": timing_cache if options.timing_cache else None,
     }
-
-
-def _shape_arg(shapes: dict[str, list[list[int]]], which: int) -> str:
-    return ",".join(f"{name}:{'x'.join(str(d) for d in dims[which])}" for name, dims in shapes.items())
-
-
-def trtexec_command(onnx_name: str, plan_name: str, settings: dict[str, Any]) -> list[str]:
-    """The `trtexec` line that builds the same plan as `build_plan` with `settings`."""
-    command = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={plan_name}"]
-    command += [f"--{p}" for p in ("int8", "fp16") if p in settings["precisions"]]
-    if settings["shapes"]:
-        command += [f"--{kind}Shapes={_shape_arg(settings['shapes'], i)}" for i, kind in enumerate(("min", "opt", "max"))]
-    command.append(f"--memPoolSize=workspace:{settings['workspace_mib']}")  # MiB in TensorRT 8.6 and 10
-    if settings["timing_cache"]:
-        command.append(f"--timingCacheFile={settings['timing_cache']}")
-    if settings["dla_core"] is not None:
-        command.append(f"--useDLACore={settings['dla_core']}")
-        if settings["gpu_fallback"]:
-            command.append("--allowGPUFallback")
-    return command
 
 
 def _check_model(onnx_path: Path, profile: TargetProfile) -> tuple[onnx.ModelProto, PreflightReport]:
@@ -170,7 +151,7 @@ def write_build_kit(onnx_path: Path, profile: TargetProfile, out_dir: Path) -> E
         write_json_atomic(tmp / "preflight.json", report.to_dict())
         (tmp / "build_engine.sh").write_text(_kit_script(command))
         (tmp / "build_engine.sh").chmod(0o755)
-        shutil.copyfile(_trt_build.__file__, tmp / "build_engine.py")
+        shutil.copyfile(trt_device.__file__, tmp / "build_engine.py")
     note = (f"the TensorRT engine must be built on the device: copy {kit} to the {profile.name} and run "
             f"`sh build_engine.sh` there, i.e. `{shlex.join(command)}` (or `python3 build_engine.py`)")
     return EngineArtifact(
@@ -214,7 +195,7 @@ class TensorRTBuilder:
     def available(self) -> str | None:
         if importlib.util.find_spec("tensorrt") is None:
             return "TensorRT is not installed (pip install -e .[tensorrt], or JetPack on a Jetson)"
-        if _trt_build.gpu_info()["gpu"] == "unknown":
+        if trt_device.gpu_info()["gpu"] == "unknown":
             return "no CUDA GPU is visible (TensorRT builds need the GPU the engine will run on)"
         return None
 
@@ -244,14 +225,14 @@ class TensorRTBuilder:
         from edgecompress.core.cache import cache_dir
 
         model, report = _check_model(onnx_path, profile)
-        facts = _trt_build.gpu_info()  # timings are only valid for one GPU model and TensorRT version
+        facts = trt_device.gpu_info()  # timings are only valid for one GPU model and TensorRT version
         cache = cache_dir() / "tensorrt" / f"{facts['gpu'].replace(' ', '_')}-trt{trt.__version__}.timing.cache"
         cache.parent.mkdir(parents=True, exist_ok=True)
         settings = build_settings(model, profile, str(cache))
         out_dir.mkdir(parents=True, exist_ok=True)
         plan = out_dir / PLAN_NAME
         try:
-            facts = _trt_build.build_plan(onnx_path, plan, settings)
+            facts = trt_device.build_plan(onnx_path, plan, settings)
         except RuntimeError as exc:
             raise EngineBuildError(str(exc), "check the preflight warnings and the TensorRT log") from exc
         return EngineArtifact(
@@ -271,46 +252,22 @@ class TensorRTBuilder:
 
 
 class TensorRTRunner:
-    """Runs a plan with torch CUDA tensors as device buffers (TensorRT 8.6+ tensor API)."""
+    """A plan behind the `Runner` interface: `trt_device.PlanRunner` (cuda-python buffers, no torch)."""
 
     def __init__(self, plan_path: Path) -> None:
-        import tensorrt as trt
-        import torch
-
-        self._torch = torch
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
-        if self._engine is None:
-            raise EngineBuildError(f"{plan_path} does not load with TensorRT {trt.__version__}", NOT_PORTABLE)
-        self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
-        self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
-        self.inputs = [self._spec(n) for n in names if is_input[n]]
-        self.outputs = [self._spec(n) for n in names if not is_input[n]]
+        try:
+            self._plan = trt_device.PlanRunner(Path(plan_path))
+        except RuntimeError as exc:
+            raise EngineBuildError(str(exc), "pip install -e .[tensorrt] (TensorRT and cuda-python)") from None
+        self.inputs = [self._spec(n) for n in self._plan.input_names]
+        self.outputs = [self._spec(n) for n in self._plan.output_names]
 
     def _spec(self, name: str) -> TensorSpec:
-        dims = tuple(d if d >= 0 else None for d in self._engine.get_tensor_shape(name))
-        return TensorSpec(name, dims, self._dtypes[name].name)
+        dims = tuple(d if d >= 0 else None for d in self._plan.shapes[name])
+        return TensorSpec(name, dims, self._plan.dtypes[name].name)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        torch = self._torch
-        keep = []
-        for tensor in self.inputs:
-            array = np.ascontiguousarray(feeds[tensor.name], dtype=self._dtypes[tensor.name])
-            device = torch.from_numpy(array).cuda()
-            self._context.set_input_shape(tensor.name, tuple(device.shape))
-            self._context.set_tensor_address(tensor.name, device.data_ptr())
-            keep.append(device)
-        results = []
-        for tensor in self.outputs:
-            shape = tuple(self._context.get_tensor_shape(tensor.name))
-            torch_dtype = torch.from_numpy(np.empty(0, self._dtypes[tensor.name])).dtype
-            out = torch.empty(shape, dtype=torch_dtype, device="cuda")
-            self._context.set_tensor_address(tensor.name, out.data_ptr())
-            results.append(out)
-        stream = torch.cuda.current_stream()
-        if not self._context.execute_async_v3(stream.cuda_stream):
-            raise EngineBuildError("TensorRT execution failed", "see the TensorRT log")
-        stream.synchronize()
-        return [out.cpu().numpy() for out in results]
+        try:
+            return self._plan.run(feeds)
+        except RuntimeError as exc:
+            raise EngineBuildError(str(exc), "see the TensorRT log") from None

@@ -2,13 +2,16 @@
 
 The TensorRT engine for a Jetson is built on the Jetson, far from the workstation, so
 a model the parser rejects there costs a copy and a long wait. This check needs only
-`onnx`: it walks every node and compares it with the parser's support matrix
-(onnx-tensorrt `docs/operators.md` for 8.6 and 10.x) and with DLA's narrower layer list,
-and names the offending nodes before anything leaves the machine.
+`onnx`: it walks every node and compares it with the parser's support matrix — onnx-tensorrt's
+own `docs/operators.md`, stored as data in `trt_ops/` with the commit it was taken from —
+and with DLA's narrower layer list, and names the offending nodes before anything leaves
+the machine.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,18 +23,34 @@ from onnx import numpy_helper
 from edgecompress.core.errors import EngineBuildError
 from edgecompress.export.graph import node_attribute
 
-_COMMON_UNSUPPORTED = frozenset(
-    "Bernoulli BitShift BitwiseAnd BitwiseNot BitwiseOr BitwiseXor CenterCropPad Col2Im Compress "
-    "ConcatFromSequence ConvInteger DFT Det DynamicQuantizeLinear ImageDecoder MatMulInteger MaxRoiPool "
-    "MaxUnpool MelWeightMatrix Multinomial NegativeLogLikelihoodLoss Optional OptionalGetElement "
-    "OptionalHasElement QLinearConv QLinearMatMul RegexFullMatch SequenceAt SequenceConstruct SequenceEmpty "
-    "SequenceErase SequenceInsert SequenceLength SequenceMap SoftmaxCrossEntropyLoss SplitToSequence "
-    "StringConcat StringNormalizer StringSplit TfIdfVectorizer Unique AffineGrid".split()
-)
-# ops the 8.6 parser lacks that 10.x added
-_UNSUPPORTED_8_ONLY = frozenset("Hardmax Mod NonZero OneHot Shrink MeanVarianceNormalization STFT".split())
-UNSUPPORTED_OPS = {8: _COMMON_UNSUPPORTED | _UNSUPPORTED_8_ONLY, 10: _COMMON_UNSUPPORTED}
-MAX_OPSET = {8: 17, 10: 20}  # highest default-domain opset each major's parser is documented for
+OPERATOR_TABLES = Path(__file__).with_name("trt_ops")
+
+
+@dataclass(frozen=True)
+class OperatorTable:
+    """onnx-tensorrt's operator support matrix for one TensorRT major, as data (sources recorded in the file)."""
+
+    trt_major: int
+    opset_max: int
+    operators: dict[str, bool]  # op type -> supported; an op missing here is undocumented
+    added_in: dict[str, str]  # ops only later minor releases of this major parse
+    sources: tuple[dict[str, Any], ...]
+
+    def supported(self) -> frozenset[str]:
+        return frozenset(op for op, ok in self.operators.items() if ok)
+
+    def unsupported(self) -> frozenset[str]:
+        return frozenset(op for op, ok in self.operators.items() if not ok)
+
+
+@functools.lru_cache(maxsize=None)
+def operator_table(trt_major: int) -> OperatorTable:
+    """The table for TensorRT 8 (8.6) or 10 (10.x), read from `trt_ops/tensorrt-<major>.json`."""
+    major = 8 if trt_major < 10 else 10
+    doc = json.loads((OPERATOR_TABLES / f"tensorrt-{major}.json").read_text(encoding="utf-8"))
+    return OperatorTable(major, int(doc["opset_max"]), {op: flag == "Y" for op, flag in doc["operators"].items()},
+                         dict(doc.get("added_in", {})), tuple(doc["sources"]))
+
 
 # ONNX ops that map onto layers DLA runs (Orin, TensorRT 8.6/10); others run on the GPU
 # when GPU fallback is on, or fail the build when it is off.
@@ -127,7 +146,7 @@ def _check_node(node: onnx.NodeProto, trt_major: int, initializers: dict[str, on
     """The reason TensorRT's parser rejects this node, or None."""
     if node.domain not in ("", "ai.onnx"):
         return f"op from domain '{node.domain}' has no TensorRT importer (it needs a plugin)"
-    if node.op_type in UNSUPPORTED_OPS[trt_major]:
+    if node.op_type in operator_table(trt_major).unsupported():
         return f"{node.op_type} is not supported by TensorRT {trt_major}'s ONNX parser"
     if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
         return _check_zero_point(node, initializers)
@@ -151,28 +170,46 @@ def _check_node(node: onnx.NodeProto, trt_major: int, initializers: dict[str, on
     return None
 
 
+def _table_caveat(node: onnx.NodeProto, table: OperatorTable) -> str | None:
+    """Ops the table does not vouch for on every release of this major: a warning, not a refusal."""
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type not in table.operators:
+        return (f"{node.op_type} is not in TensorRT {table.trt_major}'s operator table (onnx-tensorrt "
+                "docs/operators.md); the parser may reject it")
+    if node.op_type in table.added_in:
+        return (f"{node.op_type} needs TensorRT >= {table.added_in[node.op_type]}; "
+                f"older {table.trt_major}.x parsers reject it")
+    return None
+
+
 def preflight(
     model: onnx.ModelProto | Path | str, trt_major: int = 10, dla: bool = False, gpu_fallback: bool = True
 ) -> PreflightReport:
     """Check every node; DLA misses are warnings with GPU fallback on, errors with it off."""
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model), load_external_data=False)
-    major = 8 if trt_major < 10 else 10
+    table = operator_table(trt_major)
+    major = table.trt_major
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     report = PreflightReport(trt_major=major, dla=dla, nodes_checked=len(graph.node))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset > MAX_OPSET[major]:
+    if opset > table.opset_max:
         report.issues.append(
             PreflightIssue("(model)", "opset", f"opset {opset} is newer than TensorRT {major} documents "
-                           f"({MAX_OPSET[major]}); export with a lower opset if parsing fails", "warning")
+                           f"({table.opset_max}); export with a lower opset if parsing fails", "warning")
         )
     for index, node in enumerate(graph.node):
         name = node.name or f"#{index}"
         problem = _check_node(node, major, initializers)
         if problem:
             report.issues.append(PreflightIssue(name, node.op_type, problem))
-        elif dla and node.op_type not in DLA_OPS:
+            continue
+        caveat = _table_caveat(node, table)
+        if caveat:
+            report.issues.append(PreflightIssue(name, node.op_type, caveat, "warning"))
+        if dla and node.op_type not in DLA_OPS:
             where = "runs on the GPU instead (GPU fallback)" if gpu_fallback else "fails: GPU fallback is off"
             report.issues.append(
                 PreflightIssue(name, node.op_type, f"not supported on DLA; {where}",

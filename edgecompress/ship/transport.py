@@ -4,7 +4,8 @@ A bundle is verified here first (signature, checksums, safe unpack), so a bad bu
 refused before any device is touched. Per host: `uname -m` must match the bundle's arch
 (refused before copying); files go to `path/releases/.<sha>.partial/` over SFTP; the
 device verifies them (`run.py --verify` and `--selftest` when it has Python, else
-`sha256sum -c`); only then is the release renamed into `releases/<sha>/` and `current`
+`sha256sum -c`), and a TensorRT kit bundle is built into a plan there (`--build-engine`,
+between the two checks); only then is the release renamed into `releases/<sha>/` and `current`
 switched by renaming a fresh symlink over it, so a cut connection or a failed check
 leaves the old `current` in place. `previous` remembers the release to roll back to.
 """
@@ -246,14 +247,24 @@ def upload_tree(conn: Connection, tree: Path, remote_dir: str, label: str, progr
         done += path.stat().st_size
 
 
+def builds_on_device(manifest: dict[str, Any]) -> bool:
+    """A TensorRT bundle with a build kit instead of a plan: the device makes its own plan."""
+    return manifest["engine"]["kind"] == "tensorrt" and not manifest["engine"].get("path")
+
+
 def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any]) -> str:
-    """Run the bundle's own checks on the device; fall back to sha256sum where there is no Python."""
+    """Run the bundle's own checks on the device (building a TensorRT kit's plan first); else sha256sum."""
     python = conn.ssh.remote_python
     status, _ = conn.run(f"command -v {_q(python)}")
-    if status == 0:  # one interpreter start for both checks: devices are slow to import onnxruntime
+    build = " --build-engine" if builds_on_device(manifest) else ""
+    if status == 0:  # one interpreter start for all checks: devices are slow to import onnxruntime
         selftest = " --selftest" if manifest.get("selftest") else ""
-        conn.check(f"cd {_q(remote_dir)} && {_q(python)} run.py --verify{selftest}", "checks on the device failed")
-        return "run.py --verify" + (" + --selftest" if selftest else "")
+        conn.check(f"cd {_q(remote_dir)} && {_q(python)} run.py --verify{build}{selftest}",
+                   "checks on the device failed")
+        return "run.py --verify" + (" + --build-engine" if build else "") + (" + --selftest" if selftest else "")
+    if build:
+        raise HostFailure(f"no {python} on the device: a TensorRT kit bundle needs Python 3 there to build and "
+                          "self-test its engine; install python3 (JetPack has it) or pass --remote-python")
     sums = "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(manifest["files"].items()))
     conn.check(f"cd {_q(remote_dir)} && sha256sum -c -", "sha256 check on the device failed", stdin=sums)
     return "sha256sum (no Python on the device)"
