@@ -121,3 +121,36 @@ def test_bias_correction_changes_biases_only_and_skips_excluded_nodes(padded_cas
     np.testing.assert_array_equal(kept_head_bias, fp32_head_bias)  # an fp32 layer has no weight error to correct
     assert "bias-corrected" in COARSE.with_options(bias_correction=True).label
     assert COARSE.with_options(bias_correction=True).cache_key() != COARSE.cache_key()
+
+
+def _bias_by_layer(qdq_path) -> dict[str, np.ndarray]:
+    """Layer ('conv1', 'depthwise', 'head') -> the float bias its node reads (zeros where it has none)."""
+    graph = onnx.load(str(qdq_path)).graph
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    biases = {}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            layer = node.name.split("/")[1]
+            biases[layer] = initializers[node.input[2]] if len(node.input) > 2 and node.input[2] else None
+    return biases
+
+
+def test_quantized_model_biases_move_by_each_layers_mean_weight_error(padded_case, tmp_path) -> None:
+    """b_corrected - b = -E[layer(x, W_q) - layer(x, W)] over the calibration set, with x the layer's fp32 input."""
+    model, path, calibration, probe = padded_case
+    float_biases = COARSE.with_options(quantize_bias=False)  # biases stay float initializers in the QDQ graph
+    plain = _bias_by_layer(quantize_model(path, calibration, float_biases, tmp_path / "plain.onnx"))
+    corrected = _bias_by_layer(quantize_model(path, calibration, float_biases.with_options(bias_correction=True),
+                                              tmp_path / "corrected.onnx"))
+    assert plain["conv1"] is None and corrected["conv1"] is not None  # conv1 had no bias: correction adds one
+    int8_weights = {name.split("/")[1]: torch.from_numpy(w) for name, w in dequantized_weights(onnx.load(str(probe))).items()}
+    for name, (module, x) in _torch_layers(model, torch.from_numpy(calibration.arrays["input"])).items():
+        with torch.no_grad():
+            if isinstance(module, nn.Linear):
+                mean_error = (F.linear(x, int8_weights[name]) - F.linear(x, module.weight)).mean(0)
+            else:
+                conv = lambda w: F.conv2d(x, w, None, module.stride, module.padding, groups=module.groups)  # noqa: E731
+                mean_error = (conv(int8_weights[name]) - conv(module.weight)).mean((0, 2, 3))
+        before = plain[name] if plain[name] is not None else np.zeros_like(corrected[name])
+        np.testing.assert_allclose(corrected[name] - before, -mean_error.numpy(), rtol=1e-3, atol=1e-6, err_msg=name)
+        assert np.abs(mean_error.numpy()).max() > 1e-4, name  # a real change, not float noise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 
 from edgecompress.ship.bundle import BundleOptions, build_bundle
 from edgecompress.core.errors import BundleError, SigningKeyError
-from edgecompress.ship.signing import generate_keypair, load_private_key
+from edgecompress.ship.signing import generate_keypair, key_id, load_private_key, load_public_key
 from edgecompress.device.unpack import safe_unpack
 from edgecompress.ship.verify import verify_bundle
 from tests.ship_support import build_for_target, copy_build
@@ -69,18 +70,23 @@ def test_manifest_describes_engine_device_and_figures(target_dir: Path, tmp_path
     operators = manifest["runtime"]["required_operators"]
     assert any(op.startswith("ai.onnx:QuantizeLinear@") for op in operators)
     assert all(op.rsplit("@", 1)[1].isdigit() for op in operators)  # domain:Op@opset, one format for every engine
-    assert manifest["runtime"]["onnxruntime"]["min_version"]
+    built_with = json.loads((target_dir / "report.json").read_text())["versions"]["onnxruntime"]
+    assert manifest["runtime"]["onnxruntime"] == {"built_with": built_with, "min_version": ".".join(built_with.split(".")[:2])}
     assert manifest["figures"]["agreement"]["top1"] == 0.98 and manifest["figures"]["latency_ms"]["p50"] == 0.1
     assert manifest["preprocess"]["color"] == "grayscale" and manifest["labels"][3] == "3"
-    assert len(manifest["calibration"]["sha256"]) == 64
+    assert manifest["calibration"]["sha256"] == hashlib.sha256((target_dir.parent / "calib.npz").read_bytes()).hexdigest()
     assert {"run.py", "preprocess.py", "unpack.py", "README.md", "engine/engine.onnx"} <= set(manifest["files"])
     assert not any(name.startswith("reference/") for name in manifest["files"])
 
 
 def test_reference_model_only_when_asked(target_dir: Path, tmp_path: Path) -> None:
     bundle = build_bundle(target_dir, tmp_path / "b.tar.gz", BundleOptions(include_reference=True))
-    assert "reference/model.fp32.onnx" in bundle.manifest["files"]
+    assert bundle.manifest["reference"] == "reference/model.fp32.onnx"
+    with tarfile.open(bundle.path) as tar:
+        assert tar.extractfile("reference/model.fp32.onnx").read() == (target_dir.parent / "model.fp32.onnx").read_bytes()
     assert bundle.engine_size_bytes == (target_dir / "engine.onnx").stat().st_size
+    without = build_bundle(target_dir, tmp_path / "plain.tar.gz")
+    assert "reference" not in without.manifest and not any(f.startswith("reference/") for f in without.manifest["files"])
 
 
 def test_signed_bundle_verifies_with_its_key(target_dir: Path, tmp_path: Path, keys) -> None:
@@ -222,7 +228,9 @@ def test_bad_signing_keys_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk").write_text("not a key")
     with pytest.raises(SigningKeyError, match="not a PEM private key"):
         load_private_key(tmp_path / "junk")
-    assert load_private_key(locked.private_path, "right horse") is not None
+    unlocked = load_private_key(locked.private_path, "right horse")
+    assert key_id(unlocked.public_key()) == locked.key_id  # the very key that keygen wrote
+    load_public_key(locked.public_path).verify(unlocked.sign(b"manifest"), b"manifest")  # raises if it is not
 
 
 def run_py(root: Path, *args: str) -> subprocess.CompletedProcess:

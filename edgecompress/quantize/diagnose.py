@@ -207,6 +207,14 @@ def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max
     return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)
 
 
+def layer_label(node: str) -> str:
+    """'/layer1/0/conv2/Conv' -> 'conv2': the module that owns an exported node; a top-level node keeps its own name."""
+    parts = [part for part in node.split("/") if part]
+    if len(parts) > 1:
+        return parts[-2]
+    return parts[0] if parts else node
+
+
 def plot_layers(layers: list[dict[str, Any]], out_path: Path) -> Path:
     """Per-layer output SQNR in graph order (report's quantization plot)."""
     import matplotlib
@@ -219,7 +227,7 @@ def plot_layers(layers: list[dict[str, Any]], out_path: Path) -> Path:
     figure, axis = plt.subplots(figsize=(max(6.0, 0.25 * len(layers)), 3.5))
     values = [layer["output_sqnr_db"] for layer in layers]
     axis.bar(range(len(values)), values, color=["tab:red" if layer["lost_db"] > 10 else "tab:blue" for layer in layers])
-    axis.set_xticks(range(len(values)), [layer["node"].split("/")[-2] if "/" in layer["node"] else layer["node"] for layer in layers], rotation=90, fontsize=6)
+    axis.set_xticks(range(len(values)), [layer_label(layer["node"]) for layer in layers], rotation=90, fontsize=6)
     axis.set_ylabel("output SQNR (dB)")
     axis.set_title("int8 vs fp32 per layer (higher is better; red: lost > 10 dB)")
     figure.tight_layout()
