@@ -23,8 +23,9 @@ from edgecompress.config import BuildConfig
 from edgecompress.data import DigitsSplits as Splits
 from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.errors import CalibrationError, ConfigError
+from edgecompress.errors import BudgetNotMetError, CalibrationError, ConfigError
 from edgecompress.evaluate import EvalSet, evaluate
+from edgecompress.fidelity import Budget, DetectionOptions, FidelityOptions, fidelity_report, parse_per_output
 from edgecompress.export import OnnxModelInfo, export_torch, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.model_source import SourceModel, load_source_model
 from edgecompress.progress import info, warn
@@ -192,6 +193,29 @@ def _bench_feeds(eval_set: EvalSet, batch: int) -> dict[str, np.ndarray]:
     return feeds
 
 
+def build_budget(config: BuildConfig) -> Budget:
+    """The one budget of the build: repair, precision choice and verdict all judge by it."""
+    limits = tuple((name, float(value)) for name, value in parse_per_output(config.fidelity_budget, "--fidelity-budget"))
+    return Budget(config.max_accuracy_drop, config.min_agreement, limits)
+
+
+def fidelity_options(config: BuildConfig) -> FidelityOptions:
+    return FidelityOptions(
+        tasks=parse_per_output(config.task, "--task"),
+        detection=DetectionOptions(config.detect_score_threshold, config.detect_nms_iou, config.detect_match_iou),
+        ctc_blank=config.ctc_blank if config.sequence_decode == "ctc" else None,
+    )
+
+
+def over_budget_error(report: dict[str, Any]) -> BudgetNotMetError:
+    fidelity = report["fidelity"]
+    return BudgetNotMetError(
+        f"{report['target']}: {fidelity['metric']} {fidelity['value']:.4g} misses the budget ({fidelity['budget']}), "
+        f"measured on {fidelity['validated_on']}",
+        "loosen the budget (--fidelity-budget, --max-accuracy-drop), ship fp32, or pass --allow-over-budget",
+    )
+
+
 def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any]:
     started = time.perf_counter()
     config = context.config
@@ -216,26 +240,34 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
         report["compression"] = compression_report(context.compression.record, report)
     if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
         report["int8_model_check"] = check_int8_model(context, profile, model_path)
+        report["fidelity"] = report.get("fidelity") or report["int8_model_check"]["fidelity"]
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
     if chosen is not None:
         report["quantization"].update(chosen.report_fields(target_dir))
         report["verdict"] += chosen.choice.summary
+    fidelity_over = (report.get("fidelity") or {}).get("met") is False
+    # the shipped engine's own measurement decides; without one (nothing ran here), the repair's
+    over_budget = fidelity_over if report.get("fidelity") else chosen is not None and not chosen.repair.met
+    if over_budget and config.allow_over_budget:
+        report["verdict"].append("WARNING: the engine is OVER the budget and ships only because --allow-over-budget is set.")
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)
     for line in report["verdict"]:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
     if chosen is not None:
         chosen.repair.raise_if_unmet(config.allow_over_budget)
+    if fidelity_over and not config.allow_over_budget:
+        raise over_budget_error(report)
     return report
 
 
 def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe):
     """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
     from edgecompress.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
-    from edgecompress.qrepair import Budget, RepairOptions
+    from edgecompress.qrepair import RepairOptions
 
     config = context.config
-    budget = Budget(config.max_accuracy_drop, config.min_agreement)
+    budget = build_budget(config)
     budget.check_measurable(context.eval_set)
     if config.precision != "auto" and config.precision not in profile.precisions:
         raise ConfigError(
@@ -259,6 +291,7 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
         config.diagnose,
         bench_runs=min(config.bench_runs, 100),
         bench_max_seconds=config.bench_max_seconds / 2,
+        fidelity=fidelity_options(config),
     )
     fp16 = None
     if "fp16" in profile.precisions:
@@ -294,7 +327,8 @@ def measure_engine(context: BuildContext, profile, builder, artifact: EngineArti
     engine = builder.load(artifact, profile)
     reference = OrtRunner(context.fp32.path, threads=profile.threads)
     reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
-    evaluation = evaluate(engine, reference, context.eval_set, batch_size=_batch_size(context, 32))
+    evaluation = evaluate(engine, reference, context.eval_set, batch_size=_batch_size(context, 32), fidelity=fidelity_options(config))
+    report["fidelity"] = fidelity_report(build_budget(config), evaluation, f"the {artifact.precision} engine on this machine")
     stats, samples = benchmark(
         {"engine": engine, "fp32": reference}, feeds, config.bench_runs, config.bench_warmup, config.bench_max_seconds
     )
@@ -323,12 +357,15 @@ def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: P
     batch = _batch_size(context, 32)
     int8 = OrtRunner(int8_path, threads=profile.threads, level="disable")
     reference = OrtRunner(context.fp32.path, threads=profile.threads)
-    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch)
+    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch, fidelity=fidelity_options(context.config))
+    how = ("simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
+           "the device engine itself is measured on the device")
     return {
-        "how": "simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
-               "the device engine itself is measured on the device",
+        "how": how,
         "accuracy": {"fp32": evaluation.accuracy_reference, "int8": evaluation.accuracy_engine, "data": evaluation.data},
         "agreement": vars(evaluation.agreement),
+        "fidelity": fidelity_report(build_budget(context.config), evaluation,
+                                    "this host's ONNX Runtime simulation of the int8 model (Q/DQ in float), not the device"),
     }
 
 
