@@ -232,9 +232,9 @@ def summary_table(reports: list[dict[str, Any]]):
     from rich.table import Table
 
     table = Table(title="edgecompress build summary")
-    for column in ("target", "engine", "size", "top-1 fp32", "top-1 engine", "agree", "fidelity", "p50 ms", "p90 ms", "p99 ms",
-                   "vs fp32"):
-        table.add_column(column, justify="right" if column not in ("target", "engine", "fidelity") else "left")
+    for column in ("target", "engine", "size", "top-1 fp32", "top-1 engine", "agree", "fidelity", "budget", "p50 ms", "p90 ms",
+                   "p99 ms", "vs fp32"):
+        table.add_column(column, justify="right" if column not in ("target", "engine", "fidelity", "budget") else "left")
     for report in reports:
         latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
         fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
@@ -251,6 +251,7 @@ def summary_table(reports: list[dict[str, Any]]):
             _fmt(100 * agreement, ".1f", "%") if agreement is not None else _fmt(
                 100 * simulated if simulated is not None else None, ".1f", "% sim"),
             fidelity_cell(report),
+            (report.get("fidelity") or {}).get("budget", "n/a"),
             _fmt(latency.get("p50"), ".3f"),
             _fmt(latency.get("p90"), ".3f"),
             _fmt(latency.get("p99"), ".3f"),
