@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgecompress.engines.base import Runner
-from edgecompress.fidelity import FidelityOptions, OutputFidelity, compare_outputs_by_task, plan_fidelity
+from edgecompress.fidelity import (
+    FidelityOptions,
+    OutputFidelity,
+    compare_outputs_by_task,
+    plan_fidelity,
+)
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,13 @@ bounds on those metrics; repair, the precision choice and the verdict ask the sa
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
 from edgecompress.errors import BudgetError, ConfigError
-
-if TYPE_CHECKING:
-    from edgecompress.evaluate import EvalSet, Evaluation
 
 TASKS = ("classify", "detect", "segment", "sequence", "regress")
 TASK_CHOICES = ("auto", *TASKS)
@@ -219,7 +217,7 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     intersection = width * height
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)  # noqa: E731
+    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
     union = area(box) + area(boxes) - intersection
     return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
 
@@ -477,6 +475,19 @@ class Judgement:
         return " and ".join(bound.describe() for bound in self.bounds)
 
 
+class Evaluated(Protocol):
+    """What the budget judges: an evaluation's per-output fidelity (edgecompress.evaluate.Evaluation)."""
+
+    fidelity: tuple[OutputFidelity, ...]
+
+
+class Labelled(Protocol):
+    """What the budget checks before anything runs: whether evaluation data has labels (evaluate.EvalSet)."""
+
+    labels: np.ndarray | None
+    description: str
+
+
 @dataclass(frozen=True)
 class Budget:
     """The one budget of a build. Classifiers: top-1 points lost vs fp32 (needs labels) and/or the fraction of
@@ -502,7 +513,7 @@ class Budget:
         """Whether the user stated any limit (else the defaults hold)."""
         return self.max_accuracy_drop is not None or self.min_agreement is not None or bool(self.limits)
 
-    def check_measurable(self, eval_set: EvalSet) -> None:
+    def check_measurable(self, eval_set: Labelled) -> None:
         if self.max_accuracy_drop is not None and eval_set.labels is None:
             raise BudgetError(
                 f"--max-accuracy-drop needs labelled evaluation data, but {eval_set.description} has no labels",
@@ -525,7 +536,7 @@ class Budget:
             found.append(Bound(metric.name, metric.default_limit, metric.higher_is_better, f"default for {fidelity.task}"))
         return tuple(found)
 
-    def judge(self, evaluation: Evaluation) -> list[Judgement]:
+    def judge(self, evaluation: Evaluated) -> list[Judgement]:
         judgements = [Judgement(item, self.bounds(item)) for item in evaluation.fidelity]
         if (self.max_accuracy_drop is not None or self.min_agreement is not None) and not any(
             j.fidelity.task == "classify" for j in judgements
@@ -537,15 +548,15 @@ class Budget:
             )
         return judgements
 
-    def met(self, evaluation: Evaluation) -> bool:
+    def met(self, evaluation: Evaluated) -> bool:
         return all(judgement.met for judgement in self.judge(evaluation))
 
-    def headline(self, evaluation: Evaluation) -> Judgement:
+    def headline(self, evaluation: Evaluated) -> Judgement:
         """The output a one-line verdict names: the first that misses its budget, else the first."""
         judgements = self.judge(evaluation)
         return next((j for j in judgements if not j.met), judgements[0])
 
-    def describe(self, evaluation: Evaluation | None = None) -> str:
+    def describe(self, evaluation: Evaluated | None = None) -> str:
         if evaluation is not None and evaluation.fidelity:
             judgements = self.judge(evaluation)
             named = len(judgements) > 1
@@ -559,7 +570,7 @@ class Budget:
         return " and ".join(parts) or "the stated default of each task's metric"
 
 
-def fidelity_report(budget: Budget, evaluation: Evaluation, validated_on: str) -> dict[str, Any]:
+def fidelity_report(budget: Budget, evaluation: Evaluated, validated_on: str) -> dict[str, Any]:
     """report.json's `fidelity`: the headline output's task, metric, value and budget, and every output's figures."""
     judgements = budget.judge(evaluation)
     headline = budget.headline(evaluation)
