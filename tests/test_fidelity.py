@@ -212,3 +212,14 @@ def test_budget_in_the_metric_units_applies_per_output_and_classifier_options_re
     assert Budget(limits=((None, 0.85),)).headline(evaluation).fidelity.output == "boxes"
     with pytest.raises(BudgetError, match="--fidelity-budget"):
         Budget(min_agreement=0.99).met(evaluation)
+
+
+def test_task_and_fidelity_budget_options_are_validated_where_they_are_given() -> None:
+    from edgecompress.config import make_config
+
+    config = make_config({"task": "boxes=detect", "fidelity_budget": 0.9}, {})
+    assert config.task == ["boxes=detect"] and config.fidelity_budget == ["0.9"]
+    with pytest.raises(ConfigError, match="task 'cluster'"):
+        make_config({}, {"task": ["cluster"]})
+    with pytest.raises(ConfigError, match="not a number"):
+        make_config({}, {"fidelity_budget": ["boxes=high"]})
