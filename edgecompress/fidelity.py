@@ -277,13 +277,47 @@ def match_detections(reference: Detections, engine: Detections, match_iou: float
     return int(matched.sum()), ious
 
 
+def mean_average_precision(found: Sequence[Detections], truths: Sequence[np.ndarray], match_iou: float) -> float:
+    """mAP at `match_iou` against labelled boxes, [K, 5] rows of class, x1, y1, x2, y2 per image (class < 0: padding).
+
+    Per class, detections of all images ranked by score, each true box matched at most once; AP is the area under
+    the precision envelope over recall (all points, as VOC since 2010 and COCO compute it); mean over labelled classes.
+    """
+    classes = sorted({int(c) for truth in truths for c in truth[:, 0] if c >= 0})
+    precisions = []
+    for cls in classes:
+        ranked: list[tuple[float, bool]] = []
+        true_boxes = 0
+        for image, truth in zip(found, truths):
+            boxes = truth[truth[:, 0] == cls, 1:5]
+            true_boxes += len(boxes)
+            used = np.zeros(len(boxes), dtype=bool)
+            mine = np.flatnonzero(image.classes == cls)
+            for index in mine[np.argsort(-image.scores[mine], kind="stable")]:
+                overlap = np.where(used, -1.0, box_iou(image.boxes[index], boxes)) if len(boxes) else np.array([-1.0])
+                hit = bool(overlap.max() >= match_iou)
+                if hit:
+                    used[int(overlap.argmax())] = True
+                ranked.append((float(image.scores[index]), hit))
+        hits = np.array([hit for _, hit in sorted(ranked, key=lambda r: -r[0])], dtype=np.float64)
+        if not len(hits):
+            precisions.append(0.0)
+            continue
+        recall = np.concatenate([[0.0], np.cumsum(hits) / true_boxes, [1.0]])
+        precision = np.concatenate([[0.0], np.cumsum(hits) / np.arange(1, len(hits) + 1), [0.0]])
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        precisions.append(float(np.sum((recall[1:] - recall[:-1]) * envelope[1:])))
+    return float(np.mean(precisions)) if precisions else 0.0
+
+
 @dataclass(frozen=True)
 class DetectionComparator:
     """Detections: F1 of the engine's boxes after NMS against fp32's boxes after NMS (same class, IoU ≥ match_iou).
 
     `layout`: "channels_first" ([N, 4+C, A], YOLOv8's raw head), "channels_last" ([N, A, 4+C]) or "post_nms"
     ([N, K, 6]). Logit cosine is kept in the details, but it is not the metric: box coordinates in pixels
-    dominate it, so a cosine of 0.999 can hide an F1 of 0.4.
+    dominate it, so a cosine of 0.999 can hide an F1 of 0.4. With labelled boxes ([N, K, 5]: class, x1, y1, x2, y2),
+    the details add mAP@match_iou of fp32 and of the engine.
     """
 
     layout: str = "channels_first"
@@ -298,18 +332,23 @@ class DetectionComparator:
     def compare(self, reference: np.ndarray, engine: np.ndarray, labels: np.ndarray | None = None) -> FidelityResult:
         true_positives = reference_boxes = engine_boxes = 0
         ious: list[float] = []
-        for ref_image, eng_image in zip(reference, engine):
-            ref_found, eng_found = self.detections(ref_image), self.detections(eng_image)
+        ref_all, eng_all = [self.detections(image) for image in reference], [self.detections(image) for image in engine]
+        for ref_found, eng_found in zip(ref_all, eng_all):
             matched, matched_ious = match_detections(ref_found, eng_found, self.options.match_iou)
             true_positives, ious = true_positives + matched, ious + matched_ious
             reference_boxes, engine_boxes = reference_boxes + len(ref_found.boxes), engine_boxes + len(eng_found.boxes)
         total = reference_boxes + engine_boxes
         f1 = 1.0 if total == 0 else 2 * true_positives / total
+        with_labels = {}
+        if labels is not None:
+            key = f"mAP@{self.options.match_iou:g}"
+            with_labels = {f"{key} fp32": mean_average_precision(ref_all, labels, self.options.match_iou),
+                           f"{key} engine": mean_average_precision(eng_all, labels, self.options.match_iou)}
         return _result(
             DETECTION_F1, f1, precision=true_positives / engine_boxes if engine_boxes else 1.0,
             recall=true_positives / reference_boxes if reference_boxes else 1.0,
             **{"reference boxes": reference_boxes, "engine boxes": engine_boxes,
-               "matched mean IoU": float(np.mean(ious)) if ious else 0.0, "cosine": mean_cosine(reference, engine)},
+               "matched mean IoU": float(np.mean(ious)) if ious else 0.0, "cosine": mean_cosine(reference, engine), **with_labels},
         )
 
 
@@ -438,8 +477,13 @@ class OutputFidelity:
 def compare_outputs_by_task(
     plan: Sequence[OutputComparison], reference: Sequence[np.ndarray], engine: Sequence[np.ndarray], labels: np.ndarray | None
 ) -> tuple[OutputFidelity, ...]:
-    """Labels (class ids per sample) go to the first classification output only."""
-    labelled = next((c.output for c in plan if c.pick.task == "classify"), None) if labels is not None and labels.ndim == 1 else None
+    """Labels go to the first output they fit: class ids [N] to a classifier, boxes [N, K, 5] to a detector."""
+    def fits(task: str) -> bool:
+        return labels is not None and (
+            (task == "classify" and labels.ndim == 1) or (task == "detect" and labels.ndim == 3 and labels.shape[-1] == 5)
+        )
+
+    labelled = next((c.output for c in plan if fits(c.pick.task)), None)
     return tuple(
         OutputFidelity(c.output, c.pick.task, c.pick.why, c.comparator.compare(ref, eng, labels if c.output == labelled else None))
         for c, ref, eng in zip(plan, reference, engine)

@@ -223,3 +223,16 @@ def test_task_and_fidelity_budget_options_are_validated_where_they_are_given() -
         make_config({}, {"task": ["cluster"]})
     with pytest.raises(ConfigError, match="not a number"):
         make_config({}, {"fidelity_budget": ["boxes=high"]})
+
+
+def test_detection_map_against_labelled_boxes_is_reported_beside_f1() -> None:
+    reference = np.zeros((1, 3, 6), dtype=np.float32)
+    reference[0, 0] = [15, 15, 25, 25, 0.9, 0]  # on the first labelled box
+    reference[0, 1] = [80, 80, 90, 90, 0.8, 0]  # on no labelled box
+    engine = reference.copy()
+    engine[0, 1, 4] = 0.95  # the engine ranks its false box first
+    labels = np.array([[[0, 15, 15, 25, 25], [0, 55, 55, 65, 65], [-1, 0, 0, 0, 0]]], dtype=np.float32)
+    result = DetectionComparator("post_nms", DetectionOptions()).compare(reference, engine, labels)
+    # fp32: hit then miss over 2 true boxes -> AP 0.5; engine: miss then hit -> precision 0.5 at recall 0.5 -> AP 0.25
+    assert result.details["mAP@0.5 fp32"] == pytest.approx(0.5) and result.details["mAP@0.5 engine"] == pytest.approx(0.25)
+    assert result.metric == "detection F1" and result.value == pytest.approx(1.0)
