@@ -627,6 +627,7 @@ def fidelity_report(budget: Budget, evaluation: Evaluated, validated_on: str) ->
         "higher_is_better": result.higher_is_better,
         "budget": headline.describe_budget(),
         "limit": headline.bounds[0].limit if headline.bounds[0].metric == result.metric else None,
+        "limit_source": headline.bounds[0].source,
         "met": all(j.met for j in judgements),
         "validated_on": validated_on,
         "outputs": [

@@ -112,6 +112,17 @@ def fidelity_cell(report: dict[str, Any]) -> str:
     return f"{value}{simulated}" if fidelity["met"] else f"[red]{value}{simulated} OVER[/red]"
 
 
+def budget_cell(report: dict[str, Any]) -> str:
+    """'>= 0.900 (default)': the budget of the metric the fidelity cell names, for a narrow table column."""
+    fidelity = report.get("fidelity")
+    if not fidelity:
+        return "n/a"
+    if fidelity.get("limit") is None:  # bounded by another figure (e.g. --min-agreement with labels)
+        return fidelity["budget"]
+    sign = ">=" if fidelity["higher_is_better"] else "<="
+    return f"{sign} {format_metric(fidelity['metric'], fidelity['limit'])} ({fidelity['limit_source'].split(' for ')[0]})"
+
+
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
@@ -251,7 +262,7 @@ def summary_table(reports: list[dict[str, Any]]):
             _fmt(100 * agreement, ".1f", "%") if agreement is not None else _fmt(
                 100 * simulated if simulated is not None else None, ".1f", "% sim"),
             fidelity_cell(report),
-            (report.get("fidelity") or {}).get("budget", "n/a"),
+            budget_cell(report),
             _fmt(latency.get("p50"), ".3f"),
             _fmt(latency.get("p90"), ".3f"),
             _fmt(latency.get("p99"), ".3f"),
