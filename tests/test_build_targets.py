@@ -42,6 +42,14 @@ def test_jetson_report_still_shows_what_int8_did_to_the_model(reports):
     assert "simulated int8" in check["how"]
 
 
+def test_device_kit_is_judged_by_the_budget_on_the_host_simulation_and_says_so(reports):
+    _, by_target = reports
+    fidelity = by_target["jetson"]["fidelity"]
+    assert fidelity["metric"] == "top-1 accuracy drop" and fidelity["budget"].endswith("(default for classify)")
+    assert "simulation" in fidelity["validated_on"] and fidelity["met"] is True
+    assert any(line.startswith("Fidelity (classify)") and "simulation" in line for line in by_target["jetson"]["verdict"])
+
+
 def test_raspberry_pi_5_build_runs_the_ort_engine_here(reports):
     out, by_target = reports
     report = by_target["raspberry-pi-5"]

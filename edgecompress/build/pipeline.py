@@ -23,8 +23,9 @@ from edgecompress.core.config import BuildConfig
 from edgecompress.source.data import DigitsSplits as Splits
 from edgecompress.engines import EngineArtifact, build_place, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
-from edgecompress.core.errors import CalibrationError, ConfigError
+from edgecompress.core.errors import BudgetNotMetError, CalibrationError, ConfigError
 from edgecompress.measure.evaluate import EvalSet, evaluate
+from edgecompress.measure.fidelity import Budget, DetectionOptions, FidelityOptions, fidelity_report, parse_per_output
 from edgecompress.export.graph import OnnxModelInfo, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.export.torch_export import export_torch
 from edgecompress.presets.example import load_model_or_example, with_example_defaults
@@ -188,6 +189,29 @@ def _bench_feeds(eval_set: EvalSet, batch: int) -> dict[str, np.ndarray]:
     return feeds
 
 
+def build_budget(config: BuildConfig) -> Budget:
+    """The one budget of the build: repair, precision choice and verdict all judge by it."""
+    limits = tuple((name, float(value)) for name, value in parse_per_output(config.fidelity_budget, "--fidelity-budget"))
+    return Budget(config.max_accuracy_drop, config.min_agreement, limits)
+
+
+def fidelity_options(config: BuildConfig) -> FidelityOptions:
+    return FidelityOptions(
+        tasks=parse_per_output(config.task, "--task"),
+        detection=DetectionOptions(config.detect_score_threshold, config.detect_nms_iou, config.detect_match_iou),
+        ctc_blank=config.ctc_blank if config.sequence_decode == "ctc" else None,
+    )
+
+
+def over_budget_error(report: dict[str, Any]) -> BudgetNotMetError:
+    fidelity = report["fidelity"]
+    return BudgetNotMetError(
+        f"{report['target']}: {fidelity['metric']} {fidelity['value']:.4g} misses the budget ({fidelity['budget']}), "
+        f"measured on {fidelity['validated_on']}",
+        "loosen the budget (--fidelity-budget, --max-accuracy-drop), ship fp32, or pass --allow-over-budget",
+    )
+
+
 def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any]:
     started = time.perf_counter()
     config = context.config
@@ -215,26 +239,34 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
         report["compression"] = compression_report(context.compression.record, report)
     if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
         report["int8_model_check"] = check_int8_model(context, profile, model_path)
+        report["fidelity"] = report.get("fidelity") or report["int8_model_check"]["fidelity"]
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
     if chosen is not None:
         report["quantization"].update(chosen.report_fields(target_dir))
         report["verdict"] += chosen.choice.summary
+    fidelity_over = (report.get("fidelity") or {}).get("met") is False
+    # the shipped engine's own measurement decides; without one (nothing ran here), the repair's
+    over_budget = fidelity_over if report.get("fidelity") else chosen is not None and not chosen.repair.met
+    if over_budget and config.allow_over_budget:
+        report["verdict"].append("WARNING: the engine is OVER the budget and ships only because --allow-over-budget is set.")
     report["build"]["seconds"] = round(time.perf_counter() - started, 2)
     write_report(report, target_dir, samples)
     for line in report["verdict"]:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
     if chosen is not None:
         chosen.repair.raise_if_unmet(config.allow_over_budget)
+    if fidelity_over and not config.allow_over_budget:
+        raise over_budget_error(report)
     return report
 
 
 def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path):
     """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
     from edgecompress.build.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
-    from edgecompress.build.repair import Budget, RepairOptions
+    from edgecompress.build.repair import RepairOptions
 
     config = context.config
-    budget = Budget(config.max_accuracy_drop, config.min_agreement)
+    budget = build_budget(config)
     budget.check_measurable(context.eval_set)
     if config.precision != "auto" and config.precision not in profile.precisions:
         raise ConfigError(
@@ -260,6 +292,7 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
         bench_runs=config.bench_runs,
         bench_max_seconds=config.bench_max_seconds,
         bench_warmup=config.bench_warmup,
+        fidelity=fidelity_options(config),
     )
     fp16 = None
     if "fp16" in profile.precisions:
@@ -292,15 +325,14 @@ def record_measurements(context: BuildContext, profile: TargetProfile, artifact:
     from edgecompress.measure.memory import peak_memory_mb
 
     chosen, fp32 = choice.chosen, choice.fp32
-    evaluation = chosen.evaluation or next((c.evaluation for c in choice.candidates if c.evaluation is not None), None)
-    if chosen.evaluation is not None:
-        report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
-        report["agreement"] = vars(evaluation.agreement)
-    else:  # fp32 ships: the engine is the reference itself
-        accuracy = None if evaluation is None else evaluation.accuracy_reference
-        report["accuracy"] = {"fp32": accuracy, "engine": accuracy, "data": context.eval_set.description}
-        samples = len(next(iter(context.eval_set.inputs.values())))
-        report["agreement"] = {"top1": 1.0, "max_abs_diff": 0.0, "mean_abs_diff": 0.0, "cosine": 1.0, "samples": samples}
+    evaluation = chosen.evaluation
+    if evaluation is None:  # fp32 ships: the engine is the reference model itself, judged by the same comparators
+        reference = OrtRunner(context.fp32.path, threads=profile.threads)
+        evaluation = evaluate(reference, reference, context.eval_set, fidelity=fidelity_options(context.config))
+    report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
+    report["agreement"] = vars(evaluation.agreement)
+    report["fidelity"] = fidelity_report(build_budget(context.config), evaluation,
+                                         f"the {artifact.precision} engine on this machine")
     report["latency_ms"] = chosen.latency.to_dict()
     report["throughput_per_s"] = chosen.latency.throughput_per_s
     report["reference"]["latency_ms"] = fp32.latency.to_dict()
@@ -329,12 +361,15 @@ def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: P
     batch = _batch_size(context, 32)
     int8 = OrtRunner(int8_path, threads=profile.threads, level="disable")
     reference = OrtRunner(context.fp32.path, threads=profile.threads)
-    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch)
+    evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch, fidelity=fidelity_options(context.config))
+    how = ("simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
+           "the device engine itself is measured on the device")
     return {
-        "how": "simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
-               "the device engine itself is measured on the device",
+        "how": how,
         "accuracy": {"fp32": evaluation.accuracy_reference, "int8": evaluation.accuracy_engine, "data": evaluation.data},
         "agreement": vars(evaluation.agreement),
+        "fidelity": fidelity_report(build_budget(context.config), evaluation,
+                                    "this host's ONNX Runtime simulation of the int8 model (Q/DQ in float), not the device"),
     }
 
 

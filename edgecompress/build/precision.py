@@ -22,6 +22,7 @@ from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.measure.bench import LatencyStats, benchmark
 from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
+from edgecompress.measure.fidelity import FidelityOptions
 from edgecompress.quantize.diagnose import Diagnosis, diagnose, plot_layers
 from edgecompress.build.repair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
 from edgecompress.quantize.recipe import QuantRecipe
@@ -45,6 +46,7 @@ class Candidate:
             "accuracy": None if e is None else e.accuracy_engine,
             "accuracy_drop": None if e is None or e.accuracy_engine is None else round(accuracy_drop(e), 3),
             "agreement": 1.0 if e is None else round(e.agreement.top1, 4),
+            "fidelity": None if e is None else {f.output: {f.result.metric: round(f.result.value, 5)} for f in e.fidelity},
             "latency_ms_p50": None if self.latency is None else self.latency.p50,
         }
 
@@ -196,6 +198,7 @@ class PrecisionSettings:
     bench_runs: int = 100
     bench_max_seconds: float = 10.0
     bench_warmup: int = 5
+    fidelity: FidelityOptions = FidelityOptions()
 
 
 def _candidates(
@@ -225,19 +228,18 @@ def quantize_for_target(
     settings: PrecisionSettings,
     fp16_path: Path | None = None,
 ) -> TargetQuantization:
-    """Repair within the budget (when one is given), diagnose, then pick the precision."""
+    """Repair within the budget (the user's, else each task metric's stated default), diagnose, then pick the precision."""
+    from edgecompress.quantize.decode_tail import detector_tail_nodes
+
     reference = models.load(fp32_path)
-    session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair)
-    if settings.budget.given:
-        result = repair(session, recipe)
-    else:
-        only = session.attempt("target recipe (no budget)", recipe)
-        result = RepairResult(only, session.tries, True, "no budget given: the target's recipe is used as is", settings.budget)
+    session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair,
+                            settings.fidelity, detector_tail_nodes)
+    result = repair(session, recipe)
     best: RepairTry = result.best
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
         diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
-    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set))
+    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity))
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds, settings.bench_warmup)
     wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
@@ -246,5 +248,6 @@ def quantize_for_target(
         choice.summary[-1] = f"Shipping {choice.chosen.name} as requested (precision = {settings.precision})."
     if not result.met and not settings.allow_over_budget:
         choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
-        choice.summary[-1] = f"WARNING: int8 misses the budget ({settings.budget.describe()}): {result.stop_reason}; best int8 kept."
+        choice.summary[-1] = (f"WARNING: int8 misses the budget ({settings.budget.describe(best.evaluation)}): "
+                              f"{result.stop_reason}; best int8 kept.")
     return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)

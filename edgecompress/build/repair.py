@@ -4,7 +4,8 @@ Order (cheapest first): the target's recipe as chosen → the other calibration 
 (keep the best) → cross-layer equalization (edgecompress/quantize/equalize.py) → bias correction
 toggled (edgecompress/quantize/biascorrect.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
 doubling + bisection (few re-quantizations) or greedily (one node at a time, a node
-kept only if it helps). Every try is recorded with its accuracy and latency, and why
+kept only if it helps). For a detector, the decode tail (edgecompress/quantize/decode_tail.py)
+is kept in fp32 first, before any of these. Every try is recorded with its accuracy and latency, and why
 the search stopped; when the budget is missed the best engine is kept and the caller
 raises `BudgetNotMetError` unless the user allowed it.
 """
@@ -18,55 +19,13 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from edgecompress.engines.base import Runner
-from edgecompress.core.errors import BudgetError, BudgetNotMetError
+from edgecompress.core.errors import BudgetNotMetError
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
+from edgecompress.measure.fidelity import Budget, FidelityOptions
 from edgecompress.quantize.diagnose import Diagnosis, diagnose
 from edgecompress.quantize.recipe import QuantRecipe
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Top-1 points the int8 model may lose vs fp32 (needs labels), and/or the fraction of
-    samples whose top-1 must agree with fp32 (needs none)."""
-
-    max_accuracy_drop: float | None = None
-    min_agreement: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 100:
-            raise BudgetError(
-                f"max_accuracy_drop {self.max_accuracy_drop} is outside 0..100 top-1 points", "pass e.g. --max-accuracy-drop 1.0"
-            )
-        if self.min_agreement is not None and not 0 <= self.min_agreement <= 1:
-            raise BudgetError(
-                f"min_agreement {self.min_agreement} is outside 0..1 (a fraction of samples)", "pass e.g. --min-agreement 0.99"
-            )
-
-    @property
-    def given(self) -> bool:
-        return self.max_accuracy_drop is not None or self.min_agreement is not None
-
-    def check_measurable(self, eval_set: EvalSet) -> None:
-        if self.max_accuracy_drop is not None and eval_set.labels is None:
-            raise BudgetError(
-                f"--max-accuracy-drop needs labelled evaluation data, but {eval_set.description} has no labels",
-                "pass --eval-data FILE.npz with labels under `y`, or use --min-agreement FRACTION instead",
-            )
-
-    def met(self, evaluation: Evaluation) -> bool:
-        drop_ok = self.max_accuracy_drop is None or accuracy_drop(evaluation) <= self.max_accuracy_drop + 1e-9
-        agreement_ok = self.min_agreement is None or evaluation.agreement.top1 >= self.min_agreement - 1e-9
-        return drop_ok and agreement_ok
-
-    def describe(self) -> str:
-        parts = []
-        if self.max_accuracy_drop is not None:
-            parts.append(f"top-1 drop <= {self.max_accuracy_drop:g} pt")
-        if self.min_agreement is not None:
-            parts.append(f"agreement >= {self.min_agreement:.1%}")
-        return " and ".join(parts) or "no budget"
 
 
 def accuracy_drop(evaluation: Evaluation) -> float:
@@ -85,9 +44,11 @@ class RepairTry:
     latency_ms: float | None = None
     fp32_latency_ms: float | None = None
 
-    def quality(self) -> tuple[float, float, float]:
-        """Higher is better: accuracy drop (negated), then agreement, then cosine."""
-        return (-accuracy_drop(self.evaluation), self.evaluation.agreement.top1, self.evaluation.agreement.cosine)
+    def quality(self) -> tuple[float, ...]:
+        """Higher is better: each output's task metric (a classifier's accuracy drop negated), then the first
+        output's top-1 agreement and cosine."""
+        by_task = tuple(item.result.score for item in self.evaluation.fidelity)
+        return (*by_task, self.evaluation.agreement.top1, self.evaluation.agreement.cosine)
 
     def to_dict(self) -> dict[str, Any]:
         e = self.evaluation
@@ -100,6 +61,7 @@ class RepairTry:
             "accuracy_drop": None if e.accuracy_engine is None else round(accuracy_drop(e), 3),
             "agreement": round(e.agreement.top1, 4),
             "cosine": round(e.agreement.cosine, 5),
+            "fidelity": {item.output: {item.result.metric: round(item.result.value, 5)} for item in e.fidelity},
             "latency_ms_p50": self.latency_ms,
             "fp32_latency_ms_p50": self.fp32_latency_ms,
             "speedup_vs_fp32": None if speedup is None else round(speedup, 3),
@@ -131,6 +93,9 @@ class RepairSession:
     budget: Budget
     bench_feeds: dict[str, np.ndarray] | None = None
     options: RepairOptions = RepairOptions()
+    fidelity: FidelityOptions = FidelityOptions()
+    # fp32 nodes a detector's first repair try keeps out of int8 (the decode tail); replaceable by a better finder
+    detector_tail: Callable[[Path], list[str]] | None = None
     tries: list[RepairTry] = field(default_factory=list)
 
     def attempt(self, step: str, recipe: QuantRecipe) -> RepairTry:
@@ -138,7 +103,7 @@ class RepairSession:
 
         model_path = self.quantize(recipe)
         runner = self.load(model_path)
-        evaluation = evaluate(runner, self.reference, self.eval_set)
+        evaluation = evaluate(runner, self.reference, self.eval_set, fidelity=self.fidelity)
         result = RepairTry(step, recipe, model_path, evaluation, self.budget.met(evaluation))
         if self.options.latency_runs and self.bench_feeds is not None:
             from edgecompress.measure.bench import benchmark
@@ -146,8 +111,9 @@ class RepairSession:
             stats, _ = benchmark({"try": runner, "fp32": self.reference}, self.bench_feeds, runs=self.options.latency_runs, warmup=3)
             result.latency_ms, result.fp32_latency_ms = stats["try"].p50, stats["fp32"].p50
         self.tries.append(result)
-        acc = "" if evaluation.accuracy_engine is None else f"top-1 {evaluation.accuracy_engine:.2f}% "
-        info(f"repair: {step}: {acc}agreement {evaluation.agreement.top1:.1%} -> {'meets' if result.met else 'misses'} budget")
+        headline = self.budget.headline(evaluation)
+        info(f"repair: {step}: {headline.fidelity.result.describe()} ({headline.fidelity.task}) -> "
+             f"{'meets' if result.met else 'misses'} budget ({headline.describe_budget()})")
         return result
 
 
@@ -166,7 +132,7 @@ class RepairResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "budget": self.budget.describe(),
+            "budget": self.budget.describe(self.best.evaluation),
             "met": self.met,
             "stop_reason": self.stop_reason,
             "fp32_nodes": self.fp32_nodes,
@@ -177,8 +143,8 @@ class RepairResult:
     def raise_if_unmet(self, allow_over_budget: bool) -> None:
         if not self.met and not allow_over_budget:
             raise BudgetNotMetError(
-                f"int8 misses the budget ({self.budget.describe()}): {self.stop_reason}; best try kept "
-                f"({self.best.step}, agreement {self.best.evaluation.agreement.top1:.1%})",
+                f"int8 misses the budget ({self.budget.describe(self.best.evaluation)}): {self.stop_reason}; best try kept "
+                f"({self.best.step}, {self.budget.headline(self.best.evaluation).fidelity.result.describe()})",
                 "raise --max-excluded-layers, loosen the budget, ship fp32, or pass --allow-over-budget",
             )
 
@@ -191,10 +157,25 @@ def _pick_best(tries: list[RepairTry]) -> RepairTry:
     return max(tries, key=lambda t: t.quality())
 
 
+def _try_decode_tail(session: RepairSession, first: RepairTry) -> RepairTry | None:
+    """A detector's decode tail (box arithmetic in pixels concatenated with scores in [0, 1]) in fp32."""
+    if session.detector_tail is None or not any(item.task == "detect" for item in first.evaluation.fidelity):
+        return None
+    tail = [node for node in session.detector_tail(session.fp32_path) if node not in first.recipe.nodes_to_exclude]
+    if not tail:
+        return None
+    return session.attempt("decode tail in fp32", first.recipe.with_options(nodes_to_exclude=first.recipe.nodes_to_exclude + tuple(tail)))
+
+
 def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTry:
     first = session.attempt(f"target recipe ({recipe.calibration_method})", recipe)
     if first.met:
         return first
+    tail = _try_decode_tail(session, first)
+    if tail is not None and tail.met:
+        return tail
+    if tail is not None and tail.quality() > first.quality():
+        recipe = tail.recipe  # later steps keep the tail in fp32
     for method in session.options.calibration_methods:
         if method != recipe.calibration_method:
             session.attempt(f"calibration {method}", recipe.with_options(calibration_method=method))

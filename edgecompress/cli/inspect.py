@@ -16,7 +16,7 @@ def inspect(
 ) -> None:
     """Print the per-layer int8 error table, the recipe, the repair tries and the precision choice."""
     from edgecompress.core.progress import out_console
-    from edgecompress.quantize.inspect import inspection_tables, load_target_report
+    from edgecompress.build.inspect import inspection_tables, load_target_report
 
     for table in inspection_tables(load_target_report(target_dir), top):
         out_console.print(table)

@@ -21,6 +21,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+# the task kinds measure.fidelity has a comparator for; the options validate --task against them
+TASKS = ("classify", "detect", "segment", "sequence", "regress")
+TASK_CHOICES = ("auto", *TASKS)
+
 class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -55,7 +59,28 @@ class BuildConfig(BaseModel):
     min_agreement: float | None = Field(
         None, ge=0, le=1, description="budget without labels: fraction of samples whose top-1 must match fp32"
     )
-    allow_over_budget: bool = Field(False, description="keep and ship the best int8 even when it misses the budget (exit 0)")
+    allow_over_budget: bool = Field(
+        False, description="ship the best engine even when it misses the budget, exit 0 and say so (else exit 3)"
+    )
+    task: list[str] = Field(
+        default_factory=lambda: ["auto"], description="task of the model's outputs, which picks the fidelity metric: "
+        "auto (from each output's shape and values), classify (top-1), detect (F1 of boxes after NMS vs fp32), "
+        "segment (pixel agreement, or mask IoU for one channel), sequence (CTC character error rate), regress (SQNR); "
+        "OUTPUT=TASK for one output of several"
+    )
+    fidelity_budget: list[str] = Field(
+        default_factory=list, description="budget in the task metric's own units: the least detection F1, mask IoU, "
+        "pixel/step/top-1 agreement or SQNR dB, the most character error rate or top-1 points lost; OUTPUT=VALUE for one "
+        "output; unset = the stated default per metric (F1 0.90, mask IoU 0.90, pixel agreement 98%, character "
+        "error rate 0.02, SQNR 20 dB, top-1: 1 point with labels, else 99% agreement)"
+    )
+    detect_score_threshold: float = Field(0.25, gt=0, lt=1, description="detections: a box counts above this class score")
+    detect_nms_iou: float = Field(0.45, gt=0, le=1, description="detections: NMS drops a box overlapping a better one of its class by more")
+    detect_match_iou: float = Field(0.5, gt=0, le=1, description="detections: an engine box matches an fp32 box of its class from this IoU")
+    ctc_blank: int = Field(0, ge=0, description="blank class of a CTC sequence output (sequence_decode = ctc)")
+    sequence_decode: Literal["ctc", "steps"] = Field(
+        "ctc", description="sequence outputs: ctc = character error rate of greedy CTC decoding, steps = per-step argmax agreement"
+    )
     max_excluded_layers: int = Field(8, ge=0, description="most layers repair may keep in fp32")
     repair_strategy: Literal["bisect", "greedy"] = Field("bisect", description="how repair searches the sensitivity ranking")
     precision: Literal["auto", "int8", "fp32", "fp16"] = Field(
@@ -98,10 +123,29 @@ class BuildConfig(BaseModel):
         default_factory=list, description="feature distillation pairs student_layer=teacher_layer"
     )
 
-    @field_validator("target", "input_shape", "nodes_to_exclude", "distill_features", mode="before")
+    @field_validator("target", "input_shape", "nodes_to_exclude", "distill_features", "task", "fidelity_budget", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
+        return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+
+    @field_validator("task")
+    @classmethod
+    def _known_tasks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item.rpartition("=")[2] not in TASK_CHOICES:
+                raise ValueError(f"task '{item}' is not one of {', '.join(TASK_CHOICES)} (or OUTPUT=TASK)")
+        return value
+
+    @field_validator("fidelity_budget", mode="before")
+    @classmethod
+    def _numbers(cls, value: Any) -> Any:
+        items = [str(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+        for item in items:
+            try:
+                float(item.rpartition("=")[2])
+            except ValueError:
+                raise ValueError(f"fidelity budget '{item}' is not a number (or OUTPUT=NUMBER)") from None
+        return items
 
 
 def describe(key: str) -> str:

@@ -1,8 +1,10 @@
-"""Evaluate stage: accuracy and agreement of an engine against the fp32 reference.
+"""Evaluate stage: fidelity of an engine against the fp32 reference.
 
 Written once against the `Runner` interface and applied to any pair of runners
-(Polygraphy's comparator idea): top-1 accuracy when labels exist, and always top-1
-agreement, max/mean absolute difference and logit cosine on held-out inputs.
+(Polygraphy's comparator idea): every output is compared by its task's comparator
+(edgecompress/measure/fidelity.py: top-1 for classifiers, F1 after NMS for detectors, mask IoU,
+CTC character error rate, SQNR); the first output's top-1 agreement, max/mean absolute
+difference and cosine are kept as raw figures (report.json's `agreement`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgecompress.engines.base import Runner
+from edgecompress.measure.fidelity import (
+    FidelityOptions,
+    OutputFidelity,
+    compare_outputs_by_task,
+    plan_fidelity,
+)
 
 
 @dataclass(frozen=True)
@@ -41,19 +49,25 @@ class Evaluation:
     accuracy_engine: float | None
     agreement: Agreement
     data: str
+    fidelity: tuple[OutputFidelity, ...] = ()  # per output, in the metric of its task
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """The runner's first output over all samples, fed `batch_size` at a time."""
+def run_all_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
+    """Every output of the runner over all samples, fed `batch_size` at a time."""
     count = len(next(iter(inputs.values())))
-    outputs = [
-        runner.run({name: array[start : start + batch_size] for name, array in inputs.items()})[0]
+    batches = [
+        runner.run({name: array[start : start + batch_size] for name, array in inputs.items()})
         for start in range(0, count, batch_size)
     ]
-    return np.concatenate(outputs, axis=0)
+    return [np.concatenate([batch[index] for batch in batches], axis=0) for index in range(len(batches[0]))]
+
+
+def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """The runner's first output over all samples, fed `batch_size` at a time."""
+    return run_all_batched(runner, inputs, batch_size)[0]
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -74,13 +88,20 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
     )
 
 
-def evaluate(engine: Runner, reference: Runner, data: EvalSet, batch_size: int = 32) -> Evaluation:
-    reference_out = run_batched(reference, data.inputs, batch_size)
-    engine_out = run_batched(engine, data.inputs, batch_size)
-    has_labels = data.labels is not None
+def evaluate(
+    engine: Runner, reference: Runner, data: EvalSet, batch_size: int = 32, fidelity: FidelityOptions | None = None
+) -> Evaluation:
+    reference_outputs = run_all_batched(reference, data.inputs, batch_size)
+    engine_outputs = run_all_batched(engine, data.inputs, batch_size)
+    names = [spec.name for spec in reference.outputs] or [f"output{i}" for i in range(len(reference_outputs))]
+    plan = plan_fidelity(names, reference_outputs, fidelity or FidelityOptions())
+    by_task = compare_outputs_by_task(plan, reference_outputs, engine_outputs, data.labels)
+    # top-1 accuracy where a classification output took the labels (class ids make no sense for other tasks)
+    labelled = next((f.result.details for f in by_task if "top-1 accuracy fp32" in f.result.details), None)
     return Evaluation(
-        accuracy_reference=top1_accuracy(reference_out, data.labels) if has_labels else None,
-        accuracy_engine=top1_accuracy(engine_out, data.labels) if has_labels else None,
-        agreement=compare_outputs(reference_out, engine_out),
+        accuracy_reference=None if labelled is None else labelled["top-1 accuracy fp32"],
+        accuracy_engine=None if labelled is None else labelled["top-1 accuracy engine"],
+        agreement=compare_outputs(reference_outputs[0], engine_outputs[0]),
         data=data.description,
+        fidelity=by_task,
     )

@@ -94,6 +94,8 @@ class _ArrayReader:
 def _sqnr_db(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
     from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
 
+    if isinstance(reference, np.ndarray) and reference.ndim == 0:  # a scalar weight (e.g. a Mul by a constant)
+        reference, value = reference.reshape(1), np.asarray(value).reshape(1)
     return min(SQNR_CAP_DB, compute_signal_to_quantization_noice_ratio(reference, value))
 
 

@@ -39,7 +39,7 @@ TENSORRT_RUNNER_FILES = {"trt_device.py": _DEVICE / "trt_device.py"}
 ORT_KINDS = ("ort-cpu", "ort-arm")
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
-FIGURE_KEYS = ("accuracy", "agreement", "latency_ms", "throughput_per_s", "memory")
+FIGURE_KEYS = ("accuracy", "agreement", "fidelity", "latency_ms", "throughput_per_s", "memory")
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ def load_target_report(target_dir: Path) -> dict[str, Any]:
 
 
 LAYER_COLUMNS = ["node", "op", "SQNR dB", "cosine", "weight SQNR dB", "lost dB"]
-TRY_COLUMNS = ["#", "step", "calibration", "fp32 nodes", "top-1", "drop", "agreement", "p50 ms", "met"]
-CANDIDATE_COLUMNS = ["candidate", "within budget", "top-1", "agreement", "p50 ms"]
+TRY_COLUMNS = ["#", "step", "calibration", "fp32 nodes", "top-1", "drop", "agreement", "fidelity", "p50 ms", "met"]
+CANDIDATE_COLUMNS = ["candidate", "within budget", "top-1", "agreement", "fidelity", "p50 ms"]
 
 
 def _num(value: Any, spec: str = ".2f") -> str:
@@ -42,16 +42,25 @@ def layer_rows(quant: dict[str, Any], top: int) -> list[list[str]]:
              _num(l["weight_sqnr_db"], ".1f"), _num(l["lost_db"], ".1f")] for l in layers]
 
 
+def _fidelity(by_output: dict[str, dict[str, float]] | None) -> str:
+    """'detection F1 0.420' per output (report.json's tries[].fidelity: output -> {metric: value})."""
+    from edgecompress.measure.fidelity import format_metric
+
+    return "; ".join(f"{metric} {format_metric(metric, value)}" for figures in (by_output or {}).values()
+                     for metric, value in figures.items()) or "-"
+
+
 def try_rows(quant: dict[str, Any]) -> list[list[str]]:
     return [[str(i), t["step"], t["calibration_method"], str(len(t["nodes_to_exclude"])), _num(t["accuracy"]),
-             _num(t["accuracy_drop"]), _num(t["agreement"], ".3f"), _num(t["latency_ms_p50"], ".3f"), _yes(t["met"])]
+             _num(t["accuracy_drop"]), _num(t["agreement"], ".3f"), _fidelity(t.get("fidelity")), _num(t["latency_ms_p50"], ".3f"),
+             _yes(t["met"])]
             for i, t in enumerate(quant.get("tries", []))]
 
 
 def candidate_rows(quant: dict[str, Any]) -> list[list[str]]:
     candidates = (quant.get("precision") or {}).get("candidates", [])
     return [[c["name"], _yes(c["within_budget"]), _num(c["accuracy"]), _num(c["agreement"], ".3f"),
-             _num(c["latency_ms_p50"], ".3f")] for c in candidates]
+             _fidelity(c.get("fidelity")), _num(c["latency_ms_p50"], ".3f")] for c in candidates]
 
 
 def _rich(title: str, columns: list[str], rows: list[list[str]]):
