@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import paramiko
 
-from edgecompress.device_runner.run import normalize_arch
+from edgecompress.device_runner.run import KNOWN_SIGNERS_NAME, normalize_arch
 from edgecompress.errors import ShipError, SigningKeyError
 from edgecompress.progress import info
 from edgecompress.verify import VerifiedBundle, verify_bundle
@@ -93,6 +93,24 @@ class HostResult:
     previous: str | None = None
     checked_by: str = ""
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SignerTrust:
+    """What each device is told about bundle signers.
+
+    The device's run.py keeps `known_signers` beside `releases/` (like SSH's known_hosts):
+    the first signer it accepts is pinned there and any other is refused unless
+    `accept_new_signer`, so a stolen SSH login alone cannot install a self-signed engine.
+    """
+
+    accept_new_signer: bool = False
+    allow_unsigned: bool = False
+
+    def run_py_args(self, base: str) -> str:
+        flags = [f"--known-signers {_q(base + '/' + KNOWN_SIGNERS_NAME)}"]
+        flags += ["--accept-new-signer"] * self.accept_new_signer + ["--allow-unsigned"] * self.allow_unsigned
+        return " ".join(flags)
 
 
 class HostFailure(Exception):
@@ -246,17 +264,18 @@ def upload_tree(conn: Connection, tree: Path, remote_dir: str, label: str, progr
         done += path.stat().st_size
 
 
-def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any]) -> str:
-    """Run the bundle's own checks on the device; fall back to sha256sum where there is no Python."""
+def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any], trust: SignerTrust = SignerTrust()) -> str:
+    """Run the bundle's own checks on the device (signer pinning included); sha256sum where there is no Python."""
     python = conn.ssh.remote_python
     status, _ = conn.run(f"command -v {_q(python)}")
     if status == 0:  # one interpreter start for both checks: devices are slow to import onnxruntime
         selftest = " --selftest" if manifest.get("selftest") else ""
-        conn.check(f"cd {_q(remote_dir)} && {_q(python)} run.py --verify{selftest}", "checks on the device failed")
+        signers = trust.run_py_args(conn.dest.path)
+        conn.check(f"cd {_q(remote_dir)} && {_q(python)} run.py --verify {signers}{selftest}", "checks on the device failed")
         return "run.py --verify" + (" + --selftest" if selftest else "")
     sums = "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(manifest["files"].items()))
     conn.check(f"cd {_q(remote_dir)} && sha256sum -c -", "sha256 check on the device failed", stdin=sums)
-    return "sha256sum (no Python on the device)"
+    return "sha256sum (no Python on the device: signer not pinned there)"
 
 
 def switch_link(conn: Connection, base: str, name: str, target: str) -> None:
@@ -270,7 +289,7 @@ def switch_link(conn: Connection, base: str, name: str, target: str) -> None:
 
 
 def install_release(conn: Connection, verified: VerifiedBundle, tree: Path, label: str,
-                    progress: ProgressFn | None) -> HostResult:
+                    progress: ProgressFn | None, trust: SignerTrust = SignerTrust()) -> HostResult:
     """Steps on one connected device; any HostFailure leaves `current` as it was."""
     dest, manifest = conn.dest, verified.manifest
     check_arch(conn, manifest)
@@ -286,7 +305,7 @@ def install_release(conn: Connection, verified: VerifiedBundle, tree: Path, labe
     if progress:
         progress(label, 1, 1, "verifying on device")
     try:
-        checked_by = remote_verify(conn, staging, manifest)
+        checked_by = remote_verify(conn, staging, manifest, trust)
     except HostFailure:
         if staging == partial:
             conn.run(f"rm -rf {_q(partial)}")
@@ -313,27 +332,41 @@ def _timed(dest: Destination, action: Callable[[], HostResult]) -> HostResult:
 
 
 def ship_to_host(verified: VerifiedBundle, tree: Path, dest: Destination, ssh: SshOptions,
-                 pkey: paramiko.PKey | None, progress: ProgressFn | None = None) -> HostResult:
+                 pkey: paramiko.PKey | None, progress: ProgressFn | None = None,
+                 trust: SignerTrust = SignerTrust()) -> HostResult:
     def action() -> HostResult:
         if progress:
             progress(str(dest), 0, 1, "connecting")
         with Connection(dest, ssh, pkey) as conn:
-            return install_release(conn, verified, tree, str(dest), progress)
+            return install_release(conn, verified, tree, str(dest), progress, trust)
 
     return _timed(dest, action)
 
 
 def ship(archive: Path, destinations: list[Destination], ssh: SshOptions = SshOptions(),
          trusted_key: Path | None = None, allow_unsigned: bool = False, parallel: int = 1,
-         progress: ProgressFn | None = None) -> list[HostResult]:
-    """Verify the bundle once here, then install it on every destination (`parallel` at a time)."""
+         progress: ProgressFn | None = None, trust_on_first_use: bool = False,
+         accept_new_signer: bool = False) -> list[HostResult]:
+    """Verify the bundle once here, then install it on every destination (`parallel` at a time).
+
+    A signed bundle needs `trusted_key`, or `trust_on_first_use`: then only each device's
+    pinned signer (known_signers) vouches for it, the first install pinning it.
+    """
     pkey = load_ssh_key(ssh.key, ssh.passphrase) if ssh.key else None
     with tempfile.TemporaryDirectory(prefix="ec-ship-") as tmp:
         verified = verify_bundle(archive, trusted_key, allow_unsigned, extract_to=Path(tmp) / "bundle")
+        if verified.signer is not None and not verified.trusted_key and not trust_on_first_use:
+            raise ShipError(
+                f"{Path(archive).name} is signed by key {verified.signer}, but no trusted key was named, so nothing "
+                "says who made it (integrity only, signer not trusted); nothing was shipped",
+                "pass --verify-key YOUR_KEY.pub, or --trust-on-first-use to let each device pin the signer of "
+                "the first bundle it accepts",
+            )
         info(f"verified here: {verified.describe()}")
         tree = Path(tmp) / "bundle"
+        trust = SignerTrust(accept_new_signer, allow_unsigned)
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            return list(pool.map(lambda d: ship_to_host(verified, tree, d, ssh, pkey, progress), destinations))
+            return list(pool.map(lambda d: ship_to_host(verified, tree, d, ssh, pkey, progress, trust), destinations))
 
 
 def rollback(dest: Destination, ssh: SshOptions = SshOptions(), release: str | None = None) -> HostResult:
