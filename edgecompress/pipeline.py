@@ -214,7 +214,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
         samples = measure_engine(context, profile, builder, artifact, report)
     if context.compression is not None:
         report["compression"] = compression_report(context.compression.record, report)
-    if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
+    if artifact.precision in ("int8", "mixed") and (not artifact.runnable_here or profile.arch != host_arch()):
         report["int8_model_check"] = check_int8_model(context, profile, model_path)
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
     if chosen is not None:
@@ -351,6 +351,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
             "kind": artifact.kind,
             "path": str(artifact.path) if artifact.path else None,
             "precision": artifact.precision,
+            "precision_layers": artifact.precision_layers,
             "size_bytes": engine_size,
             "files": [str(p) for p in artifact.files],
             "runnable_here": artifact.runnable_here,

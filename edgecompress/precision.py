@@ -19,7 +19,7 @@ import numpy as np
 
 from edgecompress.artifacts import atomic_path, sha256_file
 from edgecompress.bench import LatencyStats, benchmark
-from edgecompress.engines.base import EngineBuilder, Runner
+from edgecompress.engines.base import EngineBuilder, Runner, onnx_precision
 from edgecompress.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.qdiagnose import Diagnosis, diagnose, plot_layers
 from edgecompress.qrepair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
@@ -32,13 +32,14 @@ class Candidate:
     name: str  # "fp32" | "int8" | "int8+fp32 nodes" | "fp16"
     model_path: Path
     within_budget: bool
-    evaluation: Evaluation | None = None  # None for fp32 (the reference itself)
+    evaluation: Evaluation | None = None  # vs the fp32 reference (fp32's own: vs ONNX Runtime's fp32)
     latency: LatencyStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         e = self.evaluation
         return {
             "name": self.name,
+            "label": str(onnx_precision(self.model_path)),  # what the graph computes in, e.g. mixed (2 fp32 of 9 ...)
             "model_path": str(self.model_path),
             "within_budget": self.within_budget,
             "accuracy": None if e is None else e.accuracy_engine,
@@ -65,6 +66,12 @@ class TargetModels:
         self._builder, self._profile = builder, profile
         self._workdir = tempfile.TemporaryDirectory(prefix="edgecompress-candidates-")
         self._runners: dict[Path, Runner] = {}
+
+    def onnx_reference(self, fp32_path: Path) -> Runner:
+        """The exported fp32 model as ONNX Runtime computes it: what even the target's fp32 engine is checked against."""
+        from edgecompress.engines.ort_cpu import OrtRunner
+
+        return OrtRunner(fp32_path, threads=self._profile.threads)
 
     def load(self, model_path: Path) -> Runner:
         if model_path not in self._runners:
@@ -170,15 +177,19 @@ class PrecisionSettings:
 
 def _candidates(
     result: RepairResult, fp32_path: Path, fp16_path: Path | None, settings: PrecisionSettings,
-    evaluate_model: Callable[[Path], Evaluation],
+    evaluate_model: Callable[[Path], Evaluation], fp32_evaluation: Evaluation,
 ) -> list[Candidate]:
-    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed."""
+    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed.
+
+    Every candidate carries its own evaluation: the fp32 one too, as the target's runner built it
+    (a TensorRT fp32 plan is not the ONNX model), against ONNX Runtime's fp32.
+    """
     first, best = result.tries[0], result.best
     candidates = [Candidate("int8", first.model_path, first.met, first.evaluation)]
     if best is not first:
         candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
     candidates[-1].within_budget = candidates[-1].within_budget or settings.allow_over_budget
-    candidates.append(Candidate("fp32", fp32_path, True))
+    candidates.append(Candidate("fp32", fp32_path, settings.budget.met(fp32_evaluation), fp32_evaluation))
     if fp16_path is not None:
         fp16_eval = evaluate_model(fp16_path)
         candidates.append(Candidate("fp16", fp16_path, settings.budget.met(fp16_eval), fp16_eval))
@@ -207,7 +218,8 @@ def quantize_for_target(
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
         diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
-    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set))
+    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set),
+                             evaluate(reference, models.onnx_reference(fp32_path), eval_set))
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds)
     wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)

@@ -80,6 +80,13 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     return lines
 
 
+def precision_text(engine: dict[str, Any]) -> str:
+    """'int8', or 'mixed (3 fp32 of 20 compute layers)' from report.json's engine.precision_layers."""
+    from edgecompress.engines.base import PrecisionLabel
+
+    return str(PrecisionLabel(engine["precision"], engine.get("precision_layers") or {}))
+
+
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
@@ -89,7 +96,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     accuracy, agreement = report.get("accuracy", {}), report.get("agreement") or {}
     latency, ref_latency = report.get("latency_ms") or {}, reference.get("latency_ms") or {}
     rows = [
-        ("precision", "fp32", engine["precision"]),
+        ("precision", "fp32", precision_text(engine)),
         ("size", _fmt(reference["size_bytes"] / 1024, ".1f", " KiB"), _fmt(engine["size_bytes"] / 1024, ".1f", " KiB")),
         ("top-1 accuracy", _fmt(accuracy.get("fp32"), ".2f", " %"), _fmt(accuracy.get("engine"), ".2f", " %")),
         ("latency p50", _fmt(ref_latency.get("p50"), ".3f", " ms"), _fmt(latency.get("p50"), ".3f", " ms")),
@@ -209,7 +216,7 @@ def summary_table(reports: list[dict[str, Any]]):
         simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1")
         table.add_row(
             report["target"],
-            f"{report['engine']['kind']} {report['engine']['precision']}",
+            f"{report['engine']['kind']} {precision_text(report['engine'])}",
             f"{report['engine']['size_bytes'] / 1024:.0f} KiB",
             _fmt(report["accuracy"].get("fp32"), ".2f", "%"),
             _fmt(report["accuracy"].get("engine"), ".2f", "%"),

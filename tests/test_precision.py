@@ -44,6 +44,9 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
     assert fields["repair"]["met"] and "/conv2/Conv" in fields["fp32_nodes"]
     assert {c["name"] for c in fields["precision"]["candidates"]} == {"int8", "int8 repaired", "fp32"}
     assert fields["precision"]["chosen"] in ("int8 repaired", "fp32")  # "int8" misses the budget
+    candidates = {c["name"]: c for c in fields["precision"]["candidates"]}
+    assert candidates["fp32"]["accuracy"] is not None  # evaluated too (vs ONNX Runtime's fp32), not assumed
+    assert candidates["int8"]["label"] == "int8" and candidates["int8 repaired"]["label"].startswith("mixed (")
     assert fields["layers"] and (tmp_path / fields["layers_plot"]).is_file()
     assert np.isfinite([layer["output_sqnr_db"] for layer in fields["layers"]]).all()
 

@@ -63,6 +63,8 @@ def _configure(trt: Any, builder: Any, settings: dict[str, Any]) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mib"]) << 20)
     precisions = set(settings["precisions"])
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default on Ampere+; the label's fp32 layers stay fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     if "fp16" in precisions:
         config.set_flag(trt.BuilderFlag.FP16)
     if "int8" in precisions:

@@ -178,8 +178,9 @@ class ArmBuilder:
 
         _, notice = providers_here(options.providers)
         operators = required_operators(config)
+        label = onnx_precision(onnx_path)
         return EngineArtifact(
-            target=profile.name, kind=self.kind, precision=onnx_precision(onnx_path), path=engine,
+            target=profile.name, kind=self.kind, precision=label.name, precision_layers=label.layers, path=engine,
             files=[engine, config], note=notice,
             metadata={
                 "format": "ort", "converted_with_onnxruntime": ort.__version__,

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress.artifacts import atomic_dir, write_json_atomic
 from edgecompress.engines import _trt_build
-from edgecompress.engines.base import EngineArtifact, TensorSpec
+from edgecompress.engines.base import EngineArtifact, PrecisionLabel, TensorSpec, graph_precision
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
 from edgecompress.errors import EngineBuildError, TargetError
 from edgecompress.targets import TargetProfile
@@ -105,11 +105,25 @@ def input_shapes(model: onnx.ModelProto, profile: TargetProfile) -> dict[str, li
     return shapes
 
 
+def builder_precisions(label: PrecisionLabel, options: TensorRTOptions) -> list[str]:
+    """The builder flags of exactly the model's label: an fp32 candidate gets no INT8/FP16 flag (and no TF32).
+
+    DLA has no fp32 units, so there the layers the label keeps in fp32 run in fp16.
+    """
+    flags = list(label.builder_flags)
+    if options.dla_core is not None and "fp16" not in flags:
+        flags.append("fp16")
+    return flags
+
+
 def build_settings(model: onnx.ModelProto, profile: TargetProfile, timing_cache: str | None) -> dict[str, Any]:
     """Everything `_trt_build.build_plan` and `trtexec` need, as one JSON-able dict."""
     options = trt_options(profile)
+    label = graph_precision(model)
     return {
-        "precisions": list(profile.precisions),
+        "label": label.name,
+        "precision_layers": label.layers,
+        "precisions": builder_precisions(label, options),
         "workspace_mib": options.workspace_mib,
         "dla_core": options.dla_core,
         "gpu_fallback": options.gpu_fallback,
@@ -126,6 +140,7 @@ def trtexec_command(onnx_name: str, plan_name: str, settings: dict[str, Any]) ->
     """The `trtexec` line that builds the same plan as `build_plan` with `settings`."""
     command = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={plan_name}"]
     command += [f"--{p}" for p in ("int8", "fp16") if p in settings["precisions"]]
+    command.append("--noTF32")  # fp32 layers in fp32: TensorRT would otherwise round them to TF32 on Ampere+
     if settings["shapes"]:
         command += [f"--{kind}Shapes={_shape_arg(settings['shapes'], i)}" for i, kind in enumerate(("min", "opt", "max"))]
     command.append(f"--memPoolSize=workspace:{settings['workspace_mib']}")  # MiB in TensorRT 8.6 and 10
@@ -173,7 +188,8 @@ def write_build_kit(onnx_path: Path, profile: TargetProfile, out_dir: Path) -> E
     note = (f"the TensorRT engine must be built on the device: copy {kit} to the {profile.name} and run "
             f"`sh build_engine.sh` there, i.e. `{shlex.join(command)}` (or `python3 build_engine.py`)")
     return EngineArtifact(
-        target=profile.name, kind="tensorrt", precision=_build_precision(model, profile), path=None,
+        target=profile.name, kind="tensorrt", precision=settings["label"],
+        precision_layers=settings["precision_layers"], path=None,
         files=sorted(kit.iterdir()), note=note,
         metadata={"trtexec": shlex.join(command), "build_settings": settings, "preflight": report.to_dict(),
                   "portability": NOT_PORTABLE, "built_on_device": True,
@@ -195,13 +211,6 @@ def _summary(report: PreflightReport, settings: dict[str, Any], facts: dict[str,
         lines.insert(0, f"built with TensorRT {facts['tensorrt_version']} on {facts['gpu']} "
                         f"(compute capability {facts['compute_capability']})")
     return lines
-
-
-def _build_precision(model: onnx.ModelProto, profile: TargetProfile) -> str:
-    """int8 needs the model's Q/DQ scales as well as the flag; fp16 needs only the flag."""
-    if "int8" in profile.precisions and _has_qdq(model):
-        return "int8"
-    return "fp16" if "fp16" in profile.precisions else "fp32"
 
 
 class TensorRTBuilder:
@@ -250,7 +259,8 @@ class TensorRTBuilder:
         except RuntimeError as exc:
             raise EngineBuildError(str(exc), "check the preflight warnings and the TensorRT log") from exc
         return EngineArtifact(
-            target=profile.name, kind="tensorrt", precision=_build_precision(model, profile), path=plan, files=[plan],
+            target=profile.name, kind="tensorrt", precision=settings["label"],
+            precision_layers=settings["precision_layers"], path=plan, files=[plan],
             metadata={**facts, "build_settings": settings, "preflight": report.to_dict(),
                       "trtexec": shlex.join(trtexec_command(onnx_path.name, PLAN_NAME, settings)),
                       "portability": NOT_PORTABLE, "built_on_device": False,
