@@ -37,7 +37,7 @@ RUNNER_FILES = {  # bundle name -> source; preprocess.py and unpack.py are copie
 ORT_KINDS = ("ort-cpu", "ort-arm")
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
-FIGURE_KEYS = ("accuracy", "agreement", "latency_ms", "throughput_per_s", "memory")
+FIGURE_KEYS = ("accuracy", "agreement", "latency_ms", "throughput_per_s", "memory", "speedup_vs_fp32", "measured_on")
 
 
 @dataclass(frozen=True)

@@ -304,12 +304,23 @@ def measure_engine(context: BuildContext, profile, builder, artifact: EngineArti
     report["throughput_per_s"] = stats["engine"].throughput_per_s
     report["reference"]["latency_ms"] = stats["fp32"].to_dict()
     report["speedup_vs_fp32"] = stats["fp32"].p50 / stats["engine"].p50
+    report["measured_on"] = _measured_on(profile, artifact)
+    report["latency_ms"]["measured_on"] = report["reference"]["latency_ms"]["measured_on"] = report["measured_on"]["summary"]
     report["memory"] = {
         "engine_peak_mb": peak_memory_mb(artifact, profile, feeds),
         "reference_peak_mb": peak_memory_mb(reference_artifact, profile, feeds),
         "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
     }
     return {f"{artifact.precision} engine": samples["engine"], "fp32 ORT": samples["fp32"]}
+
+
+def _measured_on(profile: TargetProfile, artifact: EngineArtifact) -> dict[str, Any]:
+    """Every figure here comes from this host: which one, on what device, with which shared session settings."""
+    from edgecompress.engines.ort_cpu import session_settings
+    from edgecompress.measured_on import measured_on
+
+    ort_engine = artifact.kind in ("ort-cpu", "ort-arm")
+    return measured_on(profile, artifact.metadata.get("gpu", "CPU"), session_settings(profile.threads) if ort_engine else None)
 
 
 def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:

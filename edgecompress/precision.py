@@ -67,6 +67,13 @@ class TargetModels:
         self._workdir = tempfile.TemporaryDirectory(prefix="edgecompress-candidates-")
         self._runners: dict[Path, Runner] = {}
 
+    @property
+    def where(self) -> str:
+        """Where candidates are timed, in words: this host, which is not the device for another arch."""
+        from edgecompress.measured_on import measured_on, where_words
+
+        return where_words(measured_on(self._profile))
+
     def onnx_reference(self, fp32_path: Path) -> Runner:
         """The exported fp32 model as ONNX Runtime computes it: what even the target's fp32 engine is checked against."""
         from edgecompress.engines.ort_cpu import OrtRunner
@@ -95,10 +102,10 @@ def fp16_model(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _slower_sentence(int8: Candidate, fp32: Candidate) -> str | None:
+def _slower_sentence(int8: Candidate, fp32: Candidate, where: str = "on this machine") -> str | None:
     if int8.latency and fp32.latency and int8.latency.p50 > fp32.latency.p50:
         return (
-            f"WARNING: {int8.name} is SLOWER than fp32 on this target for this model: {int8.latency.p50:.3f} ms vs "
+            f"WARNING: {int8.name} is SLOWER than fp32 {where} for this model: {int8.latency.p50:.3f} ms vs "
             f"{fp32.latency.p50:.3f} ms (p50, batch {fp32.latency.batch})."
         )
     return None
@@ -117,9 +124,13 @@ def _fastest_with_margin(eligible: list[Candidate]) -> Candidate:
 
 
 def choose_precision(
-    candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float
+    candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float,
+    where: str = "on this machine",
 ) -> PrecisionChoice:
-    """Time every candidate interleaved on the target's runner; the fastest within budget wins."""
+    """Time every candidate interleaved on the target's runner; the fastest within budget wins.
+
+    `where` names the place of the timings (measured_on.where_words): "on this host (...)" for another arch.
+    """
     stats, _ = benchmark({c.name: load(c.model_path) for c in candidates}, feeds, runs=runs, warmup=5, max_seconds=max_seconds)
     for candidate in candidates:
         candidate.latency = stats[candidate.name]
@@ -128,11 +139,11 @@ def choose_precision(
     fp32 = next((c for c in candidates if c.name == "fp32"), None)
     summary = []
     if fp32 is not None:
-        summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32))]
+        summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32, where))]
     speed = "" if fp32 is None or chosen is fp32 else f", {fp32.latency.p50 / chosen.latency.p50:.2f}x vs fp32 {fp32.latency.p50:.3f} ms"
     summary.append(
         f"Shipping {chosen.name}: the smallest candidate within the budget and within "
-        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed})."
+        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed}, {where})."
     )
     return PrecisionChoice(chosen, candidates, summary)
 
@@ -221,7 +232,7 @@ def quantize_for_target(
     candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set),
                              evaluate(reference, models.onnx_reference(fp32_path), eval_set))
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
-    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds)
+    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds, models.where)
     wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
     if settings.precision != "auto":
         choice.chosen = next((c for c in candidates if c.name == wanted), choice.chosen)

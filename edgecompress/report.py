@@ -2,7 +2,8 @@
 
 report.json keeps these keys stable: target; engine.{kind,path,precision,size_bytes};
 reference.size_bytes; accuracy.{fp32,engine}; agreement.{top1,max_abs_diff,samples};
-latency_ms.{p50,p90,p99,batch,runs}; throughput_per_s; versions.
+latency_ms.{p50,p90,p99,batch,runs}; throughput_per_s; versions. Timed engines add measured_on
+({arch, cpu, cores, device, session, target_arch, target_arch_matches, summary}) and latency_ms.measured_on.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.artifacts import atomic_path, write_json_atomic, write_text_atomic
+from edgecompress.measured_on import where_words
 from edgecompress.qinspect import quantization_markdown
 
 
@@ -45,16 +47,17 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     lines: list[str] = []
     engine, reference = report.get("latency_ms"), report.get("reference", {}).get("latency_ms")
     precision = report["engine"]["precision"]
+    where = where_words(report.get("measured_on"))
     if engine and reference and precision != "fp32":  # an fp32 engine is the reference (precision choice)
         ratio = reference["p50"] / engine["p50"]
         if ratio < 1.0:
             lines.append(
-                f"WARNING: the {precision} engine is SLOWER than fp32 on this machine: "
+                f"WARNING: the {precision} engine is SLOWER than fp32 {where}: "
                 f"{engine['p50']:.3f} ms vs {reference['p50']:.3f} ms (p50, batch {engine['batch']})."
             )
         else:
             lines.append(
-                f"The {precision} engine is {ratio:.2f}x faster than fp32 ONNX Runtime "
+                f"The {precision} engine is {ratio:.2f}x faster than fp32 ONNX Runtime {where} "
                 f"({engine['p50']:.3f} ms vs {reference['p50']:.3f} ms p50, batch {engine['batch']})."
             )
     accuracy = report.get("accuracy", {})
@@ -109,7 +112,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgecompress report: {report['model']['name']} → {report['target']}",
         "",
-        f"Engine: `{engine['kind']}` ({engine['precision']}), {engine['path'] or 'built on the device (see below)'}",
+        f"Engine: `{engine['kind']}` ({precision_text(engine)}), {engine['path'] or 'built on the device (see below)'}"
+        + (f"\n\nFigures measured on {report['measured_on']['summary']}." if report.get("measured_on") else ""),
         "",
         "| | fp32 reference | engine |",
         "|---|---|---|",
@@ -201,13 +205,23 @@ def write_report(report: dict[str, Any], target_dir: Path, latency_samples: dict
     return Path(target_dir) / "report.json"
 
 
+def _timed_on(facts: dict[str, Any] | None) -> str:
+    """The summary's place of measurement: the arch, or 'this host' in yellow when the target is another arch."""
+    if not facts:
+        return "-"
+    if facts["target_arch_matches"]:
+        return f"{facts['arch']} {facts['device']}"
+    return f"[yellow]this {facts['arch']} host, not {facts['target_arch']}[/yellow]"
+
+
 def summary_table(reports: list[dict[str, Any]]):
     """A rich table with one row per target, for the console."""
     from rich.table import Table
 
     table = Table(title="edgecompress build summary")
-    for column in ("target", "engine", "size", "top-1 fp32", "top-1 engine", "agree", "p50 ms", "p90 ms", "p99 ms", "vs fp32"):
-        table.add_column(column, justify="right" if column not in ("target", "engine") else "left")
+    for column in ("target", "engine", "size", "top-1 fp32", "top-1 engine", "agree", "p50 ms", "p90 ms", "p99 ms", "vs fp32",
+                   "timed on"):
+        table.add_column(column, justify="right" if column not in ("target", "engine", "timed on") else "left")
     for report in reports:
         latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
         fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
@@ -227,5 +241,6 @@ def summary_table(reports: list[dict[str, Any]]):
             _fmt(latency.get("p99"), ".3f"),
             "is fp32" if fp32_engine else "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]"
             if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
+            _timed_on(report.get("measured_on")),
         )
     return table

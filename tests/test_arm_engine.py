@@ -105,3 +105,18 @@ def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accurac
     assert any("no VNNI" in line for line in u8) == saturating_host
     assert not any("no VNNI" in line for line in s8)
     assert any("not from the device" in line for line in s8)
+
+
+def session_settings_of(runner) -> tuple[int, str]:
+    options = runner.session.get_session_options()
+    return options.intra_op_num_threads, options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_engine_and_its_fp32_reference_are_timed_with_the_same_session_settings(pi5_engine, qdq_models):
+    from edgecompress.engines.ort_cpu import OrtRunner
+
+    profile, artifact = pi5_engine
+    engine = get_builder("ort-arm").load(artifact, profile)
+    reference = OrtRunner(qdq_models["fp32"], threads=profile.threads)  # as pipeline.measure_engine makes it
+    assert profile.threads == 4
+    assert session_settings_of(engine) == session_settings_of(reference) == (min(4, os.cpu_count()), "0")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress.artifacts import atomic_path, sha256_file
 from edgecompress.engines.base import EngineArtifact, TensorSpec, onnx_precision
+from edgecompress.engines.ort_cpu import session_options
 from edgecompress.errors import EngineBuildError, TargetError
 from edgecompress.quantize import host_arch
 from edgecompress.targets import TargetProfile
@@ -226,11 +226,6 @@ def _host_caveats(profile: TargetProfile, onnx_path: Path) -> list[str]:
     return lines
 
 
-def _thread_count(threads: int) -> int:
-    """The device's thread count, but never more than this host has (0 = ONNX Runtime decides)."""
-    return min(threads, os.cpu_count() or 1) if threads else 0
-
-
 class OrtFormatRunner:
     """An `.ort` model in an ONNX Runtime session with the profile's providers, CPU as fallback."""
 
@@ -242,9 +237,8 @@ class OrtFormatRunner:
             from edgecompress.progress import warn
 
             warn(self.notice)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _thread_count(threads)
-        self.session = ort.InferenceSession(str(engine), options, providers=chosen)
+        # the same session settings as the fp32 reference it is timed against (ort_cpu.session_settings)
+        self.session = ort.InferenceSession(str(engine), session_options(threads), providers=chosen)
         self.providers = self.session.get_providers()
         self.inputs = [_spec(arg) for arg in self.session.get_inputs()]
         self.outputs = [_spec(arg) for arg in self.session.get_outputs()]
