@@ -259,13 +259,15 @@ Files here were checked on the workstation and are listed with their sha256 in
 manifest.json{signed}. Needs Python 3 with numpy and onnxruntime >= {ort}
 (Pillow to classify images).
 
-    python3 run.py --verify            # files, signature, CPU arch, runtime, operators
+    python3 run.py --verify            # files, signature, pinned signer, CPU arch, runtime, operators
     python3 run.py --selftest          # bundled samples reproduce the workstation's outputs
     python3 run.py image.png --top-k 3 # top-k and latency (also takes .npy arrays)
 
 Preprocessing (preprocess.py, the same code the workstation used): {preprocess}.
 Installed by `edgecompress ship`, releases live in `releases/<sha>/` and `current`
 points at the active one; `edgecompress rollback` points it back at the previous one.
+`run.py --verify` pins the first signer it accepts in `known_signers` beside `releases/` and
+refuses bundles from any other key unless given `--accept-new-signer`.
 """
 
 
