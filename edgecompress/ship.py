@@ -12,6 +12,7 @@ leaves the old `current` in place. `previous` remembers the release to roll back
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import shlex
 import socket
@@ -26,8 +27,9 @@ from typing import Any, Callable
 import paramiko
 
 from edgecompress.device_runner.run import KNOWN_SIGNERS_NAME, normalize_arch
-from edgecompress.errors import ShipError, SigningKeyError
+from edgecompress.errors import BundleError, ShipError, SigningKeyError
 from edgecompress.progress import info
+from edgecompress.unpack import SIGNATURE_NAME
 from edgecompress.verify import VerifiedBundle, verify_bundle
 
 # (host label, bytes done, bytes total, stage) -> None
@@ -106,6 +108,7 @@ class SignerTrust:
 
     accept_new_signer: bool = False
     allow_unsigned: bool = False
+    signature: dict[str, Any] | None = None  # the bundle's manifest.sig, for devices without Python
 
     def run_py_args(self, base: str) -> str:
         flags = [f"--known-signers {_q(base + '/' + KNOWN_SIGNERS_NAME)}"]
@@ -275,7 +278,29 @@ def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any], t
         return "run.py --verify" + (" + --selftest" if selftest else "")
     sums = "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(manifest["files"].items()))
     conn.check(f"cd {_q(remote_dir)} && sha256sum -c -", "sha256 check on the device failed", stdin=sums)
-    return "sha256sum (no Python on the device: signer not pinned there)"
+    pin_signer_from_here(conn, trust)
+    return "sha256sum + signer pinned from here (no Python on the device)"
+
+
+def pin_signer_from_here(conn: Connection, trust: SignerTrust) -> None:
+    """Where run.py cannot run, apply its known_signers check to the device's file over SFTP."""
+    from edgecompress.device_runner.run import check_known_signer
+
+    remote = f"{conn.dest.path}/{KNOWN_SIGNERS_NAME}"
+    with tempfile.TemporaryDirectory(prefix="ec-signers-") as tmp:
+        local = Path(tmp) / KNOWN_SIGNERS_NAME
+        try:
+            conn.sftp.get(remote, str(local))
+        except FileNotFoundError:
+            pass
+        before = local.read_bytes() if local.is_file() else None
+        try:
+            check_known_signer(local, trust.signature, trust.accept_new_signer, trust.allow_unsigned)
+        except BundleError as exc:
+            raise HostFailure(f"checks on the device failed: {exc.problem}") from None
+        if local.is_file() and local.read_bytes() != before:
+            conn.sftp.put(str(local), f"{remote}.new")
+            conn.sftp.posix_rename(f"{remote}.new", remote)
 
 
 def switch_link(conn: Connection, base: str, name: str, target: str) -> None:
@@ -364,7 +389,9 @@ def ship(archive: Path, destinations: list[Destination], ssh: SshOptions = SshOp
             )
         info(f"verified here: {verified.describe()}")
         tree = Path(tmp) / "bundle"
-        trust = SignerTrust(accept_new_signer, allow_unsigned)
+        signature = tree / SIGNATURE_NAME
+        trust = SignerTrust(accept_new_signer, allow_unsigned,
+                            json.loads(signature.read_text(encoding="utf-8")) if signature.is_file() else None)
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
             return list(pool.map(lambda d: ship_to_host(verified, tree, d, ssh, pkey, progress, trust), destinations))
 

@@ -211,8 +211,14 @@ def test_device_without_python_gets_a_sha256_check(device, bundles) -> None:
     root, dest = fresh_destination(device, "nopython")
     [result] = ship(bundles["first"].path, [dest], ssh_options(device, remote_python="/no/python3"),
                     bundles["keys"].public_path)
-    assert result.ok and result.checked_by == "sha256sum (no Python on the device: signer not pinned there)"
+    assert result.ok and result.checked_by == "sha256sum + signer pinned from here (no Python on the device)"
     assert (root / "current" / "run.py").is_file()
+    assert bundles["keys"].key_id in (root / "known_signers").read_text()
+    installed = current_release(root)
+    [foreign] = ship(other_key_bundle(bundles), [dest], ssh_options(device, remote_python="/no/python3"),
+                     trust_on_first_use=True)
+    assert not foreign.ok and "this device accepts only " + bundles["keys"].key_id in foreign.reason
+    assert current_release(root) == installed
 
 
 def test_destination_without_write_permission_fails_clearly(device, bundles) -> None:
