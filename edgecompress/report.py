@@ -211,7 +211,7 @@ def _timed_on(facts: dict[str, Any] | None) -> str:
         return "-"
     if facts["target_arch_matches"]:
         return f"{facts['arch']} {facts['device']}"
-    return f"[yellow]this {facts['arch']} host, not {facts['target_arch']}[/yellow]"
+    return f"[yellow]this host ({facts['arch']})[/yellow]"
 
 
 def summary_table(reports: list[dict[str, Any]]):

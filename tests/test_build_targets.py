@@ -69,3 +69,15 @@ def test_figures_of_a_raspberry_pi_build_say_they_were_measured_on_this_host(rep
     assert "Figures measured on this host" in (out / "raspberry-pi-5" / "report.md").read_text()
     figures = build_bundle(out / "raspberry-pi-5", tmp_path / "pi.tar.gz").manifest["figures"]
     assert figures["measured_on"] == where and "speedup_vs_fp32" in figures
+
+
+def test_summary_table_says_a_raspberry_pi_was_timed_on_this_host(reports):
+    from rich.console import Console
+
+    from edgecompress.report import summary_table
+
+    _, by_target = reports
+    console = Console(record=True, width=250)
+    console.print(summary_table([by_target["raspberry-pi-5"]]))
+    text = console.export_text()
+    assert "timed on" in text and "this host (" in text
