@@ -7,6 +7,8 @@ device verifies them (`run.py --verify` and `--selftest` when it has Python, els
 `sha256sum -c`); only then is the release renamed into `releases/<sha>/` and `current`
 switched by renaming a fresh symlink over it, so a cut connection or a failed check
 leaves the old `current` in place. `previous` remembers the release to roll back to.
+A signed bundle ships only with a trusted key or trust-on-first-use, and each device
+checks the signer against the one it pinned (`known_signers`, see SignerTrust).
 """
 
 from __future__ import annotations
@@ -103,7 +105,8 @@ class SignerTrust:
 
     The device's run.py keeps `known_signers` beside `releases/` (like SSH's known_hosts):
     the first signer it accepts is pinned there and any other is refused unless
-    `accept_new_signer`, so a stolen SSH login alone cannot install a self-signed engine.
+    `accept_new_signer`, so once a device has a release, a self-signed bundle cannot replace
+    it, even when shipped without --verify-key.
     """
 
     accept_new_signer: bool = False
