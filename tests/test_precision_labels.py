@@ -9,10 +9,10 @@ import pytest
 from edgecompress.engines.base import onnx_precision
 from edgecompress.engines.ort_cpu import OrtCpuBuilder
 from edgecompress.engines.tensorrt import write_build_kit
+from edgecompress.isa import recipe_for_target
 from edgecompress.precision import fp16_model
 from edgecompress.targets import load_profile
 from tests._int8_models import export_fp32, qdq_models, quantize  # noqa: F401 - fixture
-from edgecompress.isa import recipe_for_target
 
 
 @pytest.fixture(scope="module")

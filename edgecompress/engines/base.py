@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgecompress.targets import TargetProfile
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass(frozen=True)
@@ -117,13 +120,13 @@ class PrecisionLabel:
         return tuple(kind for kind in ("int8", "fp16") if self.layers.get(kind))
 
 
-def _float_types(model) -> dict[str, int]:  # noqa: ANN001 - onnx.ModelProto
+def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor the graph names (shape inference fills in the intermediates)."""
     import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # a graph the inferencer does not know still has its inputs and initializers typed
+    except (onnx.shape_inference.InferenceError, ValueError):  # inputs and initializers are still typed
         inferred = model
     graph = inferred.graph
     types = {t.name: t.data_type for t in graph.initializer}
@@ -132,7 +135,7 @@ def _float_types(model) -> dict[str, int]:  # noqa: ANN001 - onnx.ModelProto
     return types
 
 
-def graph_precision(model) -> PrecisionLabel:  # noqa: ANN001 - onnx.ModelProto
+def graph_precision(model: onnx.ModelProto) -> PrecisionLabel:
     """The precision label of an ONNX graph, from its compute layers (see PrecisionLabel)."""
     import onnx
 

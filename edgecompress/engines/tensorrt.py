@@ -22,7 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgecompress.artifacts import atomic_dir, write_json_atomic
 from edgecompress.engines import _trt_build
-from edgecompress.engines.base import EngineArtifact, PrecisionLabel, TensorSpec, graph_precision
+from edgecompress.engines.base import (
+    EngineArtifact,
+    PrecisionLabel,
+    TensorSpec,
+    graph_precision,
+)
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
 from edgecompress.errors import EngineBuildError, TargetError
 from edgecompress.targets import TargetProfile
