@@ -134,3 +134,18 @@ def test_runtime_optimization_style_ships_the_converted_ort_and_applies_its_save
     (onnx_out,) = session.run(None, {"input": BATCH})
     assert np.array_equal(ort_out.argmax(1), onnx_out.argmax(1))
     assert np.abs(ort_out - onnx_out).max() < 0.05 * np.abs(onnx_out).max()
+
+
+def session_settings_of(runner) -> tuple[int, str]:
+    options = runner.session.get_session_options()
+    return options.intra_op_num_threads, options.get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_engine_and_its_fp32_reference_are_timed_with_the_same_session_settings(pi5_engine, qdq_models):
+    from edgecompress.engines.ort_cpu import OrtRunner
+
+    profile, artifact = pi5_engine
+    engine = get_builder("ort-arm").load(artifact, profile)
+    reference = OrtRunner(qdq_models["fp32"], threads=profile.threads)  # as pipeline.measure_engine makes it
+    assert profile.threads == 4
+    assert session_settings_of(engine) == session_settings_of(reference) == (min(4, os.cpu_count()), "0")

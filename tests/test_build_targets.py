@@ -95,3 +95,35 @@ def test_every_builder_states_where_it_builds_for_each_profile():
             assert not place.here and host_arch() in place.reason  # a Jetson's plan is never built on x86
         else:
             assert place.here is (builder.available() is None)
+
+
+def test_figures_of_a_raspberry_pi_build_say_they_were_measured_on_this_host(reports, tmp_path):
+    import platform
+
+    from edgecompress.ship.bundle import build_bundle
+
+    out, by_target = reports
+    report = by_target["raspberry-pi-5"]
+    where = report["measured_on"]
+    assert where["arch"] == platform.machine() and where["cpu"] and where["cores"] and where["device"] == "CPU"
+    assert where["target_arch"] == "aarch64" and not where["target_arch_matches"]
+    assert where["session"]["allow_spinning"] is False and where["session"]["intra_op_threads"] >= 1
+    assert "not the aarch64 raspberry-pi-5" in report["latency_ms"]["measured_on"]
+    assert report["reference"]["latency_ms"]["measured_on"] == report["latency_ms"]["measured_on"]
+    speed = next(line for line in report["verdict"] if "than fp32" in line)
+    assert f"on this host ({platform.machine()}, not measured on the aarch64 raspberry-pi-5)" in speed
+    assert "Figures measured on this host" in (out / "raspberry-pi-5" / "report.md").read_text()
+    figures = build_bundle(out / "raspberry-pi-5", tmp_path / "pi.tar.gz").manifest["figures"]
+    assert figures["measured_on"] == where and "speedup_vs_fp32" in figures
+
+
+def test_summary_table_says_a_raspberry_pi_was_timed_on_this_host(reports):
+    from rich.console import Console
+
+    from edgecompress.build.report import summary_table
+
+    _, by_target = reports
+    console = Console(record=True, width=250)
+    console.print(summary_table([by_target["raspberry-pi-5"]]))
+    text = console.export_text()
+    assert "timed on" in text and "this host (" in text

@@ -318,3 +318,48 @@ def test_selftest_fails_when_the_device_computes_other_classes(target_dir: Path,
     np.save(root / "samples/expected_0.npy", expected[:, ::-1])  # as if the device ranked classes differently
     result = run_py(root, "--selftest")
     assert result.returncode == 1 and "self-test FAILED" in result.stderr and "top-1 changes" in result.stderr
+
+
+def test_verify_without_a_key_says_integrity_only_signer_not_trusted(target_dir: Path, tmp_path: Path, keys) -> None:
+    bundle = build_bundle(target_dir, tmp_path / "b.tar.gz", BundleOptions(sign_key=keys.private_path))
+    verified = verify_bundle(bundle.path)
+    assert not verified.trusted_key
+    assert "integrity only, signer not trusted" in verified.describe() and "trusted key" not in verified.describe()
+
+
+def install_as_ship_does(bundle: Path, base: Path, name: str) -> Path:
+    """Unpack into `base/releases/<name>`, the layout whose `base/known_signers` pins signers."""
+    return verify_bundle(bundle, allow_unsigned=True, extract_to=base / "releases" / name).root
+
+
+def test_device_pins_the_first_signer_and_refuses_another(target_dir: Path, tmp_path: Path, keys) -> None:
+    other = generate_keypair(tmp_path / "keys" / "other")
+    ours = build_bundle(target_dir, tmp_path / "ours.tar.gz", BundleOptions(sign_key=keys.private_path))
+    theirs = build_bundle(target_dir, tmp_path / "theirs.tar.gz", BundleOptions(sign_key=other.private_path))
+    base = tmp_path / "device"
+    first = run_py(install_as_ship_does(ours.path, base, "ours"), "--verify")
+    assert first.returncode == 0, first.stderr
+    assert f"signer {keys.key_id} pinned on first use in {base / 'known_signers'}" in first.stdout
+    again = run_py(base / "releases" / "ours", "--verify")
+    assert again.returncode == 0 and f"signer {keys.key_id} is pinned" in again.stdout
+
+    foreign = install_as_ship_does(theirs.path, base, "theirs")
+    refused = run_py(foreign, "--verify")
+    assert refused.returncode == 1
+    assert f"signed by key {other.key_id}, but this device accepts only {keys.key_id}" in refused.stderr
+    assert other.key_id not in (base / "known_signers").read_text()
+
+    accepted = run_py(foreign, "--verify", "--accept-new-signer")
+    assert accepted.returncode == 0 and "accepted as a new signer" in accepted.stdout
+    assert run_py(foreign, "--verify").returncode == 0  # both keys are known now
+
+
+def test_device_with_a_pinned_signer_refuses_unsigned_bundles(target_dir: Path, tmp_path: Path, keys) -> None:
+    signed = build_bundle(target_dir, tmp_path / "signed.tar.gz", BundleOptions(sign_key=keys.private_path))
+    unsigned = build_bundle(target_dir, tmp_path / "unsigned.tar.gz")
+    base = tmp_path / "device"
+    assert run_py(install_as_ship_does(signed.path, base, "signed"), "--verify").returncode == 0
+    root = install_as_ship_does(unsigned.path, base, "unsigned")
+    refused = run_py(root, "--verify")
+    assert refused.returncode == 1 and "bundle is UNSIGNED but this device accepts only bundles signed by" in refused.stderr
+    assert run_py(root, "--verify", "--allow-unsigned").returncode == 0

@@ -89,6 +89,8 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
     fastest = min(repaired["latency_ms_p50"], fp32["latency_ms_p50"])
     expected = "int8 repaired" if repaired["latency_ms_p50"] <= 1.1 * fastest else "fp32"
     assert fields["precision"]["chosen"] == expected
+    assert candidates["fp32"]["accuracy"] is not None  # evaluated too (vs ONNX Runtime's fp32), not assumed
+    assert candidates["int8"]["label"] == "int8" and candidates["int8 repaired"]["label"].startswith("mixed (")
     assert fields["layers"] and (tmp_path / fields["layers_plot"]).is_file()
     assert np.isfinite([layer["output_sqnr_db"] for layer in fields["layers"]]).all()
 

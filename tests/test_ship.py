@@ -211,8 +211,14 @@ def test_device_without_python_gets_a_sha256_check(device, bundles) -> None:
     root, dest = fresh_destination(device, "nopython")
     [result] = ship(bundles["first"].path, [dest], ssh_options(device, remote_python="/no/python3"),
                     bundles["keys"].public_path)
-    assert result.ok and result.checked_by == "sha256sum (no Python on the device)"
+    assert result.ok and result.checked_by == "sha256sum + signer pinned from here (no Python on the device)"
     assert (root / "current" / "run.py").is_file()
+    assert bundles["keys"].key_id in (root / "known_signers").read_text()
+    installed = current_release(root)
+    [foreign] = ship(other_key_bundle(bundles), [dest], ssh_options(device, remote_python="/no/python3"),
+                     trust_on_first_use=True)
+    assert not foreign.ok and "this device accepts only " + bundles["keys"].key_id in foreign.reason
+    assert current_release(root) == installed
 
 
 def test_destination_without_write_permission_fails_clearly(device, bundles) -> None:
@@ -356,3 +362,28 @@ def test_tensorrt_kit_needs_python_on_the_device(device, bundles, tensorrt_kit_b
     [result] = ship(tensorrt_kit_bundle.path, [dest], quick(device), bundles["keys"].public_path)
     assert not result.ok and "a TensorRT kit bundle needs Python 3 there to build and self-test" in result.reason
     assert not (root / "current").exists()
+
+
+def test_ship_without_a_trusted_key_refuses_before_touching_a_device(device, bundles) -> None:
+    root, dest = fresh_destination(device, "untrusted")
+    with pytest.raises(ShipError, match="integrity only, signer not trusted"):
+        ship(bundles["first"].path, [dest], quick(device))
+    assert not root.exists()
+
+
+def test_trust_on_first_use_pins_the_signer_and_the_device_refuses_another(device, bundles) -> None:
+    root, dest = fresh_destination(device, "tofu")
+    options = ssh_options(device)
+    [first] = ship(bundles["first"].path, [dest], options, trust_on_first_use=True)
+    assert first.ok, first.reason
+    assert bundles["keys"].key_id in (root / "known_signers").read_text()
+    installed = current_release(root)
+
+    foreign = other_key_bundle(bundles)
+    [refused] = ship(foreign, [dest], options, trust_on_first_use=True)
+    assert not refused.ok and "but this device accepts only " + bundles["keys"].key_id in refused.reason
+    assert current_release(root) == installed
+
+    [accepted] = ship(foreign, [dest], options, trust_on_first_use=True, accept_new_signer=True)
+    assert accepted.ok, accepted.reason
+    assert current_release(root) != installed and len((root / "known_signers").read_text().split("ed25519 ")) == 3

@@ -31,6 +31,10 @@ def test_keygen_bundle_verify_ship_rollback(device, tmp_path: Path) -> None:
     assert signed.returncode == 0 and "signed by" in signed.stdout, signed.stderr
     checked = cli("verify", str(tmp_path / "v1.tar.gz"), "--key", str(tmp_path / "release-key.pub"))
     assert checked.returncode == 0 and "signed by the trusted key" in checked.stdout
+    keyless = cli("verify", str(tmp_path / "v1.tar.gz"))
+    assert keyless.returncode == 0 and "integrity only, signer not trusted" in keyless.stdout
+    untrusted = cli("ship", str(tmp_path / "v1.tar.gz"), "--to", device.destination(device.root / "cli"), *ssh_args(device))
+    assert untrusted.returncode != 0 and "--trust-on-first-use" in untrusted.stderr
     assert cli("bundle", str(target), "--out", str(tmp_path / "v2.tar.gz"), "--sign", str(tmp_path / "release-key"),
                "--samples", "2").returncode == 0
     root = device.root / "cli"

@@ -59,9 +59,9 @@ def test_kit_python_script_is_the_builder_code_and_runs_without_edgecompress(jet
 
 
 @pytest.mark.parametrize("target, expected, absent", [
-    ("jetson-orin-nano", ["--int8", "--fp16", "--minShapes=input:1x1x32x32", "--optShapes=input:1x1x32x32",
+    ("jetson-orin-nano", ["--int8", "--minShapes=input:1x1x32x32", "--optShapes=input:1x1x32x32",
                           "--maxShapes=input:8x1x32x32", "--memPoolSize=workspace:1024",
-                          "--timingCacheFile=timing.cache"], ["--useDLACore=0"]),
+                          "--timingCacheFile=timing.cache", "--noTF32"], ["--useDLACore=0", "--fp16"]),
     ("jetson-agx-orin", ["--int8", "--fp16", "--useDLACore=0", "--allowGPUFallback",
                          "--maxShapes=input:1x1x32x32", "--memPoolSize=workspace:2048"], []),
     ("gpu", ["--optShapes=input:8x1x32x32", "--maxShapes=input:32x1x32x32", "--memPoolSize=workspace:4096"],

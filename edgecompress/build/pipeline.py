@@ -237,7 +237,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
         samples = record_measurements(context, profile, artifact, chosen.choice, report)
     if context.compression is not None:
         report["compression"] = compression_report(context.compression.record, report)
-    if artifact.precision == "int8" and (not artifact.runnable_here or profile.arch != host_arch()):
+    if artifact.precision in ("int8", "mixed") and (not artifact.runnable_here or profile.arch != host_arch()):
         report["int8_model_check"] = check_int8_model(context, profile, model_path)
         report["fidelity"] = report.get("fidelity") or report["int8_model_check"]["fidelity"]
     report["verdict"] = verdicts(report, config.max_accuracy_drop)
@@ -337,6 +337,8 @@ def record_measurements(context: BuildContext, profile: TargetProfile, artifact:
     report["throughput_per_s"] = chosen.latency.throughput_per_s
     report["reference"]["latency_ms"] = fp32.latency.to_dict()
     report["speedup_vs_fp32"] = fp32.latency.p50 / chosen.latency.p50
+    report["measured_on"] = _measured_on(profile, artifact)
+    report["latency_ms"]["measured_on"] = report["reference"]["latency_ms"]["measured_on"] = report["measured_on"]["summary"]
     feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
     reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
     report["memory"] = {
@@ -348,6 +350,15 @@ def record_measurements(context: BuildContext, profile: TargetProfile, artifact:
          f"({chosen.latency.runs} runs each); the report uses those figures")
     return {f"{artifact.precision} engine" if chosen is not fp32 else "fp32 engine": choice.latency_samples[chosen.name],
             "fp32 reference": choice.latency_samples[fp32.name]}
+
+
+def _measured_on(profile: TargetProfile, artifact: EngineArtifact) -> dict[str, Any]:
+    """Every figure here comes from this host: which one, on what device, with which shared session settings."""
+    from edgecompress.core.runtime import session_settings
+    from edgecompress.measure.measured_on import measured_on
+
+    ort_engine = artifact.kind in ("ort-cpu", "ort-arm")
+    return measured_on(profile, artifact.metadata.get("gpu", "CPU"), session_settings(profile.threads) if ort_engine else None)
 
 
 def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:
@@ -392,6 +403,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
             "kind": artifact.kind,
             "path": str(artifact.path) if artifact.path else None,
             "precision": artifact.precision,
+            "precision_layers": artifact.precision_layers,
             "size_bytes": engine_size,
             "files": [str(p) for p in artifact.files],
             "runnable_here": artifact.runnable_here,

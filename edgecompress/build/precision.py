@@ -20,7 +20,7 @@ import numpy as np
 
 from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.measure.bench import LatencyStats, benchmark
-from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner
+from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner, onnx_precision
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.measure.fidelity import FidelityOptions
 from edgecompress.quantize.diagnose import Diagnosis, diagnose, plot_layers
@@ -34,13 +34,14 @@ class Candidate:
     name: str  # "fp32" | "int8" | "int8+fp32 nodes" | "fp16"
     model_path: Path
     within_budget: bool
-    evaluation: Evaluation | None = None  # None for fp32 (the reference itself)
+    evaluation: Evaluation | None = None  # vs the fp32 reference (fp32's own: vs ONNX Runtime's fp32)
     latency: LatencyStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         e = self.evaluation
         return {
             "name": self.name,
+            "label": str(onnx_precision(self.model_path)),  # what the graph computes in, e.g. mixed (2 fp32 of 9 ...)
             "model_path": str(self.model_path),
             "within_budget": self.within_budget,
             "accuracy": None if e is None else e.accuracy_engine,
@@ -74,6 +75,19 @@ class TargetModels:
         self._builder, self._profile, self._workdir = builder, profile, Path(workdir)
         self._artifacts: dict[Path, EngineArtifact] = {}
         self._runners: dict[Path, Runner] = {}
+
+    @property
+    def where(self) -> str:
+        """Where candidates are timed, in words: this host, which is not the device for another arch."""
+        from edgecompress.measure.measured_on import measured_on, where_words
+
+        return where_words(measured_on(self._profile))
+
+    def onnx_reference(self, fp32_path: Path) -> Runner:
+        """The exported fp32 model as ONNX Runtime computes it: what even the target's fp32 engine is checked against."""
+        from edgecompress.engines.ort_cpu import OrtRunner
+
+        return OrtRunner(fp32_path, threads=self._profile.threads)
 
     def load(self, model_path: Path) -> Runner:
         if model_path not in self._runners:
@@ -115,10 +129,10 @@ def fp16_model(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _slower_sentence(int8: Candidate, fp32: Candidate) -> str | None:
+def _slower_sentence(int8: Candidate, fp32: Candidate, where: str = "on this machine") -> str | None:
     if int8.latency and fp32.latency and int8.latency.p50 > fp32.latency.p50:
         return (
-            f"WARNING: {int8.name} is SLOWER than fp32 on this target for this model: {int8.latency.p50:.3f} ms vs "
+            f"WARNING: {int8.name} is SLOWER than fp32 {where} for this model: {int8.latency.p50:.3f} ms vs "
             f"{fp32.latency.p50:.3f} ms (p50, batch {fp32.latency.batch})."
         )
     return None
@@ -139,10 +153,13 @@ def _fastest_with_margin(eligible: list[Candidate]) -> Candidate:
 def choose_precision(
     candidates: list[Candidate], load: Callable[[Path], Runner], feeds: dict[str, np.ndarray], runs: int, max_seconds: float,
     warmup: int = 5,
+    where: str = "on this machine",
 ) -> PrecisionChoice:
     """Time every candidate interleaved on the target's runner, once; the fastest within budget wins.
 
-    These are the report's figures too: nothing is timed again after the choice."""
+    These are the report's figures too: nothing is timed again after the choice. `where` names the place of the
+    timings (measured_on.where_words): "on this host (...)" for another arch.
+    """
     stats, latency_samples = benchmark({c.name: load(c.model_path) for c in candidates}, feeds, runs=runs, warmup=warmup,
                                        max_seconds=max_seconds)
     for candidate in candidates:
@@ -152,11 +169,11 @@ def choose_precision(
     fp32 = next((c for c in candidates if c.name == "fp32"), None)
     summary = []
     if fp32 is not None:
-        summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32))]
+        summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32, where))]
     speed = "" if fp32 is None or chosen is fp32 else f", {fp32.latency.p50 / chosen.latency.p50:.2f}x vs fp32 {fp32.latency.p50:.3f} ms"
     summary.append(
         f"Shipping {chosen.name}: the smallest candidate within the budget and within "
-        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed})."
+        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed}, {where})."
     )
     return PrecisionChoice(chosen, candidates, summary, latency_samples)
 
@@ -203,15 +220,19 @@ class PrecisionSettings:
 
 def _candidates(
     result: RepairResult, fp32_path: Path, fp16_path: Path | None, settings: PrecisionSettings,
-    evaluate_model: Callable[[Path], Evaluation],
+    evaluate_model: Callable[[Path], Evaluation], fp32_evaluation: Evaluation,
 ) -> list[Candidate]:
-    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed."""
+    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed.
+
+    Every candidate carries its own evaluation: the fp32 one too, as the target's runner built it
+    (a TensorRT fp32 plan is not the ONNX model), against ONNX Runtime's fp32.
+    """
     first, best = result.tries[0], result.best
     candidates = [Candidate("int8", first.model_path, first.met, first.evaluation)]
     if best is not first:
         candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
     candidates[-1].within_budget = candidates[-1].within_budget or settings.allow_over_budget
-    candidates.append(Candidate("fp32", fp32_path, True))
+    candidates.append(Candidate("fp32", fp32_path, settings.budget.met(fp32_evaluation), fp32_evaluation))
     if fp16_path is not None:
         fp16_eval = evaluate_model(fp16_path)
         candidates.append(Candidate("fp16", fp16_path, settings.budget.met(fp16_eval), fp16_eval))
@@ -239,9 +260,14 @@ def quantize_for_target(
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
         diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
-    candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity))
+    candidates = _candidates(
+        result, fp32_path, fp16_path, settings,
+        lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity),
+        evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity),
+    )
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
-    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds, settings.bench_warmup)
+    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds,
+                              settings.bench_warmup, models.where)
     wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
     if settings.precision != "auto":
         choice.chosen = next((c for c in candidates if c.name == wanted), choice.chosen)

@@ -2,7 +2,8 @@
 
 report.json keeps these keys stable: target; engine.{kind,path,precision,size_bytes};
 reference.size_bytes; accuracy.{fp32,engine}; agreement.{top1,max_abs_diff,samples};
-latency_ms.{p50,p90,p99,batch,runs}; throughput_per_s; versions; fidelity.{task,metric,value,budget,met,validated_on}.
+latency_ms.{p50,p90,p99,batch,runs}; throughput_per_s; versions; fidelity.{task,metric,value,budget,met,validated_on}. Timed engines add measured_on
+({arch, cpu, cores, device, session, target_arch, target_arch_matches, summary}) and latency_ms.measured_on.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from edgecompress.core.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from edgecompress.measure.fidelity import TOP1_DROP, format_metric
 from edgecompress.build.inspect import quantization_markdown
+from edgecompress.measure.measured_on import where_words
 
 
 def _recipe_line(recipe: dict) -> str:
@@ -46,16 +48,17 @@ def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[st
     lines: list[str] = []
     engine, reference = report.get("latency_ms"), report.get("reference", {}).get("latency_ms")
     precision = report["engine"]["precision"]
+    where = where_words(report.get("measured_on"))
     if engine and reference and precision != "fp32":  # an fp32 engine is the reference (precision choice)
         ratio = reference["p50"] / engine["p50"]
         if ratio < 1.0:
             lines.append(
-                f"WARNING: the {precision} engine is SLOWER than fp32 on this machine: "
+                f"WARNING: the {precision} engine is SLOWER than fp32 {where}: "
                 f"{engine['p50']:.3f} ms vs {reference['p50']:.3f} ms (p50, batch {engine['batch']})."
             )
         else:
             lines.append(
-                f"The {precision} engine is {ratio:.2f}x faster than fp32 ONNX Runtime "
+                f"The {precision} engine is {ratio:.2f}x faster than fp32 ONNX Runtime {where} "
                 f"({engine['p50']:.3f} ms vs {reference['p50']:.3f} ms p50, batch {engine['batch']})."
             )
     fidelity = report.get("fidelity")
@@ -123,6 +126,13 @@ def budget_cell(report: dict[str, Any]) -> str:
     return f"{sign} {format_metric(fidelity['metric'], fidelity['limit'])} ({fidelity['limit_source'].split(' for ')[0]})"
 
 
+def precision_text(engine: dict[str, Any]) -> str:
+    """'int8', or 'mixed (3 fp32 of 20 compute layers)' from report.json's engine.precision_layers."""
+    from edgecompress.engines.base import PrecisionLabel
+
+    return str(PrecisionLabel(engine["precision"], engine.get("precision_layers") or {}))
+
+
 def _fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
     return "n/a" if value is None else f"{value:{spec}}{suffix}"
 
@@ -132,7 +142,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     accuracy, agreement = report.get("accuracy", {}), report.get("agreement") or {}
     latency, ref_latency = report.get("latency_ms") or {}, reference.get("latency_ms") or {}
     rows = [
-        ("precision", "fp32", engine["precision"]),
+        ("precision", "fp32", precision_text(engine)),
         ("size", _fmt(reference["size_bytes"] / 1024, ".1f", " KiB"), _fmt(engine["size_bytes"] / 1024, ".1f", " KiB")),
         ("top-1 accuracy", _fmt(accuracy.get("fp32"), ".2f", " %"), _fmt(accuracy.get("engine"), ".2f", " %")),
         ("latency p50", _fmt(ref_latency.get("p50"), ".3f", " ms"), _fmt(latency.get("p50"), ".3f", " ms")),
@@ -145,7 +155,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# edgecompress report: {report['model']['name']} → {report['target']}",
         "",
-        f"Engine: `{engine['kind']}` ({engine['precision']}), {engine['path'] or 'built on the device (see below)'}",
+        f"Engine: `{engine['kind']}` ({precision_text(engine)}), {engine['path'] or 'built on the device (see below)'}"
+        + (f"\n\nFigures measured on {report['measured_on']['summary']}." if report.get("measured_on") else ""),
         "",
         "| | fp32 reference | engine |",
         "|---|---|---|",
@@ -238,14 +249,23 @@ def write_report(report: dict[str, Any], target_dir: Path, latency_samples: dict
     return Path(target_dir) / "report.json"
 
 
+def _timed_on(facts: dict[str, Any] | None) -> str:
+    """The summary's place of measurement: the arch, or 'this host' in yellow when the target is another arch."""
+    if not facts:
+        return "-"
+    if facts["target_arch_matches"]:
+        return f"{facts['arch']} {facts['device']}"
+    return f"[yellow]this host ({facts['arch']})[/yellow]"
+
+
 def summary_table(reports: list[dict[str, Any]]):
     """A rich table with one row per target, for the console."""
     from rich.table import Table
 
     table = Table(title="edgecompress build summary")
     for column in ("target", "engine", "size", "top-1 fp32", "top-1 engine", "agree", "fidelity", "budget", "p50 ms", "p90 ms",
-                   "p99 ms", "vs fp32"):
-        table.add_column(column, justify="right" if column not in ("target", "engine", "fidelity", "budget") else "left")
+                   "p99 ms", "vs fp32", "timed on"):
+        table.add_column(column, justify="right" if column not in ("target", "engine", "fidelity", "budget", "timed on") else "left")
     for report in reports:
         latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
         fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
@@ -255,7 +275,7 @@ def summary_table(reports: list[dict[str, Any]]):
         simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1") if classifier else None
         table.add_row(
             report["target"],
-            f"{report['engine']['kind']} {report['engine']['precision']}",
+            f"{report['engine']['kind']} {precision_text(report['engine'])}",
             f"{report['engine']['size_bytes'] / 1024:.0f} KiB",
             _fmt(report["accuracy"].get("fp32"), ".2f", "%"),
             _fmt(report["accuracy"].get("engine"), ".2f", "%"),
@@ -268,5 +288,6 @@ def summary_table(reports: list[dict[str, Any]]):
             _fmt(latency.get("p99"), ".3f"),
             "is fp32" if fp32_engine else "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]"
             if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
+            _timed_on(report.get("measured_on")),
         )
     return table

@@ -127,8 +127,10 @@ def print_results(results, title: str) -> None:
 def ship(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="The .tar.gz to install."),
     to: list[str] = TO,
-    verify_key: Optional[Path] = typer.Option(None, "--verify-key", envvar="EDGECOMPRESS_TRUSTED_KEY", help="Trusted signing public key (.pub); without it only the signature's integrity is checked."),
+    verify_key: Optional[Path] = typer.Option(None, "--verify-key", envvar="EDGECOMPRESS_TRUSTED_KEY", help="Trusted signing public key (.pub); required unless --trust-on-first-use."),
     allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Ship a bundle without a signature."),
+    trust_on_first_use: bool = typer.Option(False, "--trust-on-first-use", help="Without --verify-key: each device pins the signer of the first bundle it accepts (known_signers) and refuses others."),
+    accept_new_signer: bool = typer.Option(False, "--accept-new-signer", help="Let devices accept and pin a signer other than the one they pinned (a new release key)."),
     parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Devices to ship to at the same time."),
     key: Optional[Path] = SSH_KEY,
     ssh_passphrase: Optional[str] = SSH_PASSPHRASE,
@@ -145,7 +147,8 @@ def ship(
     destinations = [Destination.parse(spec) for spec in to]
     options = ssh_options(key, ssh_passphrase, known_hosts, accept_new_host_key, timeout, remote_python)
     with progress_bar() as progress:
-        results = ship_bundle(bundle_path, destinations, options, verify_key, allow_unsigned, parallel, HostProgress(progress))
+        results = ship_bundle(bundle_path, destinations, options, verify_key, allow_unsigned, parallel, HostProgress(progress),
+                              trust_on_first_use, accept_new_signer)
     print_results(results, f"ship {bundle_path.name}")
 
 

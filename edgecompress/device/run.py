@@ -19,6 +19,8 @@ evaluated the engine on the workstation.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import platform
@@ -252,8 +254,9 @@ def build_engine(root: Path, timing_cache: Path | None = None) -> str:
     return f"built {DEVICE_PLAN} on this device with {how}"
 
 
-def verify(root: Path, public_key: Path | None = None) -> list[str]:
-    """Checksums, signature (when `cryptography` is present) and device checks; returns notes."""
+def verify(root: Path, public_key: Path | None = None, known_signers: Path | None = None,
+           accept_new_signer: bool = False, allow_unsigned: bool = False) -> list[str]:
+    """Checksums, signature (when `cryptography` is present), device checks, then the pinned signer; returns notes."""
     manifest = load_manifest(root)
     verify_tree(root, manifest)
     notes = [f"{len(manifest['files'])} files match their sha256"]
@@ -269,31 +272,106 @@ def verify(root: Path, public_key: Path | None = None) -> list[str]:
     elif plan_path(root, manifest).is_file():
         Engine(root, manifest)
         notes.append("TensorRT engine loads on this GPU")
+    known_signers = known_signers or default_known_signers(root)
+    if known_signers is not None:
+        notes.append(check_known_signer(known_signers, _signature_doc(root), accept_new_signer, allow_unsigned))
     return notes
 
 
+KNOWN_SIGNERS_NAME = "known_signers"
+
+
+def default_known_signers(root: Path) -> Path | None:
+    """`<base>/known_signers` for a bundle installed as `<base>/releases/<sha>` (how `ship` installs), else None."""
+    root = Path(root).resolve()
+    return root.parent.parent / KNOWN_SIGNERS_NAME if root.parent.name == "releases" else None
+
+
+def _signature_doc(root: Path) -> dict[str, Any] | None:
+    path = root / "manifest.sig"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def signer_id(raw_key: bytes) -> str:
+    """The same short id `edgecompress keygen` prints (sha256 of the raw key, 16 hex), for messages only."""
+    return hashlib.sha256(raw_key).hexdigest()[:16]
+
+
+def read_known_signers(path: Path) -> list[bytes]:
+    """The raw public keys pinned in `path` (lines `ed25519 <base64 key> <id> <date>`; `#` comments)."""
+    if not path.is_file():
+        return []
+    keys = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "ed25519":
+            keys.append(base64.b64decode(fields[1]))
+    return keys
+
+
+def pin_signer(path: Path, raw_key: bytes) -> None:
+    """Append one key to the known-signers file, replacing the file atomically."""
+    from datetime import datetime, timezone
+
+    existing = path.read_text(encoding="utf-8") if path.is_file() else (
+        "# bundle signers this device accepts (edgecompress); the first one was pinned on first use\n")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    line = f"ed25519 {base64.b64encode(raw_key).decode()} {signer_id(raw_key)} {stamp}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(existing + line, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_known_signer(path: Path, signature_doc: dict[str, Any] | None, accept_new_signer: bool,
+                       allow_unsigned: bool) -> str:
+    """SSH's known_hosts for bundle signers: the first signer this device accepts is pinned, another is refused.
+
+    Without it, anyone who can produce a self-signed bundle could replace a device's engine;
+    with it, a device trusts one release key from its first install on, whoever ships.
+    """
+    pinned = read_known_signers(path)
+    names = ", ".join(signer_id(key) for key in pinned)
+    if signature_doc is None:
+        if pinned and not allow_unsigned:
+            raise BundleError(f"bundle is UNSIGNED but this device accepts only bundles signed by {names} ({path})",
+                              "ship a bundle signed with that key, or pass --allow-unsigned")
+        return f"unsigned bundle: known signers in {path} not consulted"
+    raw = base64.b64decode(signature_doc["public_key"])
+    if raw in pinned:
+        return f"signer {signer_id(raw)} is pinned in {path}"
+    if pinned and not accept_new_signer:
+        raise BundleError(
+            f"bundle is signed by key {signer_id(raw)}, but this device accepts only {names} (pinned in {path})",
+            "ship a bundle signed with the pinned key; if the release key really changed, pass --accept-new-signer "
+            "(ship --accept-new-signer) to add the new one",
+        )
+    pin_signer(path, raw)
+    how = "accepted as a new signer (--accept-new-signer)" if pinned else "pinned on first use"
+    return f"signer {signer_id(raw)} {how} in {path}"
+
+
 def _signature_note(root: Path, public_key: Path | None) -> str:
-    signature_path = root / "manifest.sig"
-    if not signature_path.is_file():
+    doc = _signature_doc(root)
+    if doc is None:
         return "bundle is UNSIGNED"
     try:
-        import base64
-
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
         from cryptography.hazmat.primitives.serialization import load_ssh_public_key
     except ImportError:
         return "signature not checked here (no `cryptography`); it was checked before shipping"
-    doc = json.loads(signature_path.read_text(encoding="utf-8"))
-    signer = Ed25519PublicKey.from_public_bytes(base64.b64decode(doc["public_key"]))
-    if public_key is not None:
+    raw = base64.b64decode(doc["public_key"])
+    signer = Ed25519PublicKey.from_public_bytes(raw)
+    if public_key is not None:  # whole keys compared, and the trusted key itself checks the signature
         trusted = load_ssh_public_key(public_key.read_bytes().split(b"\n")[0])
-        if trusted.public_bytes_raw() != signer.public_bytes_raw():  # type: ignore[attr-defined]
-            raise BundleError(f"bundle is signed by key {doc.get('key_id')}, not by {public_key}", "ship a bundle you signed")
+        if trusted.public_bytes_raw() != raw:  # type: ignore[attr-defined]
+            raise BundleError(f"bundle is signed by key {signer_id(raw)}, not by {public_key}", "ship a bundle you signed")
+        signer = trusted
     try:
         signer.verify(base64.b64decode(doc["signature"]), (root / "manifest.json").read_bytes())
     except Exception:
         raise BundleError("manifest signature is invalid (manifest changed after signing)", "ship the bundle again") from None
-    return f"signature valid (key {doc.get('key_id')}{', trusted' if public_key else ''})"
+    return f"signature valid (key {signer_id(raw)}{', trusted' if public_key else ''})"
 
 
 def load_samples(root: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
@@ -383,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="TensorRT bundles: build the engine from the bundle's kit on this device (after --verify)")
     parser.add_argument("--selftest", action="store_true", help="run bundled samples and compare with stored outputs")
     parser.add_argument("--key", type=Path, help="trusted signing public key (.pub) for --verify")
+    parser.add_argument("--known-signers", type=Path, help="file of pinned signer keys for --verify "
+                        "(default: known_signers beside releases/ when installed by `edgecompress ship`)")
+    parser.add_argument("--accept-new-signer", action="store_true",
+                        help="accept and pin a signer other than the pinned one(s)")
+    parser.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned bundle where signers are pinned")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--runs", type=int, default=10, help="timed runs per input")
     parser.add_argument("--root", type=Path, default=HERE, help="unpacked bundle directory (default: beside run.py)")
@@ -393,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = safe_unpack(Path(args.unpack[0]), Path(args.unpack[1]))
             print(f"unpacked {manifest['model']['name']} ({manifest['target']['name']}) into {args.unpack[1]}")
         if args.verify:
-            for note in verify(args.root, args.key):
+            for note in verify(args.root, args.key, args.known_signers, args.accept_new_signer, args.allow_unsigned):
                 print(f"verify: {note}")
         if args.build_engine:
             print(build_engine(args.root))

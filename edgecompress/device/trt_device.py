@@ -103,6 +103,7 @@ def trtexec_command(onnx_name: str, plan_name: str, settings: dict[str, Any], tr
     """The `trtexec` line that builds the same plan as `build_plan` with `settings`."""
     command = [trtexec, f"--onnx={onnx_name}", f"--saveEngine={plan_name}"]
     command += [f"--{p}" for p in ("int8", "fp16") if p in settings["precisions"]]
+    command.append("--noTF32")  # fp32 layers in fp32: TensorRT would otherwise round them to TF32 on Ampere+
     if settings["shapes"]:
         command += [f"--{kind}Shapes={_shape_arg(settings['shapes'], i)}" for i, kind in enumerate(("min", "opt", "max"))]
     command.append(f"--memPoolSize=workspace:{settings['workspace_mib']}")  # MiB in TensorRT 8.6 and 10
@@ -130,6 +131,8 @@ def _configure(trt: Any, builder: Any, settings: dict[str, Any]) -> Any:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings["workspace_mib"]) << 20)
     precisions = set(settings["precisions"])
+    if hasattr(trt.BuilderFlag, "TF32"):  # on by default on Ampere+; the label's fp32 layers stay fp32
+        config.clear_flag(trt.BuilderFlag.TF32)
     if "fp16" in precisions:
         config.set_flag(trt.BuilderFlag.FP16)
     if "int8" in precisions:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from edgecompress.source.specs import TensorSpec
 from edgecompress.core.errors import EngineBuildError, TargetError
 from edgecompress.quantize.isa import Isa, host_isa
 from edgecompress.core.targets import TargetProfile
+from edgecompress.core.runtime import session_options
 
 ENGINE_NAME = "engine.ort"
 FALLBACK_PROVIDER = "CPUExecutionProvider"
@@ -188,8 +188,9 @@ class ArmBuilder:
 
         _, notice = providers_here(options.providers)
         operators = required_operators(config)
+        label = onnx_precision(onnx_path)
         return EngineArtifact(
-            target=profile.name, kind=self.kind, precision=onnx_precision(onnx_path), path=engine,
+            target=profile.name, kind=self.kind, precision=label.name, precision_layers=label.layers, path=engine,
             files=[engine, config], note=notice,
             metadata={
                 "format": "ort", "converted_with_onnxruntime": ort.__version__,
@@ -237,11 +238,6 @@ def host_caveats(profile: TargetProfile, onnx_path: Path, host: Isa | None = Non
     return lines
 
 
-def _thread_count(threads: int) -> int:
-    """The device's thread count, but never more than this host has (0 = ONNX Runtime decides)."""
-    return min(threads, os.cpu_count() or 1) if threads else 0
-
-
 class OrtFormatRunner:
     """An `.ort` model in an ONNX Runtime session with the profile's providers, CPU as fallback."""
 
@@ -254,8 +250,8 @@ class OrtFormatRunner:
             from edgecompress.core.progress import warn
 
             warn(self.notice)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = _thread_count(threads)
+        # the same session settings as the fp32 reference it is timed against (core.runtime.session_settings)
+        options = session_options(threads)
         for key, value in (config or {}).items():
             options.add_session_config_entry(key, value)
         self.session = ort.InferenceSession(str(engine), options, providers=chosen)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgecompress.core.targets import TargetProfile
 from edgecompress.source.specs import TensorSpec
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @dataclass
@@ -29,11 +32,12 @@ class EngineArtifact:
 
     target: str
     kind: str
-    precision: str
+    precision: str  # int8 | mixed | fp16 | fp32, from the graph (PrecisionLabel)
     path: Path | None
     files: list[Path] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    precision_layers: dict[str, int] = field(default_factory=dict)  # compute layers per precision
 
     @property
     def runnable_here(self) -> bool:
@@ -44,6 +48,7 @@ class EngineArtifact:
             "target": self.target,
             "kind": self.kind,
             "precision": self.precision,
+            "precision_layers": self.precision_layers,
             "path": str(self.path) if self.path else None,
             "files": [str(p) for p in self.files],
             "metadata": self.metadata,
@@ -91,12 +96,79 @@ def decide_build_place(unavailable: str | None, needs_device_arch: bool, profile
     return BuildPlace(True)
 
 
-def onnx_precision(onnx_path: Path) -> str:
-    """'int8' when the graph holds QuantizeLinear/QLinear nodes, else 'fp16' or 'fp32' by its inputs' type."""
+# Layers whose arithmetic the precision label is about; everything else is cheap glue.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+INT8_COMPUTE_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
+
+
+@dataclass(frozen=True)
+class PrecisionLabel:
+    """What a graph computes in, counted over its compute layers (Conv, Gemm, MatMul).
+
+    One QuantizeLinear does not make a model int8: a repaired model may keep many layers
+    in float, and an fp16 model keeps fp32 inputs and outputs. So each compute layer is
+    classed by where its data comes from: both operands dequantized = int8, else by the
+    float type it reads. `name` is the one class present, or "mixed".
+    """
+
+    name: str  # int8 | mixed | fp16 | fp32
+    layers: dict[str, int] = field(default_factory=dict)  # {"int8": n, "fp16": n, "fp32": n}, zeros left out
+
+    def __str__(self) -> str:
+        if self.name != "mixed":
+            return self.name
+        total = sum(self.layers.values())
+        floats = ", ".join(f"{count} {kind}" for kind, count in self.layers.items() if kind != "int8")
+        return f"mixed ({floats} of {total} compute layers)"
+
+    @property
+    def builder_flags(self) -> tuple[str, ...]:
+        """The reduced precisions a builder (TensorRT) may use for exactly this label: none for fp32."""
+        return tuple(kind for kind in ("int8", "fp16") if self.layers.get(kind))
+
+
+def _float_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph names (shape inference fills in the intermediates)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    if any(node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") or node.op_type.startswith("QLinear") for node in model.graph.node):
-        return "int8"
-    fp16 = onnx.TensorProto.FLOAT16
-    return "fp16" if any(value.type.tensor_type.elem_type == fp16 for value in model.graph.input) else "fp32"
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError):  # inputs and initializers are still typed
+        inferred = model
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        types.setdefault(value.name, value.type.tensor_type.elem_type)
+    return types
+
+
+def graph_precision(model: onnx.ModelProto) -> PrecisionLabel:
+    """The precision label of an ONNX graph, from its compute layers (see PrecisionLabel)."""
+    import onnx
+
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    types = _float_types(model)
+    counts = {"int8": 0, "fp16": 0, "fp32": 0}
+    for node in model.graph.node:
+        if node.op_type in INT8_COMPUTE_OPS:
+            counts["int8"] += 1
+        elif node.op_type in COMPUTE_OPS:
+            operands = [name for name in node.input[:2] if name]
+            if operands and all(name in dequantized for name in operands):
+                counts["int8"] += 1
+            else:
+                fp16 = any(types.get(name) == onnx.TensorProto.FLOAT16 for name in operands)
+                counts["fp16" if fp16 else "fp32"] += 1
+    present = {kind: count for kind, count in counts.items() if count}
+    if not present:  # no compute layers: name the graph by its quantization nodes and weights
+        quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+        fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+        return PrecisionLabel("int8" if quantized else "fp16" if fp16 else "fp32")
+    return PrecisionLabel(next(iter(present)) if len(present) == 1 else "mixed", present)
+
+
+def onnx_precision(onnx_path: Path) -> PrecisionLabel:
+    """The precision label of an ONNX file (see PrecisionLabel)."""
+    import onnx
+
+    return graph_precision(onnx.load(str(onnx_path), load_external_data=False))

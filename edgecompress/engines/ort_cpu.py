@@ -76,10 +76,12 @@ class OrtCpuBuilder:
             "offline_optimization_level": offline_level,
         }
         settings_path = write_json_atomic(Path(out_dir) / "session_options.json", settings)
+        label = onnx_precision(onnx_path)
         return EngineArtifact(
             target=profile.name,
             kind=self.kind,
-            precision=onnx_precision(onnx_path),
+            precision=label.name,
+            precision_layers=label.layers,
             path=engine_path,
             files=[engine_path, settings_path],
             metadata={"onnxruntime": ort.__version__, "session_options": settings, "arch": profile.arch},

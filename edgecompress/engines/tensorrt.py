@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edgecompress.core.artifacts import atomic_dir, write_json_atomic
 from edgecompress.device import trt_device
 from edgecompress.device.trt_device import trtexec_command
-from edgecompress.engines.base import EngineArtifact
+from edgecompress.engines.base import EngineArtifact, PrecisionLabel, graph_precision
 from edgecompress.source.specs import TensorSpec
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
 from edgecompress.core.errors import EngineBuildError, TargetError
@@ -107,11 +107,25 @@ def input_shapes(model: onnx.ModelProto, profile: TargetProfile) -> dict[str, li
     return shapes
 
 
+def builder_precisions(label: PrecisionLabel, options: TensorRTOptions) -> list[str]:
+    """The builder flags of exactly the model's label: an fp32 candidate gets no INT8/FP16 flag (and no TF32).
+
+    DLA has no fp32 units, so there the layers the label keeps in fp32 run in fp16.
+    """
+    flags = list(label.builder_flags)
+    if options.dla_core is not None and "fp16" not in flags:
+        flags.append("fp16")
+    return flags
+
+
 def build_settings(model: onnx.ModelProto, profile: TargetProfile, timing_cache: str | None) -> dict[str, Any]:
     """Everything `trt_device.build_plan` and `trtexec` need, as one JSON-able dict."""
     options = trt_options(profile)
+    label = graph_precision(model)
     return {
-        "precisions": list(profile.precisions),
+        "label": label.name,
+        "precision_layers": label.layers,
+        "precisions": builder_precisions(label, options),
         "workspace_mib": options.workspace_mib,
         "dla_core": options.dla_core,
         "gpu_fallback": options.gpu_fallback,
@@ -155,7 +169,8 @@ def write_build_kit(onnx_path: Path, profile: TargetProfile, out_dir: Path) -> E
     note = (f"the TensorRT engine must be built on the device: copy {kit} to the {profile.name} and run "
             f"`sh build_engine.sh` there, i.e. `{shlex.join(command)}` (or `python3 build_engine.py`)")
     return EngineArtifact(
-        target=profile.name, kind="tensorrt", precision=_build_precision(model, profile), path=None,
+        target=profile.name, kind="tensorrt", precision=settings["label"],
+        precision_layers=settings["precision_layers"], path=None,
         files=sorted(kit.iterdir()), note=note,
         metadata={"trtexec": shlex.join(command), "build_settings": settings, "preflight": report.to_dict(),
                   "portability": NOT_PORTABLE, "built_on_device": True,
@@ -177,13 +192,6 @@ def _summary(report: PreflightReport, settings: dict[str, Any], facts: dict[str,
         lines.insert(0, f"built with TensorRT {facts['tensorrt_version']} on {facts['gpu']} "
                         f"(compute capability {facts['compute_capability']})")
     return lines
-
-
-def _build_precision(model: onnx.ModelProto, profile: TargetProfile) -> str:
-    """int8 needs the model's Q/DQ scales as well as the flag; fp16 needs only the flag."""
-    if "int8" in profile.precisions and _has_qdq(model):
-        return "int8"
-    return "fp16" if "fp16" in profile.precisions else "fp32"
 
 
 class TensorRTBuilder:
@@ -236,7 +244,8 @@ class TensorRTBuilder:
         except RuntimeError as exc:
             raise EngineBuildError(str(exc), "check the preflight warnings and the TensorRT log") from exc
         return EngineArtifact(
-            target=profile.name, kind="tensorrt", precision=_build_precision(model, profile), path=plan, files=[plan],
+            target=profile.name, kind="tensorrt", precision=settings["label"],
+            precision_layers=settings["precision_layers"], path=plan, files=[plan],
             metadata={**facts, "build_settings": settings, "preflight": report.to_dict(),
                       "trtexec": shlex.join(trtexec_command(onnx_path.name, PLAN_NAME, settings)),
                       "portability": NOT_PORTABLE, "built_on_device": False,

@@ -52,7 +52,7 @@ def _probe(scratch: Path) -> dict[str, float]:
     artifact = EngineArtifact(
         target=data["target"], kind=data["kind"], precision=data["precision"],
         path=Path(data["path"]) if data["path"] else None, files=[Path(p) for p in data["files"]],
-        metadata=data["metadata"], note=data["note"],
+        metadata=data["metadata"], note=data["note"], precision_layers=data.get("precision_layers", {}),
     )
     profile = TargetProfile.model_validate(request["profile"])
     with np.load(scratch / "feeds.npz") as stored:

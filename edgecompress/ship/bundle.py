@@ -39,7 +39,7 @@ TENSORRT_RUNNER_FILES = {"trt_device.py": _DEVICE / "trt_device.py"}
 ORT_KINDS = ("ort-cpu", "ort-arm")
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
-FIGURE_KEYS = ("accuracy", "agreement", "fidelity", "latency_ms", "throughput_per_s", "memory")
+FIGURE_KEYS = ("accuracy", "agreement", "fidelity", "latency_ms", "throughput_per_s", "memory", "speedup_vs_fp32", "measured_on")
 
 
 @dataclass(frozen=True)
@@ -292,13 +292,15 @@ Files here were checked on the workstation and are listed with their sha256 in
 manifest.json{signed}. Needs Python 3 with numpy and {runtime}
 (Pillow to classify images).
 
-    python3 run.py --verify            # files, signature, CPU arch, runtime, operators{build}
+    python3 run.py --verify            # files, signature, pinned signer, CPU arch, runtime, operators{build}
     python3 run.py --selftest          # bundled samples reproduce the workstation's outputs
     python3 run.py image.png --top-k 3 # top-k and latency (also takes .npy arrays)
 
 Preprocessing (preprocess.py, the same code the workstation used): {preprocess}.
 Installed by `edgecompress ship`, releases live in `releases/<sha>/` and `current`
 points at the active one; `edgecompress rollback` points it back at the previous one.
+`run.py --verify` pins the first signer it accepts in `known_signers` beside `releases/` and
+refuses bundles from any other key unless given `--accept-new-signer`.
 """
 
 

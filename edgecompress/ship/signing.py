@@ -36,8 +36,7 @@ class KeyPair:
 
 def key_id(public_key: Ed25519PublicKey) -> str:
     """A short fingerprint (sha256 of the raw key, 16 hex) to name keys in messages."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:16]
+    return hashlib.sha256(public_key_bytes(public_key)).hexdigest()[:16]
 
 
 def generate_keypair(out: Path, passphrase: str | None = None, overwrite: bool = False) -> KeyPair:
@@ -136,13 +135,20 @@ def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> dict
     }
 
 
+def public_key_bytes(public_key: Ed25519PublicKey) -> bytes:
+    """The raw 32 key bytes: what trust is decided on (a short id only names a key in messages)."""
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def verify_manifest_signature(
     manifest_bytes: bytes, signature_doc: dict[str, Any], trusted: Ed25519PublicKey | None
 ) -> str:
-    """Check the signature; with `trusted`, also that it was made by that key. Returns the signer's key id.
+    """Check the signature; with `trusted`, that this very key made it. Returns the signer's key id.
 
-    Without a trusted key the signature only proves the manifest is intact, not who made it;
-    callers say so to the user.
+    The whole public key is compared and the signature is checked with the trusted key itself:
+    a 64-bit fingerprint can be matched by a forged key, and the key embedded in the bundle
+    proves nothing about who made it. Without a trusted key the signature only proves the
+    manifest is intact; callers say so to the user.
     """
     try:
         if signature_doc.get("algorithm") != ALGORITHM:
@@ -152,13 +158,13 @@ def verify_manifest_signature(
     except (KeyError, ValueError, TypeError) as exc:
         raise BundleError(f"manifest.sig is malformed ({exc})", "re-sign the bundle with `edgecompress bundle --sign`") from None
     signer_id = key_id(signer)
-    if trusted is not None and key_id(trusted) != signer_id:
+    if trusted is not None and public_key_bytes(trusted) != public_key_bytes(signer):
         raise BundleError(
             f"bundle is signed by key {signer_id}, not by the trusted key {key_id(trusted)}",
             "ship only bundles signed with your own key, or name the right public key (verify --key, ship --verify-key)",
         )
     try:
-        signer.verify(signature, manifest_bytes)
+        (trusted or signer).verify(signature, manifest_bytes)
     except InvalidSignature:
         raise BundleError(
             "manifest signature is invalid (the manifest was changed after signing)", "rebuild and re-sign the bundle"

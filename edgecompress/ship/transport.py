@@ -8,11 +8,14 @@ device verifies them (`run.py --verify` and `--selftest` when it has Python, els
 between the two checks); only then is the release renamed into `releases/<sha>/` and `current`
 switched by renaming a fresh symlink over it, so a cut connection or a failed check
 leaves the old `current` in place. `previous` remembers the release to roll back to.
+A signed bundle ships only with a trusted key or trust-on-first-use, and each device
+checks the signer against the one it pinned (`known_signers`, see SignerTrust).
 """
 
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import shlex
 import socket
@@ -26,9 +29,10 @@ from typing import Any, Callable
 
 import paramiko
 
-from edgecompress.device.run import normalize_arch
-from edgecompress.core.errors import ShipError, SigningKeyError
+from edgecompress.device.run import KNOWN_SIGNERS_NAME, normalize_arch
+from edgecompress.core.errors import BundleError, ShipError, SigningKeyError
 from edgecompress.core.progress import info
+from edgecompress.device.unpack import SIGNATURE_NAME
 from edgecompress.ship.verify import VerifiedBundle, verify_bundle
 
 # (host label, bytes done, bytes total, stage) -> None
@@ -94,6 +98,26 @@ class HostResult:
     previous: str | None = None
     checked_by: str = ""
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SignerTrust:
+    """What each device is told about bundle signers.
+
+    The device's run.py keeps `known_signers` beside `releases/` (like SSH's known_hosts):
+    the first signer it accepts is pinned there and any other is refused unless
+    `accept_new_signer`, so once a device has a release, a self-signed bundle cannot replace
+    it, even when shipped without --verify-key.
+    """
+
+    accept_new_signer: bool = False
+    allow_unsigned: bool = False
+    signature: dict[str, Any] | None = None  # the bundle's manifest.sig, for devices without Python
+
+    def run_py_args(self, base: str) -> str:
+        flags = [f"--known-signers {_q(base + '/' + KNOWN_SIGNERS_NAME)}"]
+        flags += ["--accept-new-signer"] * self.accept_new_signer + ["--allow-unsigned"] * self.allow_unsigned
+        return " ".join(flags)
 
 
 class HostFailure(Exception):
@@ -252,14 +276,16 @@ def builds_on_device(manifest: dict[str, Any]) -> bool:
     return manifest["engine"]["kind"] == "tensorrt" and not manifest["engine"].get("path")
 
 
-def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any]) -> str:
-    """Run the bundle's own checks on the device (building a TensorRT kit's plan first); else sha256sum."""
+def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any], trust: SignerTrust = SignerTrust()) -> str:
+    """Run the bundle's own checks on the device (signer pinning included; a TensorRT kit's plan built first);
+    sha256sum where there is no Python."""
     python = conn.ssh.remote_python
     status, _ = conn.run(f"command -v {_q(python)}")
     build = " --build-engine" if builds_on_device(manifest) else ""
     if status == 0:  # one interpreter start for all checks: devices are slow to import onnxruntime
         selftest = " --selftest" if manifest.get("selftest") else ""
-        conn.check(f"cd {_q(remote_dir)} && {_q(python)} run.py --verify{build}{selftest}",
+        signers = trust.run_py_args(conn.dest.path)
+        conn.check(f"cd {_q(remote_dir)} && {_q(python)} run.py --verify {signers}{build}{selftest}",
                    "checks on the device failed")
         return "run.py --verify" + (" + --build-engine" if build else "") + (" + --selftest" if selftest else "")
     if build:
@@ -267,7 +293,29 @@ def remote_verify(conn: Connection, remote_dir: str, manifest: dict[str, Any]) -
                           "self-test its engine; install python3 (JetPack has it) or pass --remote-python")
     sums = "".join(f"{entry['sha256']}  {name}\n" for name, entry in sorted(manifest["files"].items()))
     conn.check(f"cd {_q(remote_dir)} && sha256sum -c -", "sha256 check on the device failed", stdin=sums)
-    return "sha256sum (no Python on the device)"
+    pin_signer_from_here(conn, trust)
+    return "sha256sum + signer pinned from here (no Python on the device)"
+
+
+def pin_signer_from_here(conn: Connection, trust: SignerTrust) -> None:
+    """Where run.py cannot run, apply its known_signers check to the device's file over SFTP."""
+    from edgecompress.device.run import check_known_signer
+
+    remote = f"{conn.dest.path}/{KNOWN_SIGNERS_NAME}"
+    with tempfile.TemporaryDirectory(prefix="ec-signers-") as tmp:
+        local = Path(tmp) / KNOWN_SIGNERS_NAME
+        try:
+            conn.sftp.get(remote, str(local))
+        except FileNotFoundError:
+            pass
+        before = local.read_bytes() if local.is_file() else None
+        try:
+            check_known_signer(local, trust.signature, trust.accept_new_signer, trust.allow_unsigned)
+        except BundleError as exc:
+            raise HostFailure(f"checks on the device failed: {exc.problem}") from None
+        if local.is_file() and local.read_bytes() != before:
+            conn.sftp.put(str(local), f"{remote}.new")
+            conn.sftp.posix_rename(f"{remote}.new", remote)
 
 
 def switch_link(conn: Connection, base: str, name: str, target: str) -> None:
@@ -281,7 +329,7 @@ def switch_link(conn: Connection, base: str, name: str, target: str) -> None:
 
 
 def install_release(conn: Connection, verified: VerifiedBundle, tree: Path, label: str,
-                    progress: ProgressFn | None) -> HostResult:
+                    progress: ProgressFn | None, trust: SignerTrust = SignerTrust()) -> HostResult:
     """Steps on one connected device; any HostFailure leaves `current` as it was."""
     dest, manifest = conn.dest, verified.manifest
     check_arch(conn, manifest)
@@ -297,7 +345,7 @@ def install_release(conn: Connection, verified: VerifiedBundle, tree: Path, labe
     if progress:
         progress(label, 1, 1, "verifying on device")
     try:
-        checked_by = remote_verify(conn, staging, manifest)
+        checked_by = remote_verify(conn, staging, manifest, trust)
     except HostFailure:
         if staging == partial:
             conn.run(f"rm -rf {_q(partial)}")
@@ -324,27 +372,43 @@ def _timed(dest: Destination, action: Callable[[], HostResult]) -> HostResult:
 
 
 def ship_to_host(verified: VerifiedBundle, tree: Path, dest: Destination, ssh: SshOptions,
-                 pkey: paramiko.PKey | None, progress: ProgressFn | None = None) -> HostResult:
+                 pkey: paramiko.PKey | None, progress: ProgressFn | None = None,
+                 trust: SignerTrust = SignerTrust()) -> HostResult:
     def action() -> HostResult:
         if progress:
             progress(str(dest), 0, 1, "connecting")
         with Connection(dest, ssh, pkey) as conn:
-            return install_release(conn, verified, tree, str(dest), progress)
+            return install_release(conn, verified, tree, str(dest), progress, trust)
 
     return _timed(dest, action)
 
 
 def ship(archive: Path, destinations: list[Destination], ssh: SshOptions = SshOptions(),
          trusted_key: Path | None = None, allow_unsigned: bool = False, parallel: int = 1,
-         progress: ProgressFn | None = None) -> list[HostResult]:
-    """Verify the bundle once here, then install it on every destination (`parallel` at a time)."""
+         progress: ProgressFn | None = None, trust_on_first_use: bool = False,
+         accept_new_signer: bool = False) -> list[HostResult]:
+    """Verify the bundle once here, then install it on every destination (`parallel` at a time).
+
+    A signed bundle needs `trusted_key`, or `trust_on_first_use`: then only each device's
+    pinned signer (known_signers) vouches for it, the first install pinning it.
+    """
     pkey = load_ssh_key(ssh.key, ssh.passphrase) if ssh.key else None
     with tempfile.TemporaryDirectory(prefix="ec-ship-") as tmp:
         verified = verify_bundle(archive, trusted_key, allow_unsigned, extract_to=Path(tmp) / "bundle")
+        if verified.signer is not None and not verified.trusted_key and not trust_on_first_use:
+            raise ShipError(
+                f"{Path(archive).name} is signed by key {verified.signer}, but no trusted key was named, so nothing "
+                "says who made it (integrity only, signer not trusted); nothing was shipped",
+                "pass --verify-key YOUR_KEY.pub, or --trust-on-first-use to let each device pin the signer of "
+                "the first bundle it accepts",
+            )
         info(f"verified here: {verified.describe()}")
         tree = Path(tmp) / "bundle"
+        signature = tree / SIGNATURE_NAME
+        trust = SignerTrust(accept_new_signer, allow_unsigned,
+                            json.loads(signature.read_text(encoding="utf-8")) if signature.is_file() else None)
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            return list(pool.map(lambda d: ship_to_host(verified, tree, d, ssh, pkey, progress), destinations))
+            return list(pool.map(lambda d: ship_to_host(verified, tree, d, ssh, pkey, progress, trust), destinations))
 
 
 def rollback(dest: Destination, ssh: SshOptions = SshOptions(), release: str | None = None) -> HostResult:

@@ -38,7 +38,8 @@ class VerifiedBundle:
         elif self.trusted_key:
             how = f"signed by the trusted key {self.signer}"
         else:
-            how = f"signature valid, by key {self.signer} (not checked against a trusted key: name its .pub with verify --key / ship --verify-key)"
+            how = (f"integrity only, signer not trusted: the signature by key {self.signer} is intact, but nothing "
+                   "says who made that key (name your .pub with verify --key / ship --verify-key)")
         files = len(self.manifest["files"])
         return f"{self.archive.name}: {files} files match their sha256; {how}"
 
