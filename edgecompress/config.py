@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgecompress.errors import ConfigError
+from edgecompress.example_preset import EXAMPLE_OPTIONS, with_example_options
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -81,16 +82,18 @@ class BuildConfig(BaseModel):
     )
     student: str | None = Field(
         None, description="student to distil and ship: zoo name or package.module:factory; none = keep the model; "
-        "unset = cnn-small for the built-in example, none otherwise"
+        f"unset = {EXAMPLE_OPTIONS['student']} for the built-in example, none otherwise"
     )
     prune: Literal["none", "magnitude", "taylor", "channels"] | None = Field(
         None, description="pruning: channels (structured, faster engines), magnitude/taylor (unstructured zeros); "
         "unset = channels for the built-in example, none otherwise"
     )
-    prune_ratio: float = Field(0.5, ge=0, lt=1, description="most to prune: fraction of channels or weights")
-    prune_steps: int = Field(2, ge=1, le=20, description="prune -> fine-tune -> evaluate steps towards prune_ratio")
+    prune_ratio: float = Field(0.5, ge=0, lt=1, description="most to prune: fraction of channels or weights"
+                               f" (built-in example: {EXAMPLE_OPTIONS['prune_ratio']})")
+    prune_steps: int = Field(2, ge=1, le=20, description="prune -> fine-tune -> evaluate steps towards prune_ratio"
+                             f" (built-in example: {EXAMPLE_OPTIONS['prune_steps']})")
     channel_importance: Literal["l1", "taylor"] = Field("l1", description="channel ranking for --prune channels")
-    epochs: int = Field(8, ge=1, le=1000, description="distillation epochs of the student")
+    epochs: int = Field(8, ge=1, le=1000, description=f"distillation epochs of the student (built-in example: {EXAMPLE_OPTIONS['epochs']})")
     finetune_epochs: int = Field(2, ge=1, le=1000, description="fine-tuning epochs after each prune step")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label loss (1 - alpha: teacher's soft targets)")
     distill_temperature: float = Field(4.0, gt=0, description="softmax temperature of the soft targets")
@@ -125,7 +128,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 def make_config(file_values: dict[str, Any], overrides: dict[str, Any], where: str = "config") -> BuildConfig:
     """Validate file values overlaid with command-line overrides (None = not given)."""
-    values = dict(file_values) | {key: value for key, value in overrides.items() if value not in (None, [], ())}
+    values = with_example_options(dict(file_values) | {key: value for key, value in overrides.items() if value not in (None, [], ())})
     try:
         return BuildConfig.model_validate(values)
     except ValidationError as exc:

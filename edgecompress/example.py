@@ -1,4 +1,4 @@
-"""The built-in example: a CNN teacher trained on the digits data, cached after first use.
+"""The built-in example: a ResNet-style teacher trained on the digits data, cached after first use.
 
 Training is seeded and single-threaded-deterministic, so the cached checkpoint is
 keyed by the training recipe and the package version: a changed recipe retrains.
@@ -18,8 +18,8 @@ from edgecompress.compress.trainer import TrainConfig, accuracy, fit
 from edgecompress.data import digits_splits
 from edgecompress.zoo import build_model
 
-EXAMPLE_MODEL = "digits-teacher"
-EXAMPLE_TRAINING = TrainConfig(epochs=5, batch_size=64, lr=4e-3, seed=0, patience=3)
+EXAMPLE_MODEL = "resnet18-digits"
+EXAMPLE_TRAINING = TrainConfig(epochs=4, batch_size=64, lr=4e-3, seed=0, patience=3)
 
 
 def cache_dir() -> Path:

@@ -28,12 +28,13 @@ from edgecompress.compress.sources import Splits, has_labels, load_labelled_data
 from edgecompress.compress.trainer import TrainConfig, accuracy
 from edgecompress.config import BuildConfig
 from edgecompress.errors import ConfigError, DistillationError
+from edgecompress.example_preset import EXAMPLE_OPTIONS
 from edgecompress.model_source import EXAMPLE_NAME, SourceModel
 from edgecompress.preprocess import PreprocessSpec
 from edgecompress.progress import info
 
 STAGE_VERSION = "compress-v1"
-EXAMPLE_STUDENT, EXAMPLE_PRUNE = "cnn-small", "channels"
+EXAMPLE_STUDENT, EXAMPLE_PRUNE = EXAMPLE_OPTIONS["student"], EXAMPLE_OPTIONS["prune"]
 
 
 @dataclass
