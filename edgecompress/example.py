@@ -19,7 +19,7 @@ from edgecompress.data import digits_splits
 from edgecompress.zoo import build_model
 
 EXAMPLE_MODEL = "resnet18-digits"
-EXAMPLE_TRAINING = TrainConfig(epochs=4, batch_size=64, lr=4e-3, seed=0, patience=3)
+EXAMPLE_TRAINING = TrainConfig(epochs=5, batch_size=64, lr=4e-3, seed=0, patience=3)
 
 
 def cache_dir() -> Path:
