@@ -32,11 +32,12 @@ from edgecompress.compress.trainer import TrainConfig, fit
 from edgecompress.source.data import DIGITS_INPUT_NAME, DIGITS_SPEC, digits_splits
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.measure.evaluate import compare_outputs, run_batched, top1_accuracy
-from edgecompress.presets.example import example_teacher
+from edgecompress.presets.example import EXAMPLE_MODEL, example_teacher
 from edgecompress.core.cache import cache_dir
 from edgecompress.export.graph import model_io, read_onnx
 from edgecompress.export.torch_export import export_torch
-from edgecompress.quantize.static import quantize_model, recipe_for_target
+from edgecompress.quantize.static import quantize_model
+from edgecompress.quantize.isa import recipe_for_target
 from edgecompress.core.targets import load_profiles
 from edgecompress.source.zoo import build_model
 
@@ -48,7 +49,7 @@ STUDENT_TRAINING = TrainConfig(epochs=8, batch_size=64, lr=4e-3, seed=0, patienc
 
 def trained(name: str) -> torch.nn.Module:
     """The example teacher, or a zoo model trained on the digits once and cached."""
-    if name == "digits-teacher":
+    if name == EXAMPLE_MODEL:
         return example_teacher()
     checkpoint = cache_dir() / f"bench-{name}-{sha256_json({'m': name, 't': STUDENT_TRAINING.__dict__})[:12]}.pt"
     model = build_model(name)
@@ -134,7 +135,7 @@ def benchmark_model(name: str, count: int, steps: int) -> tuple[list[str], list[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="digits-teacher,mobilenetv2-digits")
+    parser.add_argument("--models", default=f"{EXAMPLE_MODEL},mobilenetv2-digits")
     parser.add_argument("--count", type=int, default=128, help="samples per calibration set")
     parser.add_argument("--steps", type=int, default=DataFreeConfig.steps, help="data-free optimization steps")
     args = parser.parse_args()

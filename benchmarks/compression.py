@@ -5,8 +5,7 @@
 2. Pruning on a ResNet-18-style model: ONNX Runtime fp32 latency at batch 1 of the dense
    model, 50% unstructured zeros and 50% structured channels (the engine only gets faster
    when channels are really gone).
-3. End to end: the digits teacher in PyTorch eager fp32 vs the built-in example's final
-   int8 student engine (teacher -> distilled + pruned student -> export -> int8).
+(End to end, the built-in example's teacher vs its shipped int8 engine: benchmarks/example.py.)
 
     python benchmarks/compression.py [--quick]
 """
@@ -20,7 +19,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,24 +29,10 @@ from edgecompress.compress.distill import DistillConfig, distill  # noqa: E402
 from edgecompress.compress.prune import make_permanent, prune_unstructured  # noqa: E402
 from edgecompress.compress.trainer import TrainConfig, accuracy, fit  # noqa: E402
 from edgecompress.source.data import digits_splits  # noqa: E402
-from edgecompress.source.specs import TensorSpec
 from edgecompress.engines.ort_cpu import OrtRunner  # noqa: E402
-from edgecompress.presets.example import example_teacher  # noqa: E402
+from edgecompress.presets.example import EXAMPLE_MODEL, example_teacher  # noqa: E402
 from edgecompress.export.torch_export import export_torch
 from edgecompress.source.zoo import build_model  # noqa: E402
-
-
-class TorchEagerRunner:
-    """A PyTorch module behind the `Runner` interface, so eager and engines are timed by one loop."""
-
-    def __init__(self, module: torch.nn.Module, input_name: str) -> None:
-        self.module = module.eval()
-        self.inputs = [TensorSpec(input_name, (None,))]
-        self.outputs = [TensorSpec("logits", (None,))]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        with torch.no_grad():
-            return [self.module(torch.from_numpy(feeds[self.inputs[0].name])).numpy()]
 
 
 def distillation_table(seeds: list[int], epochs: int, student_name: str) -> None:
@@ -68,7 +52,7 @@ def distillation_table(seeds: list[int], epochs: int, student_name: str) -> None
         distilled.append(accuracy(student, splits.test))
     print(f"\n## Distillation (digits test split, {student_name}, {epochs} epochs, seeds {seeds})")
     print("| model | top-1 % (mean) | per seed |\n|---|---|---|")
-    print(f"| teacher (digits-teacher) | {accuracy(teacher, splits.test):.2f} | |")
+    print(f"| teacher ({EXAMPLE_MODEL}) | {accuracy(teacher, splits.test):.2f} | |")
     print(f"| student trained alone | {statistics.mean(alone):.2f} | {', '.join(f'{a:.2f}' for a in alone)} |")
     print(f"| student distilled | {statistics.mean(distilled):.2f} | {', '.join(f'{a:.2f}' for a in distilled)} |")
 
@@ -102,31 +86,6 @@ def pruning_table(runs: int, size: int) -> None:
               f"{stats['dense'].p50 / stats[name].p50:.2f}x |")
 
 
-def end_to_end(runs: int) -> None:
-    from edgecompress.core.config import make_config
-    from edgecompress.build.pipeline import build
-
-    with tempfile.TemporaryDirectory() as tmp:
-        (report,) = build(make_config({}, {"out": Path(tmp), "bench_runs": 20}))
-        engine = OrtRunner(Path(report["engine"]["path"]), threads=1)
-        teacher = TorchEagerRunner(example_teacher(), engine.inputs[0].name)
-        test = digits_splits().test
-        feeds = {engine.inputs[0].name: test.x[:1]}
-        stats, _ = benchmark({"teacher": teacher, "engine": engine}, feeds, runs=runs, warmup=10, max_seconds=60)
-        engine_top1 = 100 * float(np.mean(np.concatenate([engine.run({engine.inputs[0].name: test.x[i:i + 1]})[0]
-                                                          for i in range(len(test))]).argmax(1) == test.y))
-    teacher_top1 = accuracy(example_teacher(), test)
-    stages = report["compression"]["stages"]
-    print(f"\n## End to end (digits test split, batch 1, 1 thread, {stats['teacher'].runs} interleaved runs)")
-    print("| | top-1 % | params | FLOPs | p50 ms |\n|---|---|---|---|---|")
-    print(f"| teacher, PyTorch eager fp32 | {teacher_top1:.2f} | {stages[0]['params']:,} | {stages[0]['flops'] / 1e6:.1f} M | "
-          f"{stats['teacher'].p50:.3f} |")
-    print(f"| int8 student engine (ORT) | {engine_top1:.2f} | {stages[-1]['params']:,} | {stages[-1]['flops'] / 1e6:.1f} M | "
-          f"{stats['engine'].p50:.3f} |")
-    print(f"speed-up {stats['teacher'].p50 / stats['engine'].p50:.1f}x, top-1 difference {teacher_top1 - engine_top1:+.2f} points; "
-          f"gate: {report['compression']['gate']['stopped']}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer seeds, runs and a smaller input")
@@ -135,7 +94,6 @@ def main() -> None:
     os.environ.setdefault("EDGECOMPRESS_QUIET", "1")
     distillation_table([0, 1] if args.quick else [0, 1, 2], 3 if args.quick else 4, "cnn-tiny")
     pruning_table(15 if args.quick else 40, 160 if args.quick else 224)
-    end_to_end(50 if args.quick else 200)
 
 
 if __name__ == "__main__":

@@ -47,15 +47,21 @@ def test_targets_lists_the_cpu_profile():
     assert result.returncode == 0 and "cpu" in result.stdout and "ort-cpu" in result.stdout
 
 
-def test_builtin_example_builds_a_verified_int8_engine(tmp_path):
+def test_builtin_example_ships_a_verified_int8_engine_within_a_point_of_its_teacher(tmp_path):
     out = tmp_path / "build"
-    result = edgecompress("build", "--out", str(out), "--bench-runs", "20", "--precision", "int8")
+    result = edgecompress("build", "--out", str(out), "--bench-runs", "20")  # precision auto: the build chooses
     assert result.returncode == 0, result.stderr
     assert "edgecompress build summary" in result.stdout
     report = json.loads((out / "cpu" / "report.json").read_text())
     assert report["engine"]["precision"] == "int8" and Path(report["engine"]["path"]).is_file()
+    assert any(line.startswith("Shipping int8") for line in report["verdict"]), report["verdict"]
+    assert not any("SLOWER" in line for line in report["verdict"]), report["verdict"]
     assert report["accuracy"]["fp32"] - report["accuracy"]["engine"] <= 1.0
     assert report["accuracy"]["fp32"] > 95.0
+    teacher, *_, engine = report["compression"]["stages"]
+    assert teacher["model"] == "digits-example" and teacher["accuracy"] - engine["accuracy"] <= 1.0
+    assert [stage["name"] for stage in report["compression"]["stages"]] == ["teacher", "student", "pruned", "engine"]
+    assert engine["flops"] < teacher["flops"] and engine["size_bytes"] < teacher["size_bytes"] / 3
     assert report["agreement"]["samples"] == 360 and report["agreement"]["top1"] > 0.97
     assert report["reference"]["size_bytes"] / report["engine"]["size_bytes"] > 3.0
     for key in ("p50", "p90", "p99", "batch", "runs"):

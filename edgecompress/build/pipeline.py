@@ -28,7 +28,7 @@ from edgecompress.measure.evaluate import EvalSet, evaluate
 from edgecompress.measure.fidelity import Budget, DetectionOptions, FidelityOptions, fidelity_report, parse_per_output
 from edgecompress.export.graph import OnnxModelInfo, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.export.torch_export import export_torch
-from edgecompress.presets.example import load_model_or_example, with_example_defaults
+from edgecompress.presets.example import load_model_or_example
 from edgecompress.source.model import SourceModel
 from edgecompress.core.progress import info, warn
 from edgecompress.quantize.isa import recipe_for_target
@@ -59,7 +59,6 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
     for profile in profiles:
         check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
-    config = with_example_defaults(config)
     source = load_model_or_example(config.model, config.weights, config.input_shape)
     compression = compress_stage(source, config)
     if compression is not None:  # export the compressed student in the source model's place

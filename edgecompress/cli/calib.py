@@ -83,7 +83,7 @@ def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
 def _example_spec(source_model):
     """The built-in example's preprocessing bounds its synthetic pixels like real digits."""
     from edgecompress.source.data import DIGITS_SPEC
-    from edgecompress.source.model import EXAMPLE_NAME
+    from edgecompress.core.config import EXAMPLE_NAME
 
     return DIGITS_SPEC if source_model.name == EXAMPLE_NAME else None
 

@@ -1,4 +1,5 @@
-"""The built-in example: a CNN teacher trained on the digits data, cached after first use.
+"""The built-in example: a ResNet-style teacher trained on the digits data, cached after first use; its options
+are the preset `core.config.EXAMPLE_OPTIONS`.
 
 Training is seeded and single-threaded-deterministic, so the cached checkpoint is
 keyed by the training recipe and the package version: a changed recipe retrains.
@@ -14,15 +15,13 @@ from torch import nn
 from edgecompress import __version__
 from edgecompress.core.artifacts import atomic_path, sha256_json
 from edgecompress.core.cache import cache_dir
-from edgecompress.core.config import BuildConfig
 from edgecompress.compress.trainer import TrainConfig, accuracy, fit
 from edgecompress.source.data import DIGITS_INPUT_NAME, DIGITS_LABELS, DIGITS_SIZE, digits_splits
-from edgecompress.source.model import EXAMPLE_NAME, SourceModel, load_source_model
+from edgecompress.core.config import EXAMPLE_NAME
+from edgecompress.source.model import SourceModel, load_source_model
 from edgecompress.source.zoo import build_model
 
-EXAMPLE_MODEL = "digits-teacher"
-# `edgecompress build` with no --model: the options the example is, applied where the user left them unset.
-EXAMPLE_OPTIONS = {"student": "cnn-small", "prune": "channels", "data": "digits"}
+EXAMPLE_MODEL = "resnet18-digits"
 EXAMPLE_TRAINING = TrainConfig(epochs=5, batch_size=64, lr=4e-3, seed=0, patience=3)
 
 
@@ -62,10 +61,3 @@ def load_model_or_example(model: str | None, weights: Path | None, input_shape: 
     if model is None or model == EXAMPLE_NAME:
         return example_source()
     return load_source_model(model, weights, input_shape)
-
-
-def with_example_defaults(config: BuildConfig) -> BuildConfig:
-    """The built-in example is a preset of options: without --model, unset options take the example's values."""
-    if config.model not in (None, EXAMPLE_NAME):
-        return config
-    return config.model_copy(update={key: value for key, value in EXAMPLE_OPTIONS.items() if getattr(config, key) is None})

@@ -14,7 +14,6 @@ from pathlib import Path
 from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.errors import InputShapeError, ModelLoadError
 
-EXAMPLE_NAME = "digits-example"
 
 
 @dataclass

@@ -22,14 +22,20 @@ def conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1, groups: int = 1, relu
 
 
 class PlainCNN(nn.Module):
-    """A VGG-like stack: `widths[i]` channels per stage, stride 2 between stages, GAP + linear head."""
+    """A VGG-like stack: `widths[i]` channels per stage, stride 2 between stages, GAP + linear head.
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10, in_channels: int = 1) -> None:
+    `first_stride = 2` halves the input at once: wide layers then cost a quarter as much,
+    and the single-channel input conv, which int8 kernels gain nothing on, stays small.
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 10, in_channels: int = 1, first_stride: int = 1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for index, width in enumerate(widths):
-            layers.append(conv_bn_relu(channels, width, stride=1 if index == 0 else 2))
+            layers.append(conv_bn_relu(channels, width, stride=first_stride if index == 0 else 2))
             layers.append(conv_bn_relu(width, width))
             channels = width
         self.features = nn.Sequential(*layers)
@@ -146,7 +152,10 @@ class MobileNetV2(nn.Module):
 ModelFactory = Callable[..., nn.Module]
 
 ZOO: dict[str, ModelFactory] = {
-    # digits-sized (1×32×32) models: the built-in teacher and its students
+    # digits-sized (1×32×32) models. The built-in example: a ResNet-18-layout teacher, distilled into
+    # cnn-wide, whose layers are wide enough (64-256 channels at 16×16 to 4×4) for int8 kernels to pay
+    "resnet18-digits": lambda num_classes=10, in_channels=1: ResNet18(num_classes, in_channels, width=16, small_input=True),
+    "cnn-wide": lambda num_classes=10, in_channels=1: PlainCNN((64, 128, 256), num_classes, in_channels, first_stride=2),
     "digits-teacher": lambda num_classes=10, in_channels=1: PlainCNN((32, 64, 128), num_classes, in_channels),
     "cnn-small": lambda num_classes=10, in_channels=1: PlainCNN((16, 32, 64), num_classes, in_channels),
     "cnn-tiny": lambda num_classes=10, in_channels=1: PlainCNN((8, 16, 32), num_classes, in_channels),
