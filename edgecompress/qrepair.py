@@ -20,7 +20,7 @@ import numpy as np
 from edgecompress.engines.base import Runner
 from edgecompress.errors import BudgetError, BudgetNotMetError
 from edgecompress.evaluate import EvalSet, Evaluation, evaluate
-from edgecompress.qdiagnose import Diagnosis, diagnose
+from edgecompress.qdiagnose import Diagnosis, diagnose_or_warn
 from edgecompress.quantize import QuantRecipe
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -266,9 +266,10 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     search = _bisect if session.options.strategy == "bisect" else _greedy
     reasons, diagnosis = [], None
     for start in starts:
-        start_diagnosis = diagnose(session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples)
+        start_diagnosis = diagnose_or_warn(session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples)
         diagnosis = diagnosis or start_diagnosis
-        ranking = [g.exclusion_group for g in start_diagnosis.ranking() if g.node not in start.recipe.nodes_to_exclude]
+        ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
+        ranking = [g.exclusion_group for g in ranked if g.node not in start.recipe.nodes_to_exclude]
         reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
     best = _pick_best(session.tries)
     return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)

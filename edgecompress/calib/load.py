@@ -32,11 +32,12 @@ class CalibrationSet:
     manifest: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
+        return max((len(array) for array in self.arrays.values() if array.ndim), default=1)
 
     def batches(self, batch_size: int):
+        """Feeds of up to `batch_size` samples; a 0-d input (a sample rate) is one value fed with every batch."""
         for start in range(0, len(self), batch_size):
-            yield {name: array[start : start + batch_size] for name, array in self.arrays.items()}
+            yield {name: array[start : start + batch_size] if array.ndim else array for name, array in self.arrays.items()}
 
 
 def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
