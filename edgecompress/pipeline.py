@@ -21,6 +21,7 @@ from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_
 from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.config import BuildConfig
 from edgecompress.data import DigitsSplits as Splits
+from edgecompress.detect_tail import keep_decode_tail_fp32
 from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.errors import CalibrationError, ConfigError
@@ -148,7 +149,8 @@ def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: Calibratio
     return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
 
 
-def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
+def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path | None = None) -> QuantRecipe:
+    """The target's recipe with the config's options; with the fp32 model, a detector's decode tail stays fp32."""
     recipe = recipe_for_target(profile).with_options(
         calibration_method=config.calibration_method,
         percentile=config.percentile,
@@ -160,7 +162,8 @@ def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
     # (reduce_range) or one scale per tensor. With full-range per-channel weights it lowered the logit error
     # but moved agreement both ways, so there repair tries it instead.
     coarse_weights = recipe.reduce_range or not recipe.per_channel
-    return recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
+    recipe = recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
+    return recipe if fp32_path is None else keep_decode_tail_fp32(recipe, fp32_path)
 
 
 def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
@@ -196,7 +199,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     started = time.perf_counter()
     config = context.config
     builder = get_builder(profile.engine)
-    recipe = target_recipe(profile, config)
+    recipe = target_recipe(profile, config, context.fp32.path)
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
     chosen = None
