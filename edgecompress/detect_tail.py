@@ -66,15 +66,3 @@ def detector_tail_nodes(model: onnx.ModelProto) -> list[str]:
             return [node.name for node in tail if node.name]
     return []
 
-
-def keep_decode_tail_fp32(recipe, fp32_path) -> "QuantRecipe":  # noqa: F821  (edgecompress.quantize.QuantRecipe)
-    """The recipe with a detector's decode tail added to its fp32 nodes, and the reason said in its `reason`."""
-    tail = detector_tail_nodes(onnx.load(str(fp32_path), load_external_data=False))
-    new = [name for name in tail if name not in recipe.nodes_to_exclude]
-    if not new:
-        return recipe
-    reason = (f"{recipe.reason}; " if recipe.reason else "") + (
-        f"detector decode tail kept in fp32 ({len(new)} nodes after the head's last Concat of conv outputs: "
-        f"{', '.join(new)}): one int8 scale cannot hold pixel coordinates and [0, 1] scores"
-    )
-    return recipe.with_options(nodes_to_exclude=(*recipe.nodes_to_exclude, *new), reason=reason)

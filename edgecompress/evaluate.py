@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgecompress.calib.layout import BatchLayout
 from edgecompress.engines.base import Runner
 
 
@@ -21,9 +22,14 @@ class EvalSet:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     description: str
+    layout: BatchLayout | None = None  # batch axis per input; None: axis 0 (0-d inputs: one value for all)
+
+    @property
+    def batch_layout(self) -> BatchLayout:
+        return self.layout or BatchLayout({})
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return self.batch_layout.count(self.inputs)
 
 
 @dataclass(frozen=True)
@@ -46,13 +52,9 @@ class Evaluation:
         return asdict(self)
 
 
-def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout | None = None) -> np.ndarray:
     """The runner's first output over all samples, fed `batch_size` at a time."""
-    count = len(next(iter(inputs.values())))
-    outputs = [
-        runner.run({name: array[start : start + batch_size] for name, array in inputs.items()})[0]
-        for start in range(0, count, batch_size)
-    ]
+    outputs = [runner.run(feed)[0] for feed in (layout or BatchLayout({})).batches(inputs, batch_size)]
     return np.concatenate(outputs, axis=0)
 
 
@@ -75,8 +77,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 
 
 def evaluate(engine: Runner, reference: Runner, data: EvalSet, batch_size: int = 32) -> Evaluation:
-    reference_out = run_batched(reference, data.inputs, batch_size)
-    engine_out = run_batched(engine, data.inputs, batch_size)
+    reference_out = run_batched(reference, data.inputs, batch_size, data.layout)
+    engine_out = run_batched(engine, data.inputs, batch_size, data.layout)
     has_labels = data.labels is not None
     return Evaluation(
         accuracy_reference=top1_accuracy(reference_out, data.labels) if has_labels else None,

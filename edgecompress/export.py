@@ -34,6 +34,7 @@ class OnnxModelInfo:
     outputs: list[TensorSpec]
     opset: int
     export_max_abs_diff: float | None = None  # ORT vs PyTorch, for torch exports
+    layout: "BatchLayout | None" = None  # batch axis per input (calib/layout.py); None: axis 0 everywhere  # noqa: F821
 
 
 def _specs(values, initializer_names: set[str]) -> list[TensorSpec]:
@@ -60,6 +61,16 @@ def node_attribute(node: onnx.NodeProto, name: str, default=None):
         if attribute.name == name:
             return onnx.helper.get_attribute_value(attribute)
     return default
+
+
+def input_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Each real input's dims as written: a size, a dim_param name, or None (open, unnamed)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return {
+        value.name: [fixed_size(d) or (d.dim_param if d.HasField("dim_param") else None) for d in value.type.tensor_type.shape.dim]
+        for value in model.graph.input
+        if value.name not in initializers
+    }
 
 
 def model_io(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -113,7 +124,8 @@ def _info(model: onnx.ModelProto, path: Path, diff: float | None = None) -> Onnx
 # --- third-party ONNX -----------------------------------------------------------------
 
 
-def prepare_onnx(src: Path, out_path: Path, input_shapes: dict[str, tuple[int, ...]]) -> OnnxModelInfo:
+def prepare_onnx(src: Path, out_path: Path, input_shapes: dict[str, tuple[int, ...]],
+                 batch_axes: dict[str, int] | None = None) -> OnnxModelInfo:
     """Upgrade the opset, fix dynamic dims from `--input-shape`, then finalize."""
     model = read_onnx(src)
     if opset_of(model) < MIN_OPSET:
@@ -124,25 +136,30 @@ def prepare_onnx(src: Path, out_path: Path, input_shapes: dict[str, tuple[int, .
                 f"cannot upgrade {src} from opset {opset_of(model)} to {MIN_OPSET}: {exc}",
                 f"re-export the model with opset >= {MIN_OPSET}",
             ) from exc
-    _fix_input_dims(model, input_shapes)
+    _fix_input_dims(model, input_shapes, batch_axes or {})
     return _info(_finalize(model, out_path), out_path)
 
 
-def _fix_input_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
-    """Fill the open dims of each input from `--input-shape`; axis 0 stays the dynamic batch.
+def _fix_input_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], batch_axes: dict[str, int]) -> None:
+    """Fill the open dims of each input from `--input-shape`; the batch axis (calib/layout.py) stays
+    dynamic, named `batch` in every input so that later stages find the same layout.
 
     Dims the model fixes are read from it, so `--input-shape` is needed only for open dims past
     the batch, and every suggested fix is a complete shape that works when pasted.
     """
+    from edgecompress.calib.layout import batch_layout
+
     inputs, _ = model_io(model)
     graph_inputs = {value.name: value for value in model.graph.input}
     shapes = _named_input_shapes(inputs, input_shapes)
+    layout = batch_layout(input_dims(model), batch_axes)
     for spec in inputs:
         tensor_type = graph_inputs[spec.name].type.tensor_type
         wanted = shapes.get(spec.name)
         if wanted is not None:
             _check_fits(spec, wanted)
-        open_axes = [axis for axis, size in enumerate(spec.shape) if size is None and axis > 0]
+        batch_axis = layout.axes[spec.name]
+        open_axes = [axis for axis, size in enumerate(spec.shape) if size is None and axis != batch_axis]
         if open_axes and wanted is None:
             raise InputShapeError(
                 f"input '{spec.name}' {_fmt(spec.shape)} has open dimensions on axis {', '.join(map(str, open_axes))} "
@@ -150,11 +167,9 @@ def _fix_input_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
                 f"give them sizes, e.g. --input-shape {spec.name}:{_example_shape(spec.shape)}",
             )
         for axis, dim in enumerate(tensor_type.shape.dim):
-            if spec.shape[axis] is not None:
-                continue
-            if axis == 0:
+            if axis == batch_axis and spec.shape[axis] is None:
                 dim.dim_param = BATCH_DIM  # keep the batch dynamic for batch ranges
-            else:
+            elif spec.shape[axis] is None:
                 dim.dim_value = wanted[axis]
 
 

@@ -31,6 +31,7 @@ class SourceModel:
     onnx_path: Path | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     labels: list[str] | None = None
+    batch_axes: dict[str, int] = field(default_factory=dict)  # --batch-axis NAME:AXIS
 
     @property
     def is_onnx(self) -> bool:

@@ -21,12 +21,13 @@ from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_
 from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.config import BuildConfig
 from edgecompress.data import DigitsSplits as Splits
-from edgecompress.detect_tail import keep_decode_tail_fp32
+from edgecompress.recipe_exclusions import with_structural_exclusions
 from edgecompress.engines import EngineArtifact, check_profile, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.errors import CalibrationError, ConfigError
 from edgecompress.evaluate import EvalSet, evaluate
-from edgecompress.export import OnnxModelInfo, export_torch, model_io, opset_of, prepare_onnx, read_onnx
+from edgecompress.calib.layout import batch_layout, parse_batch_axes
+from edgecompress.export import OnnxModelInfo, export_torch, input_dims, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.model_source import SourceModel, load_source_model
 from edgecompress.progress import info, warn
 from edgecompress.isa import recipe_for_target
@@ -56,6 +57,7 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
         check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
     source = load_source_model(config.model, config.weights, config.input_shape)
+    source = replace(source, batch_axes=parse_batch_axes(config.batch_axis))
     compression = compress_stage(source, config)
     if compression is not None:  # export the compressed student in the source model's place
         source = replace(source, module=compression.module, content_hash=module_hash(compression.module))
@@ -70,8 +72,8 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
 def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
     path = config.out / "model.fp32.onnx"
     if source.is_onnx:
-        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "stage": "prepare-v1"}
-        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes))  # noqa: E731
+        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v2"}
+        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes, source.batch_axes))  # noqa: E731
     else:
         key = {
             "module": module_hash(source.module),
@@ -89,7 +91,7 @@ def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
     info(f"export: {'reused' if reused else 'wrote'} {path}" + (f" (ORT vs PyTorch max |diff| {diff:.2g})" if diff is not None else ""))
     model = read_onnx(path)
     inputs, outputs = model_io(model)
-    return OnnxModelInfo(path, inputs, outputs, opset_of(model), diff)
+    return OnnxModelInfo(path, inputs, outputs, opset_of(model), diff, batch_layout(input_dims(model), source.batch_axes))
 
 
 def _record(model_info: OnnxModelInfo) -> dict[str, Any]:
@@ -125,13 +127,13 @@ def _data_name(source: SourceModel, config: BuildConfig) -> str:
 def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
     labelled = _labelled_data(source, config, labelled)
     if config.calib is not None:
-        calibration = load_calibration_set(config.calib, fp32.inputs)
+        calibration = load_calibration_set(config.calib, fp32.inputs, fp32.layout)
     elif labelled is not None:
         arrays = {fp32.inputs[0].name: labelled.train.x[:EXAMPLE_CALIBRATION_COUNT]}
         calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
-    for finding in diagnose(calibration.arrays):
+    for finding in diagnose({name: a for name, a in calibration.arrays.items() if fp32.layout is None or fp32.layout.axis(name, a) == 0}):
         warn(f"calibration: {finding}")
     return calibration
 
@@ -140,17 +142,18 @@ def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: Calibratio
                labelled: Splits | None = None) -> EvalSet:
     labelled = _labelled_data(source, config, labelled)
     if config.eval_data is not None:
-        held_out = load_calibration_set(config.eval_data, fp32.inputs)
-        return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
+        held_out = load_calibration_set(config.eval_data, fp32.inputs, fp32.layout)
+        return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)", held_out.layout)
     if labelled is not None:
         test = labelled.test
         return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{_data_name(source, config)} test split (held out)")
     warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
-    return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
+    return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)", calibration.layout)
 
 
 def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path | None = None) -> QuantRecipe:
-    """The target's recipe with the config's options; with the fp32 model, a detector's decode tail stays fp32."""
+    """The target's recipe with the config's options; with the fp32 model, what int8 cannot take stays fp32
+    (recipe_exclusions.py)."""
     recipe = recipe_for_target(profile).with_options(
         calibration_method=config.calibration_method,
         percentile=config.percentile,
@@ -163,7 +166,7 @@ def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path |
     # but moved agreement both ways, so there repair tries it instead.
     coarse_weights = recipe.reduce_range or not recipe.per_channel
     recipe = recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
-    return recipe if fp32_path is None else keep_decode_tail_fp32(recipe, fp32_path)
+    return recipe if fp32_path is None else with_structural_exclusions(recipe, fp32_path)
 
 
 def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
@@ -188,11 +191,7 @@ def _batch_size(context: BuildContext, wanted: int) -> int:
 
 
 def _bench_feeds(eval_set: EvalSet, batch: int) -> dict[str, np.ndarray]:
-    feeds = {}
-    for name, array in eval_set.inputs.items():
-        repeats = int(np.ceil(batch / len(array)))
-        feeds[name] = np.ascontiguousarray(np.concatenate([array] * repeats)[:batch])
-    return feeds
+    return eval_set.batch_layout.repeated(eval_set.inputs, batch)
 
 
 def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any]:
@@ -371,6 +370,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
                 "samples": len(context.calibration),
                 "manifest_verified": bool(context.calibration.manifest),
                 "made_from": context.calibration.manifest.get("source", {}).get("kind"),
+                "layout": {"batch_axis": context.calibration.batch_layout.to_dict()},  # None: a scalar, one value for all
             },
         },
         "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},

@@ -206,7 +206,7 @@ def quantize_for_target(
     best: RepairTry = result.best
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
-        diagnosis = diagnose_or_warn(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
+        diagnosis = diagnose_or_warn(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples, eval_set.layout)
     candidates = _candidates(result, fp32_path, fp16_path, settings, lambda path: evaluate(models.load(path), reference, eval_set))
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds)

@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from edgecompress.calib.layout import BatchLayout
 from edgecompress.logs import onnxruntime_logs
 from edgecompress.progress import warn
 
@@ -81,26 +82,14 @@ class Diagnosis:
 class _ArrayReader:
     """CalibrationDataReader over held-out arrays (the helpers take that interface)."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int) -> None:
-        count = sample_count(inputs)
-        self._batches: Iterator[dict[str, np.ndarray]] = iter(
-            [{name: _rows(array, start, batch_size) for name, array in inputs.items()} for start in range(0, count, batch_size)]
-        )
+    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(list(layout.batches(inputs, batch_size)))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self._batches
-
-
-def sample_count(inputs: dict[str, np.ndarray]) -> int:
-    """Samples in a feed: a 0-d input (a sample rate, a flag) is one value shared by every sample."""
-    return max((len(array) for array in inputs.values() if np.ndim(array)), default=1)
-
-
-def _rows(array: np.ndarray, start: int, count: int) -> np.ndarray:
-    return array[start : start + count] if np.ndim(array) else array
 
 
 def _flat(values: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -124,12 +113,13 @@ def _cosine(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.nda
     return float(np.dot(left, right) / norm) if norm > 0 else 1.0
 
 
-def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int) -> dict[str, list[np.ndarray]]:
+def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int,
+                 layout: BatchLayout) -> dict[str, list[np.ndarray]]:
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
 
     augmented = workdir / f"{model_path.stem}.augmented.onnx"
     modify_model_output_intermediate_tensors(str(model_path), str(augmented))
-    return collect_activations(str(augmented), _ArrayReader(inputs, batch_size))
+    return collect_activations(str(augmented), _ArrayReader(inputs, batch_size, layout))
 
 
 def weight_pairs(fp32_path: Path, qdq_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -163,13 +153,15 @@ def weight_pairs(fp32_path: Path, qdq_path: Path) -> dict[str, tuple[np.ndarray,
     return pairs
 
 
-def tensor_errors(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 16) -> list[TensorError]:
+def tensor_errors(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 16,
+                  layout: BatchLayout | None = None) -> list[TensorError]:
     """SQNR and cosine of every quantized activation (ORT's collection helpers) and weight."""
     from onnxruntime.quantization.qdq_loss_debug import compute_activation_error, create_activation_matching
 
     with tempfile.TemporaryDirectory(prefix="edgecompress-diagnose-") as tmp:
-        float_acts = _activations(Path(fp32_path), inputs, Path(tmp), batch_size)
-        qdq_acts = _activations(Path(qdq_path), inputs, Path(tmp), batch_size)
+        layout = layout or BatchLayout({})
+        float_acts = _activations(Path(fp32_path), inputs, Path(tmp), batch_size, layout)
+        qdq_acts = _activations(Path(qdq_path), inputs, Path(tmp), batch_size, layout)
     matching = {k: v for k, v in create_activation_matching(qdq_acts, float_acts).items() if "float" in v}
     sqnr = compute_activation_error(matching, _sqnr_db)
     cosine = compute_activation_error(matching, _cosine)
@@ -236,26 +228,30 @@ ACTIVATION_BYTES_PER_INPUT_BYTE = 400
 DIAGNOSE_MEMORY_BYTES = 1 << 30
 
 
-def samples_within_memory(inputs: dict[str, np.ndarray], max_samples: int) -> int:
+def samples_within_memory(inputs: dict[str, np.ndarray], max_samples: int, layout: BatchLayout | None = None) -> int:
     """How many samples to diagnose on so that the kept activations stay near 1 GiB."""
-    per_sample = sum(_rows(array, 0, 1).nbytes for array in inputs.values()) * ACTIVATION_BYTES_PER_INPUT_BYTE
-    count = sample_count(inputs)
+    layout = layout or BatchLayout({})
+    per_sample = sum(array.nbytes for array in layout.take(inputs, 0, 1).values()) * ACTIVATION_BYTES_PER_INPUT_BYTE
+    count = layout.count(inputs)
     return max(1, min(max_samples, count, DIAGNOSE_MEMORY_BYTES // max(1, per_sample)))
 
 
-def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64) -> Diagnosis:
+def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64,
+             layout: BatchLayout | None = None) -> Diagnosis:
     """Per-tensor and per-layer int8 error on (up to `max_samples` of) held-out inputs."""
-    count = samples_within_memory(inputs, max_samples)
-    sample = {name: np.ascontiguousarray(_rows(array, 0, count)) for name, array in inputs.items()}
+    layout = layout or BatchLayout({})
+    count = samples_within_memory(inputs, max_samples, layout)
+    sample = {name: np.ascontiguousarray(array) for name, array in layout.take(inputs, 0, count).items()}
     with onnxruntime_logs():
-        errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample)
+        errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample, layout=layout)
     return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)
 
 
-def diagnose_or_warn(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64) -> Diagnosis | None:
+def diagnose_or_warn(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64,
+                     layout: BatchLayout | None = None) -> Diagnosis | None:
     """`diagnose`, but a failure is one warning and None: diagnosis explains a build, it never stops one."""
     try:
-        return diagnose(fp32_path, qdq_path, inputs, max_samples)
+        return diagnose(fp32_path, qdq_path, inputs, max_samples, layout)
     except Exception as exc:  # any failure in ORT's helpers or ours: the build goes on without per-layer figures
         warn(f"diagnosis skipped ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}); no per-layer errors this build")
         return None

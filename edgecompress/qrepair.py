@@ -266,7 +266,9 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     search = _bisect if session.options.strategy == "bisect" else _greedy
     reasons, diagnosis = [], None
     for start in starts:
-        start_diagnosis = diagnose_or_warn(session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples)
+        start_diagnosis = diagnose_or_warn(
+            session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples, session.eval_set.layout
+        )
         diagnosis = diagnosis or start_diagnosis
         ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
         ranking = [g.exclusion_group for g in ranked if g.node not in start.recipe.nodes_to_exclude]

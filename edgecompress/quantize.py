@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +20,7 @@ import onnx
 from edgecompress.artifacts import atomic_path
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.errors import QuantizationError
+from edgecompress.logs import onnxruntime_logs
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 
@@ -176,7 +176,7 @@ def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe,
 
     onnx.save(model, str(prepared))  # the probe quantizes the model as rewritten so far
     probe = prepared.with_name("weights-probe.onnx")
-    one_sample = replace(calibration, arrays={name: array[:1] for name, array in calibration.arrays.items()})
+    one_sample = replace(calibration, arrays=calibration.batch_layout.take(calibration.arrays, 0, 1))
     options = {k: v for k, v in extra_options.items() if k != "TensorQuantOverrides"}
     _quantize_static(prepared, probe, ArrayCalibrationReader(one_sample), replace(recipe, calibration_method="minmax"), options)
     quantized_weights = dequantized_weights(onnx.load(str(probe)))
@@ -195,8 +195,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
     }
     if recipe.calibration_method == "percentile":
         extra_options["CalibPercentile"] = recipe.percentile
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
+    with onnxruntime_logs(), tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
         prepared = Path(workdir) / "prepared.onnx"
         _prepare(fp32_path, prepared, recipe, calibration, extra_options)
         if recipe.calibration_method == "entropy":

@@ -171,3 +171,30 @@ def audio_chunks(audio: np.ndarray) -> np.ndarray:
     padded = np.concatenate([np.zeros(VAD_CONTEXT, np.float32), audio])
     count = len(audio) // VAD_CHUNK
     return np.ascontiguousarray(np.stack([padded[i * VAD_CHUNK : (i + 1) * VAD_CHUNK + VAD_CONTEXT] for i in range(count)]))
+
+
+def vad_stream_inputs(model_path, audio: np.ndarray, every: int = 1) -> dict[str, np.ndarray]:
+    """Silero VAD inputs at batch N as the model takes them: windows [N, 576], the recurrent state each
+    window met while streaming the audio [2, N, 128] (batch on axis 1), and the 0-d int64 sample rate."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    windows, states, state = audio_chunks(audio), [], np.zeros((2, 1, 128), np.float32)
+    rate = np.array(SAMPLE_RATE, np.int64)
+    for window in windows:
+        states.append(state[:, 0])
+        _, state = session.run(None, {"input": window[None], "state": state, "sr": rate})
+    keep = slice(None, None, every)
+    return {"input": windows[keep], "state": np.ascontiguousarray(np.stack(states, axis=1)[:, keep]), "sr": rate}
+
+
+def stream_vad(model_path, audio: np.ndarray) -> np.ndarray:
+    """Speech probability per window when the model streams the audio carrying its own state."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    state, probabilities = np.zeros((2, 1, 128), np.float32), []
+    for window in audio_chunks(audio):
+        probability, state = session.run(None, {"input": window[None], "state": state, "sr": np.array(SAMPLE_RATE, np.int64)})
+        probabilities.append(float(probability[0, 0]))
+    return np.array(probabilities)

@@ -90,3 +90,38 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def stateful_model(path: Path, batch: str | None = "batch", seed: int = 0) -> Path:
+    """A recurrent step like Silero VAD's: x [batch, 16], state [2, batch, 8] (batch on axis 1), sr a 0-d int64.
+
+    out = Relu(x·W + state[0]) [batch, 8]; new_state = tanh(state + out) · (sr / 16000). `batch=None`
+    leaves the batch dims unnamed, as silero_vad.onnx does, so only --batch-axis can tell where it is.
+    """
+    rng = np.random.default_rng(seed)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["projected"], name="project"),
+            helper.make_node("Gather", ["state", "zero"], ["first_layer"], name="first_layer", axis=0),
+            helper.make_node("Add", ["projected", "first_layer"], ["summed"], name="add_state"),
+            helper.make_node("Relu", ["summed"], ["out"], name="relu"),
+            helper.make_node("Add", ["state", "out"], ["carried"], name="carry"),
+            helper.make_node("Tanh", ["carried"], ["squashed"], name="squash"),
+            helper.make_node("Cast", ["sr"], ["sr_f"], name="cast_rate", to=TensorProto.FLOAT),
+            helper.make_node("Div", ["sr_f", "base_rate"], ["rate_gain"], name="rate_gain"),
+            helper.make_node("Mul", ["squashed", "rate_gain"], ["new_state"], name="scale_state"),
+        ],
+        "stateful",
+        [
+            _dims_value_info("x", [batch, 16]),
+            _dims_value_info("state", [2, batch, 8]),
+            _dims_value_info("sr", [], TensorProto.INT64),
+        ],
+        [_dims_value_info("out", [batch, 8]), _dims_value_info("new_state", [2, batch, 8])],
+        [
+            numpy_helper.from_array(rng.normal(0, 0.4, (16, 8)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(0, np.int64), "zero"),
+            numpy_helper.from_array(np.array(16000.0, np.float32), "base_rate"),
+        ],
+    )
+    return _save(graph, path)
