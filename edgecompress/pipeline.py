@@ -133,7 +133,8 @@ def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildCon
         calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{_data_name(source, config)} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
-    for finding in diagnose({name: a for name, a in calibration.arrays.items() if fp32.layout is None or fp32.layout.axis(name, a) == 0}):
+    batched_on_axis_0 = {name: a for name, a in calibration.arrays.items() if calibration.batch_layout.axis(name, a) == 0}
+    for finding in diagnose(batched_on_axis_0):  # the checks read samples on axis 0
         warn(f"calibration: {finding}")
     return calibration
 

@@ -96,3 +96,14 @@ def test_control_flow_and_recurrent_nodes_are_named_for_fp32():
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1])],
     )
     assert control_flow_and_recurrent_nodes(helper.make_model(graph)) == ["branch"]
+
+
+def test_a_set_made_for_the_model_records_its_layout_in_the_manifest(tmp_path):
+    from edgecompress.calib.generate import fit_to_model
+    from edgecompress.calib.load import CalibrationSet
+    from edgecompress.model_source import SourceModel
+
+    model = SourceModel("stateful", "hash", onnx_path=stateful_model(tmp_path / "m.onnx"))
+    fitted = fit_to_model(CalibrationSet(_stream(12, 0), "unset", "stream"), model)
+    assert fitted.manifest["batch_axis"] == {"x": 0, "state": 1, "sr": None}
+    assert fitted.manifest["count"] == 12 and len(fitted) == 12
