@@ -114,12 +114,17 @@ def measure(case: Case, runs: int) -> dict:
     calib, eval_data = case.calib(), case.eval_data()
     with tempfile.TemporaryDirectory(prefix="corpus-bench-") as folder:
         work = Path(folder)
-        candidates = {
-            "ORT fp32": source,
-            "ORT quantize_static": plain_ort(source, work / "ort.onnx", calib, case.layout, pre_process=False),
-            "ORT quant_pre_process + quantize_static": plain_ort(source, work / "ort-pre.onnx", calib, case.layout, pre_process=True),
-            "edgecompress": edgecompress_engine(case, source, work, calib, eval_data),
+        makers = {
+            "ORT quantize_static": lambda: plain_ort(source, work / "ort.onnx", calib, case.layout, pre_process=False),
+            "ORT quant_pre_process + quantize_static": lambda: plain_ort(source, work / "ort-pre.onnx", calib, case.layout, pre_process=True),
+            "edgecompress": lambda: edgecompress_engine(case, source, work, calib, eval_data),
         }
+        candidates, failures = {"ORT fp32": source}, {}
+        for name, make_model in makers.items():
+            try:  # a way of quantizing that fails on a real model is a result too
+                candidates[name] = make_model()
+            except Exception as exc:
+                failures[name] = f"fails: {exc.__class__.__name__} {' '.join(str(exc).split())[:80]}".strip()
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]) for name, path in candidates.items()}
@@ -136,7 +141,7 @@ def measure(case: Case, runs: int) -> dict:
                     outputs[name].append(result)
         reference = np.concatenate(outputs["ORT fp32"])
         fp32_ms = float(np.median(times["ORT fp32"]) * 1000)
-        rows = {}
+        rows = {name: {"failed": reason} for name, reason in failures.items()}
         for name, path in candidates.items():
             p50 = float(np.median(times[name]) * 1000)
             rows[name] = {"fidelity": case.fidelity(reference, np.concatenate(outputs[name])), "size": path.stat().st_size,
@@ -151,6 +156,9 @@ def markdown(results: dict[str, dict]) -> str:
         fp32_size = rows["ORT fp32"]["size"]
         for name, row in rows.items():
             if name == "ORT fp32":
+                continue
+            if "failed" in row:
+                lines.append(f"| {key} | {CASES[key].metric_name} | {name} | {row['failed']} | | | | |")
                 continue
             lines.append(f"| {key} | {CASES[key].metric_name} | {name} | {row['fidelity']} | {row['size'] / 1e6:.2f} MB | "
                          f"{fp32_size / row['size']:.2f}x smaller | {row['p50_ms']:.2f} (fp32 {rows['ORT fp32']['p50_ms']:.2f}) | {row['speed']:.2f}x |")

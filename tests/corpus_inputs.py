@@ -188,11 +188,15 @@ def vad_stream_inputs(model_path, audio: np.ndarray, every: int = 1) -> dict[str
     return {"input": windows[keep], "state": np.ascontiguousarray(np.stack(states, axis=1)[:, keep]), "sr": rate}
 
 
-def stream_vad(model_path, audio: np.ndarray) -> np.ndarray:
-    """Speech probability per window when the model streams the audio carrying its own state."""
+def stream_vad(model_path, audio: np.ndarray, simulated: bool = False) -> np.ndarray:
+    """Speech probability per window when the model streams the audio carrying its own state
+    (`simulated`: a QDQ model's Q/DQ computed in float, as an ARM device's int8 computes it)."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if simulated:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     state, probabilities = np.zeros((2, 1, 128), np.float32), []
     for window in audio_chunks(audio):
         probability, state = session.run(None, {"input": window[None], "state": state, "sr": np.array(SAMPLE_RATE, np.int64)})
