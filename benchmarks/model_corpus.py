@@ -112,7 +112,9 @@ def measure(case: Case, runs: int) -> dict:
 
     source = case.model.locate()
     calib, eval_data = case.calib(), case.eval_data()
-    with tempfile.TemporaryDirectory(prefix="corpus-bench-") as folder:
+    from edgecompress.quantize import working_directory
+
+    with tempfile.TemporaryDirectory(prefix="corpus-bench-") as folder, working_directory(Path(folder)):  # ORT's temp files
         work = Path(folder)
         makers = {
             "ORT quantize_static": lambda: plain_ort(source, work / "ort.onnx", calib, case.layout, pre_process=False),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -147,15 +148,28 @@ def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, ext
             ) from exc
 
 
+@contextlib.contextmanager
+def working_directory(folder: Path):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> None:
     """Shape inference and ORT's pre-processing, then the recipe's fp32 rewrites (CLE, bias correction)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    source, prepared = Path(fp32_path).resolve(), Path(prepared).resolve()
+    # when symbolic shape inference gives up, ORT dumps sym_shape_infer_temp.onnx and a <uuid>.data
+    # into the working directory: run it inside our scratch folder, not the user's
+    with contextlib.redirect_stdout(io.StringIO()), working_directory(prepared.parent):
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     if not (recipe.equalize or recipe.bias_correction):
         return
     model = onnx.load(str(prepared))
