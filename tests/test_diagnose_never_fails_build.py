@@ -77,3 +77,13 @@ def test_onnxruntime_root_logger_lines_reach_the_console_only_at_the_chosen_leve
     err = capfd.readouterr().err
     assert "ERROR:root" not in err
     assert ("DEBUG: edgecompress.onnxruntime: error: Model Error" in err) is shown
+
+
+def test_an_unknown_log_level_is_one_error_with_the_levels():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "edgecompress", "--log-level", "loud", "targets"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown --log-level 'loud'" in result.stderr and "debug, info, warning, error" in result.stderr
+    assert "Traceback" not in result.stderr
