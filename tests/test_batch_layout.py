@@ -107,3 +107,10 @@ def test_a_set_made_for_the_model_records_its_layout_in_the_manifest(tmp_path):
     fitted = fit_to_model(CalibrationSet(_stream(12, 0), "unset", "stream"), model)
     assert fitted.manifest["batch_axis"] == {"x": 0, "state": 1, "sr": None}
     assert fitted.manifest["count"] == 12 and len(fitted) == 12
+
+
+def test_a_model_that_fixes_its_batch_is_fed_that_many_samples_at_a_time():
+    layout = batch_layout({"images": [1, 3, 64, 64]})
+    assert layout.fixed_batch == 1
+    arrays = {"images": np.zeros((5, 3, 64, 64), np.float32)}
+    assert [feed["images"].shape[0] for feed in layout.batches(arrays, 16)] == [1, 1, 1, 1, 1]

@@ -18,9 +18,14 @@ from edgecompress.errors import InputShapeError
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """Input name → its batch axis, or None for a scalar input (one value for every sample)."""
+    """Input name → its batch axis, or None for a scalar input (one value for every sample).
+
+    `fixed_batch`: a model that fixes its batch (YOLO exports: images [1, 3, 640, 640]) is fed that
+    many samples at a time, whatever batch size a stage asks for.
+    """
 
     axes: dict[str, int | None]
+    fixed_batch: int | None = None
 
     def axis(self, name: str, array: np.ndarray) -> int | None:
         if np.ndim(array) == 0:
@@ -41,6 +46,7 @@ class BatchLayout:
         return taken
 
     def batches(self, arrays: dict[str, np.ndarray], batch_size: int):
+        batch_size = self.fixed_batch or batch_size
         for start in range(0, self.count(arrays), batch_size):
             yield self.take(arrays, start, start + batch_size)
 
@@ -83,7 +89,8 @@ def batch_layout(inputs: dict[str, list[int | str | None]], overrides: dict[str,
             axes[name] = dims.index(shared[0])
         else:
             axes[name] = 0
-    return BatchLayout(axes)
+    fixed = [dims[axis] for name, dims in inputs.items() if (axis := axes[name]) is not None and isinstance(dims[axis], int)]
+    return BatchLayout(axes, fixed[0] if fixed else None)
 
 
 def parse_batch_axes(specs: list[str]) -> dict[str, int]:
