@@ -13,7 +13,7 @@ from edgecompress.calib.load import calibration_set_from_arrays, load_calibratio
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.errors import CalibrationError, InputShapeError
 from edgecompress.evaluate import EvalSet, evaluate
-from edgecompress.export import input_dims, prepare_onnx
+from edgecompress.export import input_dims, model_io, prepare_onnx
 from edgecompress.quantize import QuantRecipe, quantize_model
 from edgecompress.recipe_exclusions import control_flow_and_recurrent_nodes
 from tests.onnx_graphs import stateful_model
@@ -114,3 +114,29 @@ def test_a_model_that_fixes_its_batch_is_fed_that_many_samples_at_a_time():
     assert layout.fixed_batch == 1
     arrays = {"images": np.zeros((5, 3, 64, 64), np.float32)}
     assert [feed["images"].shape[0] for feed in layout.batches(arrays, 16)] == [1, 1, 1, 1, 1]
+
+
+def test_a_recurrent_cell_stays_fp32_and_the_recipe_says_which_and_why(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecompress.recipe_exclusions import with_structural_exclusions
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.3, shape).astype(np.float32), name)
+               for name, shape in (("conv_w", (4, 4, 1)), ("lstm_w", (1, 32, 4)), ("lstm_r", (1, 32, 8)))]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "conv_w"], ["features"], name="frontend"),
+         helper.make_node("Transpose", ["features"], ["steps"], name="to_steps", perm=[2, 0, 1]),
+         helper.make_node("LSTM", ["steps", "lstm_w", "lstm_r"], ["", "hidden"], name="rnn", hidden_size=8)],
+        "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 10])],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, "batch", 8])], weights,
+    )
+    path = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    recipe = with_structural_exclusions(QuantRecipe(reason="x86 recipe"), path)
+    assert recipe.nodes_to_exclude == ("rnn",)
+    assert recipe.reason.startswith("x86 recipe; kept in fp32: 1 nodes, control flow / recurrent cells") and "rnn" in recipe.reason
+    arrays = {"x": rng.normal(0, 1, (8, 4, 10)).astype(np.float32)}
+    inputs, _ = model_io(onnx.load(str(path)))
+    int8 = quantize_model(path, calibration_set_from_arrays(arrays, inputs, "noise"), recipe, tmp_path / "int8.onnx")
+    assert {n.op_type for n in onnx.load(str(int8)).graph.node} >= {"LSTM", "QuantizeLinear", "DequantizeLinear"}
