@@ -26,7 +26,7 @@ from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.core.errors import BudgetNotMetError, CalibrationError, ConfigError
 from edgecompress.measure.evaluate import EvalSet, evaluate
 from edgecompress.measure.fidelity import Budget, DetectionOptions, FidelityOptions, fidelity_report, parse_per_output
-from edgecompress.export.graph import OnnxModelInfo, model_io, opset_of, prepare_onnx, read_onnx
+from edgecompress.export.graph import OnnxModelInfo, input_dims, model_io, opset_of, prepare_onnx, read_onnx
 from edgecompress.export.torch_export import export_torch
 from edgecompress.presets.example import load_model_or_example
 from edgecompress.source.model import SourceModel
@@ -37,6 +37,8 @@ from edgecompress.quantize.isa import host_arch
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.build.report import verdicts, versions, write_report
 from edgecompress.core.targets import TargetProfile, load_profiles
+from edgecompress.source.layout import batch_layout, parse_batch_axes
+from edgecompress.quantize.recipe_exclusions import with_structural_exclusions
 
 CALIBRATION_COUNT_FROM_DATA = 256  # calibration samples drawn from --data's train split when --calib is not given
 
@@ -60,6 +62,7 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
         check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
     source = load_model_or_example(config.model, config.weights, config.input_shape)
+    source = replace(source, batch_axes=parse_batch_axes(config.batch_axis))
     compression = compress_stage(source, config)
     if compression is not None:  # export the compressed student in the source model's place
         source = replace(source, module=compression.module, content_hash=module_hash(compression.module))
@@ -74,8 +77,8 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
 def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
     path = config.out / "model.fp32.onnx"
     if source.is_onnx:
-        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "stage": "prepare-v1"}
-        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes))  # noqa: E731
+        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v2"}
+        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes, source.batch_axes))  # noqa: E731
     else:
         key = {
             "module": module_hash(source.module),
@@ -93,7 +96,7 @@ def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
     info(f"export: {'reused' if reused else 'wrote'} {path}" + (f" (ORT vs PyTorch max |diff| {diff:.2g})" if diff is not None else ""))
     model = read_onnx(path)
     inputs, outputs = model_io(model)
-    return OnnxModelInfo(path, inputs, outputs, opset_of(model), diff)
+    return OnnxModelInfo(path, inputs, outputs, opset_of(model), diff, batch_layout(input_dims(model), source.batch_axes))
 
 
 def _record(model_info: OnnxModelInfo) -> dict[str, Any]:
@@ -120,13 +123,14 @@ def _labelled_data(source: SourceModel, config: BuildConfig, labelled: Splits | 
 def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
     labelled = _labelled_data(source, config, labelled)
     if config.calib is not None:
-        calibration = load_calibration_set(config.calib, fp32.inputs)
+        calibration = load_calibration_set(config.calib, fp32.inputs, fp32.layout)
     elif labelled is not None:
         arrays = {fp32.inputs[0].name: labelled.train.x[:CALIBRATION_COUNT_FROM_DATA]}
         calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{config.data} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
-    for finding in diagnose(calibration.arrays):
+    batched_on_axis_0 = {name: a for name, a in calibration.arrays.items() if calibration.batch_layout.axis(name, a) == 0}
+    for finding in diagnose(batched_on_axis_0):  # the checks read samples on axis 0
         warn(f"calibration: {finding}")
     return calibration
 
@@ -135,16 +139,18 @@ def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: Calibratio
                labelled: Splits | None = None) -> EvalSet:
     labelled = _labelled_data(source, config, labelled)
     if config.eval_data is not None:
-        held_out = load_calibration_set(config.eval_data, fp32.inputs)
-        return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)")
+        held_out = load_calibration_set(config.eval_data, fp32.inputs, fp32.layout)
+        return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)", held_out.layout)
     if labelled is not None:
         test = labelled.test
         return EvalSet({fp32.inputs[0].name: test.x}, test.y, f"{config.data} test split (held out)")
     warn("no --eval-data: agreement is measured on the calibration inputs, which are not held out")
-    return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)")
+    return EvalSet(calibration.arrays, calibration.labels, f"{calibration.source} (calibration inputs, not held out)", calibration.layout)
 
 
-def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
+def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path | None = None) -> QuantRecipe:
+    """The target's recipe with the config's options; with the fp32 model, what int8 cannot take stays fp32
+    (recipe_exclusions.py)."""
     recipe = recipe_for_target(profile).with_options(
         calibration_method=config.calibration_method,
         percentile=config.percentile,
@@ -156,7 +162,8 @@ def target_recipe(profile: TargetProfile, config: BuildConfig) -> QuantRecipe:
     # (reduce_range) or one scale per tensor. With full-range per-channel weights it lowered the logit error
     # but moved agreement both ways, so there repair tries it instead.
     coarse_weights = recipe.reduce_range or not recipe.per_channel
-    return recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
+    recipe = recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
+    return recipe if fp32_path is None else with_structural_exclusions(recipe, fp32_path)
 
 
 def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
@@ -181,11 +188,7 @@ def _batch_size(context: BuildContext, wanted: int) -> int:
 
 
 def _bench_feeds(eval_set: EvalSet, batch: int) -> dict[str, np.ndarray]:
-    feeds = {}
-    for name, array in eval_set.inputs.items():
-        repeats = int(np.ceil(batch / len(array)))
-        feeds[name] = np.ascontiguousarray(np.concatenate([array] * repeats)[:batch])
-    return feeds
+    return eval_set.batch_layout.repeated(eval_set.inputs, batch)
 
 
 def build_budget(config: BuildConfig) -> Budget:
@@ -215,7 +218,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     started = time.perf_counter()
     config = context.config
     builder = get_builder(profile.engine)
-    recipe = target_recipe(profile, config)
+    recipe = target_recipe(profile, config, context.fp32.path)
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
     chosen = None
@@ -420,6 +423,7 @@ def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineA
                 "samples": len(context.calibration),
                 "manifest_verified": bool(context.calibration.manifest),
                 "made_from": context.calibration.manifest.get("source", {}).get("kind"),
+                "layout": {"batch_axis": context.calibration.batch_layout.to_dict()},  # None: a scalar, one value for all
             },
         },
         "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},

@@ -23,7 +23,7 @@ from edgecompress.measure.bench import LatencyStats, benchmark
 from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner, onnx_precision
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.measure.fidelity import FidelityOptions
-from edgecompress.quantize.diagnose import Diagnosis, diagnose, plot_layers
+from edgecompress.quantize.diagnose import Diagnosis, diagnose_or_warn, plot_layers
 from edgecompress.build.repair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.core.targets import TargetProfile
@@ -250,7 +250,7 @@ def quantize_for_target(
     fp16_path: Path | None = None,
 ) -> TargetQuantization:
     """Repair within the budget (the user's, else each task metric's stated default), diagnose, then pick the precision."""
-    from edgecompress.quantize.decode_tail import detector_tail_nodes
+    from edgecompress.quantize.detect_tail import detector_tail_nodes
 
     reference = models.load(fp32_path)
     session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair,
@@ -259,7 +259,7 @@ def quantize_for_target(
     best: RepairTry = result.best
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
-        diagnosis = diagnose(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples)
+        diagnosis = diagnose_or_warn(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples, eval_set.layout)
     candidates = _candidates(
         result, fp32_path, fp16_path, settings,
         lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity),

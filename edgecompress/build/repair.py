@@ -4,7 +4,7 @@ Order (cheapest first): the target's recipe as chosen → the other calibration 
 (keep the best) → cross-layer equalization (edgecompress/quantize/equalize.py) → bias correction
 toggled (edgecompress/quantize/biascorrect.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
 doubling + bisection (few re-quantizations) or greedily (one node at a time, a node
-kept only if it helps). For a detector, the decode tail (edgecompress/quantize/decode_tail.py)
+kept only if it helps). For a detector, the decode tail (edgecompress/quantize/detect_tail.py)
 is kept in fp32 first, before any of these. Every try is recorded with its accuracy and latency, and why
 the search stopped; when the budget is missed the best engine is kept and the caller
 raises `BudgetNotMetError` unless the user allowed it.
@@ -22,7 +22,7 @@ from edgecompress.engines.base import Runner
 from edgecompress.core.errors import BudgetNotMetError
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.measure.fidelity import Budget, FidelityOptions
-from edgecompress.quantize.diagnose import Diagnosis, diagnose
+from edgecompress.quantize.diagnose import Diagnosis, diagnose_or_warn
 from edgecompress.quantize.recipe import QuantRecipe
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -247,9 +247,12 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     search = _bisect if session.options.strategy == "bisect" else _greedy
     reasons, diagnosis = [], None
     for start in starts:
-        start_diagnosis = diagnose(session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples)
+        start_diagnosis = diagnose_or_warn(
+            session.fp32_path, start.model_path, session.eval_set.inputs, session.options.diagnose_samples, session.eval_set.layout
+        )
         diagnosis = diagnosis or start_diagnosis
-        ranking = [g.exclusion_group for g in start_diagnosis.ranking() if g.node not in start.recipe.nodes_to_exclude]
+        ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
+        ranking = [g.exclusion_group for g in ranked if g.node not in start.recipe.nodes_to_exclude]
         reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
     best = _pick_best(session.tries)
     return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)

@@ -21,7 +21,8 @@ BN_VAR_RATIO_LIMIT = 4.0  # batch/running variance, either direction, median ove
 
 def diagnose(arrays: Mapping[str, np.ndarray], model=None) -> list[str]:
     """Every warning for this set; pass the PyTorch model to compare with its first BatchNorm."""
-    findings = [*too_small(arrays)]
+    arrays = {name: array for name, array in arrays.items() if np.ndim(array)}  # a 0-d input is one value for all samples
+    findings = [*too_small(arrays)] if arrays else []
     for name, array in arrays.items():
         findings += [f"input '{name}': {text}" for text in constant_samples(array) + near_duplicates(array)]
     if model is not None:

@@ -245,15 +245,19 @@ def fit_to_model(calibration_set: CalibrationSet, model) -> CalibrationSet:
     onnx_path = getattr(model, "onnx_path", None)
     if onnx_path is None:
         return calibration_set
+    from edgecompress.source.layout import batch_layout
     from edgecompress.calib.load import check_fits, match_inputs
-    from edgecompress.export.graph import model_io, read_onnx
+    from edgecompress.export.graph import input_dims, model_io, read_onnx
 
-    inputs, _ = model_io(read_onnx(onnx_path))
+    onnx_model = read_onnx(onnx_path)
+    inputs, _ = model_io(onnx_model)
+    batches = batch_layout(input_dims(onnx_model), getattr(model, "batch_axes", None))
     where = f"calibration set for {Path(onnx_path).name}"
-    arrays = check_fits(match_inputs(calibration_set.arrays, inputs, where), inputs, where)
+    arrays = check_fits(match_inputs(calibration_set.arrays, inputs, where), inputs, where, batches)
     layout = (calibration_set.manifest.get("preprocess") or {}).get("layout")
-    manifest = {**calibration_set.manifest, **_arrays_fields(arrays, 3 if layout == "NHWC" else 1)}
-    return replace(calibration_set, arrays=arrays, sha256=manifest["sha256"], manifest=manifest)
+    manifest = {**calibration_set.manifest, **_arrays_fields(arrays, 3 if layout == "NHWC" else 1),
+                "batch_axis": batches.to_dict(), "count": batches.count(arrays)}  # None: a scalar, one value for all
+    return replace(calibration_set, arrays=arrays, sha256=manifest["sha256"], manifest=manifest, layout=batches)
 
 
 def save_set(calibration_set: CalibrationSet, out: Path, model=None) -> CalibrationSet:

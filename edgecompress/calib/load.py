@@ -1,7 +1,9 @@
 """Load a calibration set and prove it fits the model before anything is quantized.
 
-Format: an `.npz` whose keys are the model's input names, each an array with the batch
-on axis 0 (a single-input model also accepts one array under any key, e.g. `x`).
+Format: an `.npz` whose keys are the model's input names, each the input as the model takes it
+at batch N — N on the input's batch axis (calib/layout.py: axis 0 unless the model or --batch-axis
+says otherwise), a 0-d array for a scalar input (one value for every sample). A single-input
+model also accepts one array under any key, e.g. `x`.
 Labels may ride along under `y`/`labels`; they are not model inputs.
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompress.source.layout import BatchLayout
 from edgecompress.source.specs import TensorSpec
 from edgecompress.calib.manifest import arrays_sha256, verify_manifest
 from edgecompress.core.errors import CalibrationError
@@ -30,13 +33,18 @@ class CalibrationSet:
     source: str
     labels: np.ndarray | None = None
     manifest: dict = field(default_factory=dict)
+    layout: BatchLayout | None = None  # batch axis per input (calib/layout.py); None: axis 0
+
+    @property
+    def batch_layout(self) -> BatchLayout:
+        return self.layout or BatchLayout({})
 
     def __len__(self) -> int:
-        return len(next(iter(self.arrays.values())))
+        return self.batch_layout.count(self.arrays)
 
     def batches(self, batch_size: int):
-        for start in range(0, len(self), batch_size):
-            yield {name: array[start : start + batch_size] for name, array in self.arrays.items()}
+        """Feeds of up to `batch_size` samples; a 0-d input (a sample rate) is one value fed with every batch."""
+        yield from self.batch_layout.batches(self.arrays, batch_size)
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -72,24 +80,32 @@ def match_inputs(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where:
     )
 
 
-def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: str) -> dict[str, np.ndarray]:
-    """Check count, finiteness, rank, fixed dims and dtype; cast float arrays to the input's dtype."""
+def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: str,
+               layout: BatchLayout | None = None) -> dict[str, np.ndarray]:
+    """Check count, finiteness, rank, fixed dims and dtype; cast float arrays to the input's dtype.
+
+    Each input is held as the model takes it at batch N, N on its batch axis (`layout`); a 0-d
+    input of a 0-d model input is one value used for every sample.
+    """
+    layout = layout or BatchLayout({})
     fitted: dict[str, np.ndarray] = {}
-    counts = {name: len(array) if array.ndim else 0 for name, array in arrays.items()}
+    counts: dict[str, int] = {}
     for spec in inputs:
         array = arrays[spec.name]
-        if array.ndim == 0 or len(array) == 0:
+        axis = layout.axis(spec.name, array) if spec.shape else None
+        if spec.shape and (array.ndim == 0 or array.shape[axis] == 0):
             raise CalibrationError(f"{where}: input '{spec.name}' has no samples (empty set)", MAKE_A_SET)
         if array.ndim != len(spec.shape):
             raise CalibrationError(
                 f"{where}: input '{spec.name}' is {array.shape} (rank {array.ndim}) but the model expects rank "
                 f"{len(spec.shape)} {list(spec.shape)}",
-                "store arrays with the batch on axis 0 and the model's layout",
+                f"store each input as the model takes it at batch N (batch on axis {layout.axes.get(spec.name, 0)} for "
+                f"'{spec.name}'; --batch-axis NAME:AXIS says otherwise)" if spec.shape else "store it as a 0-d array (one value)",
             )
-        for axis, (want, have) in enumerate(zip(spec.shape[1:], array.shape[1:]), start=1):
-            if want is not None and want != have:
+        for dim, (want, have) in enumerate(zip(spec.shape, array.shape)):
+            if dim != axis and want is not None and want != have:
                 raise CalibrationError(
-                    f"{where}: input '{spec.name}' has size {have} on axis {axis}, the model needs {want} "
+                    f"{where}: input '{spec.name}' has size {have} on axis {dim}, the model needs {want} "
                     f"(set shape {array.shape}, model {['?' if d is None else d for d in spec.shape]})",
                     "regenerate the set with the model's input size (edgecompress calib --size ...)",
                 )
@@ -101,13 +117,15 @@ def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: s
         if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
             bad = int(np.sum(~np.isfinite(array)))
             raise CalibrationError(f"{where}: input '{spec.name}' contains {bad} NaN/Inf values", "fix or drop those samples")
+        if axis is not None:
+            counts[spec.name] = array.shape[axis]
         fitted[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
-    if len(set(counts[name] for name in fitted)) > 1:
+    if len(set(counts.values())) > 1:
         raise CalibrationError(f"{where}: inputs have different sample counts {counts}", "store the same N for every input")
     return fitted
 
 
-def load_calibration_set(path: Path, inputs: list[TensorSpec]) -> CalibrationSet:
+def load_calibration_set(path: Path, inputs: list[TensorSpec], layout: BatchLayout | None = None) -> CalibrationSet:
     """Read, match and check a set; verify its manifest checksum when one is beside it.
 
     With a manifest, the set's sha256 is the manifest's (verified) one, so report.json names
@@ -116,12 +134,13 @@ def load_calibration_set(path: Path, inputs: list[TensorSpec]) -> CalibrationSet
     path = Path(path)
     raw = _read_any(path)
     manifest = verify_manifest(path, raw)
-    arrays = check_fits(match_inputs(raw, inputs, str(path)), inputs, str(path))
+    arrays = check_fits(match_inputs(raw, inputs, str(path)), inputs, str(path), layout)
     labels = next((raw[key] for key in LABEL_KEYS if key in raw), None)
     sha256 = manifest["sha256"] if manifest else arrays_sha256(arrays)
-    return CalibrationSet(arrays=arrays, sha256=sha256, source=str(path), labels=labels, manifest=manifest or {})
+    return CalibrationSet(arrays=arrays, sha256=sha256, source=str(path), labels=labels, manifest=manifest or {}, layout=layout)
 
 
-def calibration_set_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str) -> CalibrationSet:
-    fitted = check_fits(match_inputs(arrays, inputs, source), inputs, source)
-    return CalibrationSet(arrays=fitted, sha256=arrays_sha256(fitted), source=source)
+def calibration_set_from_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], source: str,
+                                layout: BatchLayout | None = None) -> CalibrationSet:
+    fitted = check_fits(match_inputs(arrays, inputs, source), inputs, source, layout)
+    return CalibrationSet(arrays=fitted, sha256=arrays_sha256(fitted), source=source, layout=layout)

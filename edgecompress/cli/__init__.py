@@ -34,8 +34,18 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    log_level: str = typer.Option(
+        "warning", "--log-level", help="Least severe log record shown on stderr: debug, info, warning or error "
+        "(onnxruntime's own log lines are shown at debug).", case_sensitive=False,
+    ),
 ) -> None:
     """edgecompress: compress, export, quantize, build, verify and ship edge engines."""
+    from edgecompress.core.logs import LEVELS, configure
+    from edgecompress.core.errors import ConfigError
+
+    if log_level.lower() not in LEVELS:
+        raise ConfigError(f"unknown --log-level '{log_level}'", f"use one of: {', '.join(LEVELS)}")
+    configure(log_level.lower())
 
 
 from edgecompress.cli import build as _build  # noqa: E402,F401  (registers commands)

@@ -20,6 +20,7 @@ def build(
     model: Optional[str] = _opt("model", "--model", "-m"),
     weights: Optional[Path] = _opt("weights", "--weights"),
     input_shape: Optional[list[str]] = _opt("input_shape", "--input-shape"),
+    batch_axis: Optional[list[str]] = _opt("batch_axis", "--batch-axis"),
     target: Optional[list[str]] = _opt("target", "--target", "-t"),
     calib: Optional[Path] = _opt("calib", "--calib"),
     eval_data: Optional[Path] = _opt("eval_data", "--eval-data"),

@@ -60,8 +60,12 @@ class BuildConfig(BaseModel):
     input_shape: list[str] = Field(
         default_factory=list, description="NAME:1,3,224,224 per input (NAME: may be left out for one input)"
     )
+    batch_axis: list[str] = Field(
+        default_factory=list, description="NAME:AXIS where an input's batch is not the axis the model marks "
+        "(a dim_param shared by inputs, else axis 0), e.g. state:1"
+    )
     target: list[str] = Field(default_factory=lambda: ["cpu"], description="target profile names or .toml paths")
-    calib: Path | None = Field(None, description="calibration set .npz (keys = input names, batch on axis 0)")
+    calib: Path | None = Field(None, description="calibration set .npz (keys = input names, each at batch N on its batch axis; 0-d = one value for all)")
     eval_data: Path | None = Field(
         None, description="held-out evaluation .npz (inputs by name or x, optional labels y); unset = the "
         "example's test split, or the calibration set for other models"
@@ -155,7 +159,7 @@ class BuildConfig(BaseModel):
         """No --model: the built-in example's options lie under what was given (CLI, config file or Python)."""
         return with_example_options(dict(values)) if isinstance(values, dict) else values
 
-    @field_validator("target", "input_shape", "nodes_to_exclude", "distill_features", "task", "fidelity_budget", mode="before")
+    @field_validator("target", "input_shape", "batch_axis", "nodes_to_exclude", "distill_features", "task", "fidelity_budget", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value

@@ -35,4 +35,5 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    """One line, never wrapped, so that logs and scripts can grep a warning whole."""
+    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)

@@ -31,6 +31,7 @@ class OnnxModelInfo:
     outputs: list[TensorSpec]
     opset: int
     export_max_abs_diff: float | None = None  # ORT vs PyTorch, for torch exports
+    layout: "BatchLayout | None" = None  # batch axis per input (calib/layout.py); None: axis 0 everywhere  # noqa: F821
 
 
 def _specs(values, initializer_names: set[str]) -> list[TensorSpec]:
@@ -39,10 +40,16 @@ def _specs(values, initializer_names: set[str]) -> list[TensorSpec]:
         if value.name in initializer_names:
             continue
         tensor_type = value.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+        dims = tuple(fixed_size(d) for d in tensor_type.shape.dim)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)).name
         specs.append(TensorSpec(value.name, dims, dtype))
     return specs
+
+
+def fixed_size(dim) -> int | None:
+    """A dimension's size, or None when it is open: exporters write open dims as `dim_param`,
+    as no value at all, or (PaddlePaddle) as `dim_value: -1`."""
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
 
 
 def node_attribute(node: onnx.NodeProto, name: str, default=None):
@@ -51,6 +58,16 @@ def node_attribute(node: onnx.NodeProto, name: str, default=None):
         if attribute.name == name:
             return onnx.helper.get_attribute_value(attribute)
     return default
+
+
+def input_dims(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
+    """Each real input's dims as written: a size, a dim_param name, or None (open, unnamed)."""
+    initializers = {init.name for init in model.graph.initializer}
+    return {
+        value.name: [fixed_size(d) or (d.dim_param if d.HasField("dim_param") else None) for d in value.type.tensor_type.shape.dim]
+        for value in model.graph.input
+        if value.name not in initializers
+    }
 
 
 def model_io(model: onnx.ModelProto) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -104,7 +121,8 @@ def model_info(model: onnx.ModelProto, path: Path, diff: float | None = None) ->
 # --- third-party ONNX -----------------------------------------------------------------
 
 
-def prepare_onnx(src: Path, out_path: Path, input_shapes: dict[str, tuple[int, ...]]) -> OnnxModelInfo:
+def prepare_onnx(src: Path, out_path: Path, input_shapes: dict[str, tuple[int, ...]],
+                 batch_axes: dict[str, int] | None = None) -> OnnxModelInfo:
     """Upgrade the opset, fix dynamic dims from `--input-shape`, then finalize."""
     model = read_onnx(src)
     if opset_of(model) < MIN_OPSET:
@@ -115,52 +133,80 @@ def prepare_onnx(src: Path, out_path: Path, input_shapes: dict[str, tuple[int, .
                 f"cannot upgrade {src} from opset {opset_of(model)} to {MIN_OPSET}: {exc}",
                 f"re-export the model with opset >= {MIN_OPSET}",
             ) from exc
-    _fix_input_dims(model, input_shapes)
+    _fix_input_dims(model, input_shapes, batch_axes or {})
     return model_info(finalize_model(model, out_path), out_path)
 
 
-def _fix_input_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> None:
+def _fix_input_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], batch_axes: dict[str, int]) -> None:
+    """Fill the open dims of each input from `--input-shape`; the batch axis (calib/layout.py) stays
+    dynamic, named `batch` in every input so that later stages find the same layout.
+
+    Dims the model fixes are read from it, so `--input-shape` is needed only for open dims past
+    the batch, and every suggested fix is a complete shape that works when pasted.
+    """
+    from edgecompress.source.layout import batch_layout
+
     inputs, _ = model_io(model)
-    by_name = {spec.name: spec for spec in inputs}
+    graph_inputs = {value.name: value for value in model.graph.input}
+    shapes = _named_input_shapes(inputs, input_shapes)
+    layout = batch_layout(input_dims(model), batch_axes)
+    for spec in inputs:
+        tensor_type = graph_inputs[spec.name].type.tensor_type
+        wanted = shapes.get(spec.name)
+        if wanted is not None:
+            _check_fits(spec, wanted)
+        batch_axis = layout.axes[spec.name]
+        open_axes = [axis for axis, size in enumerate(spec.shape) if size is None and axis != batch_axis]
+        if open_axes and wanted is None:
+            raise InputShapeError(
+                f"input '{spec.name}' {_fmt(spec.shape)} has open dimensions on axis {', '.join(map(str, open_axes))} "
+                "that the model does not fix",
+                f"give them sizes, e.g. --input-shape {spec.name}:{_example_shape(spec.shape)}",
+            )
+        for axis, dim in enumerate(tensor_type.shape.dim):
+            if axis == batch_axis and spec.shape[axis] is None:
+                dim.dim_param = BATCH_DIM  # keep the batch dynamic for batch ranges
+            elif spec.shape[axis] is None:
+                dim.dim_value = wanted[axis]
+
+
+def _named_input_shapes(inputs: list[TensorSpec], input_shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """`--input-shape` by input name: an unnamed shape belongs to the single input."""
+    names = [spec.name for spec in inputs]
     shapes = dict(input_shapes)
     if "" in shapes:
         if len(inputs) != 1:
             raise InputShapeError(
                 f"the model has {len(inputs)} inputs, so --input-shape needs names",
-                f"write NAME:dims for each of: {', '.join(by_name)}",
+                f"write NAME:dims for each of: {', '.join(names)}",
             )
-        shapes[inputs[0].name] = shapes.pop("")
-    for name, shape in shapes.items():
-        spec = by_name.get(name)
-        if spec is None:
-            raise InputShapeError(f"the model has no input named '{name}'", f"its inputs are: {', '.join(by_name)}")
-        if len(shape) != len(spec.shape):
+        shapes[names[0]] = shapes.pop("")
+    for name in shapes:
+        if name not in names:
+            raise InputShapeError(f"the model has no input named '{name}'", f"its inputs are: {', '.join(names)}")
+    return shapes
+
+
+def _check_fits(spec: TensorSpec, shape: tuple[int, ...]) -> None:
+    if len(shape) != len(spec.shape):
+        raise InputShapeError(
+            f"input '{spec.name}' has rank {len(spec.shape)} {_fmt(spec.shape)}, but --input-shape gives {len(shape)} dims",
+            f"give {len(spec.shape)} dims, e.g. --input-shape {spec.name}:{_example_shape(spec.shape)}",
+        )
+    for axis, (have, want) in enumerate(zip(spec.shape, shape)):
+        if have is not None and have != want:
             raise InputShapeError(
-                f"input '{name}' has rank {len(spec.shape)} {_fmt(spec.shape)}, but --input-shape gives {len(shape)} dims",
-                f"give {len(spec.shape)} dims, e.g. {name}:{','.join(str(d or 1) for d in spec.shape)}",
+                f"input '{spec.name}' has fixed size {have} on axis {axis}, but --input-shape asks for {want}",
+                f"use --input-shape {spec.name}:{','.join(str(d or w) for d, w in zip(spec.shape, shape))}",
             )
-        for axis, (have, want) in enumerate(zip(spec.shape, shape)):
-            if have is not None and have != want:
-                raise InputShapeError(
-                    f"input '{name}' has fixed size {have} on axis {axis}, but --input-shape asks for {want}",
-                    f"use {name}:{','.join(str(d or w) for d, w in zip(spec.shape, shape))}",
-                )
-    graph_inputs = {value.name: value for value in model.graph.input}
-    for spec in inputs:
-        dims = graph_inputs[spec.name].type.tensor_type.shape.dim
-        wanted = shapes.get(spec.name)
-        for axis, dim in enumerate(dims):
-            if dim.HasField("dim_value"):
-                continue
-            if axis == 0:
-                dim.dim_param = BATCH_DIM  # keep the batch dynamic for batch ranges
-            elif wanted is not None:
-                dim.dim_value = wanted[axis]
-            else:
-                raise InputShapeError(
-                    f"input '{spec.name}' has dynamic dimensions {_fmt(spec.shape)}",
-                    f"fix them with --input-shape {spec.name}:1,{','.join(str(d or 'N') for d in spec.shape[1:])}",
-                )
+
+
+EXAMPLE_OPEN_SIZE = 224  # a size to show in a suggested fix for an open non-batch dim
+
+
+def _example_shape(shape: tuple[int | None, ...]) -> str:
+    """A pasteable shape: the model's fixed sizes, batch 1, and an example size where a dim is open."""
+    return ",".join(str(size or (1 if axis == 0 else EXAMPLE_OPEN_SIZE)) for axis, size in enumerate(shape))
 
 
 def _fmt(shape: tuple[int | None, ...]) -> str:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edgecompress.source.layout import BatchLayout
 from edgecompress.engines.base import Runner
 from edgecompress.measure.fidelity import (
     FidelityOptions,
@@ -29,9 +30,14 @@ class EvalSet:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     description: str
+    layout: BatchLayout | None = None  # batch axis per input; None: axis 0 (0-d inputs: one value for all)
+
+    @property
+    def batch_layout(self) -> BatchLayout:
+        return self.layout or BatchLayout({})
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        return self.batch_layout.count(self.inputs)
 
 
 @dataclass(frozen=True)
@@ -55,19 +61,16 @@ class Evaluation:
         return asdict(self)
 
 
-def run_all_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int) -> list[np.ndarray]:
-    """Every output of the runner over all samples, fed `batch_size` at a time."""
-    count = len(next(iter(inputs.values())))
-    batches = [
-        runner.run({name: array[start : start + batch_size] for name, array in inputs.items()})
-        for start in range(0, count, batch_size)
-    ]
+def run_all_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int,
+                    layout: BatchLayout | None = None) -> list[np.ndarray]:
+    """Every output of the runner over all samples, fed `batch_size` at a time (sliced along each input's batch axis)."""
+    batches = [runner.run(feed) for feed in (layout or BatchLayout({})).batches(inputs, batch_size)]
     return [np.concatenate([batch[index] for batch in batches], axis=0) for index in range(len(batches[0]))]
 
 
-def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
+def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout | None = None) -> np.ndarray:
     """The runner's first output over all samples, fed `batch_size` at a time."""
-    return run_all_batched(runner, inputs, batch_size)[0]
+    return run_all_batched(runner, inputs, batch_size, layout)[0]
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -91,8 +94,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 def evaluate(
     engine: Runner, reference: Runner, data: EvalSet, batch_size: int = 32, fidelity: FidelityOptions | None = None
 ) -> Evaluation:
-    reference_outputs = run_all_batched(reference, data.inputs, batch_size)
-    engine_outputs = run_all_batched(engine, data.inputs, batch_size)
+    reference_outputs = run_all_batched(reference, data.inputs, batch_size, data.layout)
+    engine_outputs = run_all_batched(engine, data.inputs, batch_size, data.layout)
     names = [spec.name for spec in reference.outputs] or [f"output{i}" for i in range(len(reference_outputs))]
     plan = plan_fidelity(names, reference_outputs, fidelity or FidelityOptions())
     by_task = compare_outputs_by_task(plan, reference_outputs, engine_outputs, data.labels)

@@ -39,15 +39,20 @@ def dequantized_weights(qdq_model: onnx.ModelProto) -> dict[str, np.ndarray]:
         dq = dequantizers.get(node.input[1]) if node.op_type in CORRECTED_OPS and len(node.input) > 1 else None
         if dq is None or dq.input[0] not in initializers:
             continue
-        quantized = numpy_helper.to_array(initializers[dq.input[0]]).astype(np.float32)
-        scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float32)
-        zero = numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else 0.0
-        if np.ndim(scale) == 1:  # per-channel: broadcast along the DequantizeLinear axis
-            shape = [1] * quantized.ndim
-            shape[node_attribute(dq, "axis", 1)] = -1
-            scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
-        weights[node.name] = (quantized - zero) * scale
+        weights[node.name] = dequantize(dq, initializers)
     return weights
+
+
+def dequantize(dq: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> np.ndarray:
+    """The float value a DequantizeLinear of an initializer produces (per-tensor or per-channel)."""
+    quantized = numpy_helper.to_array(initializers[dq.input[0]]).astype(np.float32)
+    scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float32)
+    zero = numpy_helper.to_array(initializers[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] else 0.0
+    if np.ndim(scale) == 1:  # per-channel: broadcast along the DequantizeLinear axis
+        shape = [1] * quantized.ndim
+        shape[node_attribute(dq, "axis", 1)] = -1
+        scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) == 1 else zero
+    return (quantized - zero) * scale
 
 
 def input_means(fp32_model: onnx.ModelProto, batches, tensor_names: set[str]) -> dict[str, np.ndarray]:

@@ -17,6 +17,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from edgecompress.source.layout import BatchLayout
+from edgecompress.core.logs import onnxruntime_logs
+from edgecompress.core.progress import warn
+
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 DQ_SUFFIX = "_DequantizeLinear_Output"
 SQNR_CAP_DB = 100.0  # a tensor the int8 model reproduces exactly would otherwise score +inf
@@ -78,11 +82,8 @@ class Diagnosis:
 class _ArrayReader:
     """CalibrationDataReader over held-out arrays (the helpers take that interface)."""
 
-    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int) -> None:
-        count = len(next(iter(inputs.values())))
-        self._batches: Iterator[dict[str, np.ndarray]] = iter(
-            [{name: array[start : start + batch_size] for name, array in inputs.items()} for start in range(0, count, batch_size)]
-        )
+    def __init__(self, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout) -> None:
+        self._batches: Iterator[dict[str, np.ndarray]] = iter(list(layout.batches(inputs, batch_size)))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
@@ -91,49 +92,82 @@ class _ArrayReader:
         return self._batches
 
 
-def _sqnr_db(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
-    from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
+def _flat(values: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """One float64 vector from a tensor, a scalar, or a list of per-batch tensors of any dtype."""
+    parts = [np.ravel(np.asarray(part, dtype=np.float64)) for part in (values if isinstance(values, (list, tuple)) else [values])]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
-    if isinstance(reference, np.ndarray) and reference.ndim == 0:  # a scalar weight (e.g. a Mul by a constant)
-        reference, value = reference.reshape(1), np.asarray(value).reshape(1)
-    return min(SQNR_CAP_DB, compute_signal_to_quantization_noice_ratio(reference, value))
+
+def _sqnr_db(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
+    """10·log10(signal / noise power). Our own: ORT's helper fails on scalars (`len()` of a numpy float)."""
+    signal, other = _flat(reference), _flat(value)
+    noise = float(np.sum((signal - other) ** 2))
+    if noise == 0.0:
+        return SQNR_CAP_DB
+    return min(SQNR_CAP_DB, 10.0 * float(np.log10(max(float(np.sum(signal**2)), 1e-30) / noise)))
 
 
 def _cosine(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
-    left = np.concatenate([np.ravel(a) for a in np.atleast_1d(reference)]).astype(np.float64)
-    right = np.concatenate([np.ravel(a) for a in np.atleast_1d(value)]).astype(np.float64)
+    left, right = _flat(reference), _flat(value)
     norm = np.linalg.norm(left) * np.linalg.norm(right)
     return float(np.dot(left, right) / norm) if norm > 0 else 1.0
 
 
-def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int) -> dict[str, list[np.ndarray]]:
+def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int,
+                 layout: BatchLayout) -> dict[str, list[np.ndarray]]:
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
 
     augmented = workdir / f"{model_path.stem}.augmented.onnx"
     modify_model_output_intermediate_tensors(str(model_path), str(augmented))
-    return collect_activations(str(augmented), _ArrayReader(inputs, batch_size))
+    return collect_activations(str(augmented), _ArrayReader(inputs, batch_size, layout))
 
 
-def tensor_errors(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 16) -> list[TensorError]:
-    """SQNR and cosine of every quantized activation and weight (ORT's matching helpers)."""
-    from onnxruntime.quantization.qdq_loss_debug import (
-        compute_activation_error,
-        compute_weight_error,
-        create_activation_matching,
-        create_weight_matching,
-    )
+def weight_pairs(fp32_path: Path, qdq_path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Quantized weight name → (fp32 value, value the int8 model computes with).
+
+    Weights are matched through the node that consumes them (same node name, same input slot), not
+    by tensor name: bias correction writes new bias tensors, and ORT's name matching then logged
+    one error per renamed tensor. A weight with no fp32 counterpart (a bias the correction added) is skipped.
+    """
+    import onnx
+
+    from edgecompress.quantize.biascorrect import dequantize
+
+    fp32 = onnx.load(str(fp32_path)).graph
+    qdq = onnx.load(str(qdq_path)).graph
+    fp32_values = {init.name: onnx.numpy_helper.to_array(init) for init in fp32.initializer}
+    fp32_nodes = {node.name: node for node in fp32.node if node.name}
+    qdq_initializers = {init.name: init for init in qdq.initializer}
+    dequantizers = {node.output[0]: node for node in qdq.node if node.op_type == "DequantizeLinear" and node.input[0] in qdq_initializers}
+    pairs = {}
+    for node in qdq.node:
+        original = fp32_nodes.get(node.name)
+        for slot, name in enumerate(node.input):
+            dq = dequantizers.get(name)
+            if dq is None or original is None or slot >= len(original.input) or original.input[slot] not in fp32_values:
+                continue
+            reference = fp32_values[original.input[slot]]
+            value = dequantize(dq, qdq_initializers)
+            if reference.shape == value.shape:
+                pairs[dq.input[0].removesuffix("_quantized")] = (reference, value)
+    return pairs
+
+
+def tensor_errors(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 16,
+                  layout: BatchLayout | None = None) -> list[TensorError]:
+    """SQNR and cosine of every quantized activation (ORT's collection helpers) and weight."""
+    from onnxruntime.quantization.qdq_loss_debug import compute_activation_error, create_activation_matching
 
     with tempfile.TemporaryDirectory(prefix="edgecompress-diagnose-") as tmp:
-        float_acts = _activations(Path(fp32_path), inputs, Path(tmp), batch_size)
-        qdq_acts = _activations(Path(qdq_path), inputs, Path(tmp), batch_size)
+        layout = layout or BatchLayout({})
+        float_acts = _activations(Path(fp32_path), inputs, Path(tmp), batch_size, layout)
+        qdq_acts = _activations(Path(qdq_path), inputs, Path(tmp), batch_size, layout)
     matching = {k: v for k, v in create_activation_matching(qdq_acts, float_acts).items() if "float" in v}
     sqnr = compute_activation_error(matching, _sqnr_db)
     cosine = compute_activation_error(matching, _cosine)
-    weights = create_weight_matching(str(fp32_path), str(qdq_path))
-    weight_sqnr = compute_weight_error(weights, _sqnr_db)
-    weight_cosine = compute_weight_error(weights, _cosine)
+    weights = weight_pairs(Path(fp32_path), Path(qdq_path))
     return [TensorError(name, "activation", sqnr[name]["xmodel_err"], cosine[name]["xmodel_err"]) for name in sqnr] + [
-        TensorError(name, "weight", weight_sqnr[name], weight_cosine[name]) for name in weight_sqnr
+        TensorError(name, "weight", _sqnr_db(*pair), _cosine(*pair)) for name, pair in weights.items()
     ]
 
 
@@ -194,18 +228,22 @@ ACTIVATION_BYTES_PER_INPUT_BYTE = 400
 DIAGNOSE_MEMORY_BYTES = 1 << 30
 
 
-def samples_within_memory(inputs: dict[str, np.ndarray], max_samples: int) -> int:
+def samples_within_memory(inputs: dict[str, np.ndarray], max_samples: int, layout: BatchLayout | None = None) -> int:
     """How many samples to diagnose on so that the kept activations stay near 1 GiB."""
-    per_sample = sum(array[:1].nbytes for array in inputs.values()) * ACTIVATION_BYTES_PER_INPUT_BYTE
-    count = len(next(iter(inputs.values())))
+    layout = layout or BatchLayout({})
+    per_sample = sum(array.nbytes for array in layout.take(inputs, 0, 1).values()) * ACTIVATION_BYTES_PER_INPUT_BYTE
+    count = layout.count(inputs)
     return max(1, min(max_samples, count, DIAGNOSE_MEMORY_BYTES // max(1, per_sample)))
 
 
-def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64) -> Diagnosis:
+def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64,
+             layout: BatchLayout | None = None) -> Diagnosis:
     """Per-tensor and per-layer int8 error on (up to `max_samples` of) held-out inputs."""
-    count = samples_within_memory(inputs, max_samples)
-    sample = {name: np.ascontiguousarray(array[:count]) for name, array in inputs.items()}
-    errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample)
+    layout = layout or BatchLayout({})
+    count = samples_within_memory(inputs, max_samples, layout)
+    sample = {name: np.ascontiguousarray(array) for name, array in layout.take(inputs, 0, count).items()}
+    with onnxruntime_logs():
+        errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample, layout=layout)
     return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)
 
 
@@ -215,6 +253,16 @@ def layer_label(node: str) -> str:
     if len(parts) > 1:
         return parts[-2]
     return parts[0] if parts else node
+
+
+def diagnose_or_warn(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max_samples: int = 64,
+                     layout: BatchLayout | None = None) -> Diagnosis | None:
+    """`diagnose`, but a failure is one warning and None: diagnosis explains a build, it never stops one."""
+    try:
+        return diagnose(fp32_path, qdq_path, inputs, max_samples, layout)
+    except Exception as exc:  # any failure in ORT's helpers or ours: the build goes on without per-layer figures
+        warn(f"diagnosis skipped ({exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}); no per-layer errors this build")
+        return None
 
 
 def plot_layers(layers: list[dict[str, Any]], out_path: Path) -> Path:

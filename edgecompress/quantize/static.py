@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
+import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +20,7 @@ from edgecompress.core.artifacts import atomic_path
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.core.errors import QuantizationError
 from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.core.logs import onnxruntime_logs
 
 class ArrayCalibrationReader:
     """ONNX Runtime `CalibrationDataReader` over a calibration set, a few samples at a time."""
@@ -93,15 +94,28 @@ def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, ext
             ) from exc
 
 
+@contextlib.contextmanager
+def working_directory(folder: Path):
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> None:
     """Shape inference and ORT's pre-processing, then the recipe's fp32 rewrites (CLE, bias correction)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    source, prepared = Path(fp32_path).resolve(), Path(prepared).resolve()
+    # when symbolic shape inference gives up, ORT dumps sym_shape_infer_temp.onnx and a <uuid>.data
+    # into the working directory: run it inside our scratch folder, not the user's
+    with contextlib.redirect_stdout(io.StringIO()), working_directory(prepared.parent):
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
     if not (recipe.equalize or recipe.bias_correction):
         return
     model = onnx.load(str(prepared))
@@ -122,7 +136,7 @@ def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe,
 
     onnx.save(model, str(prepared))  # the probe quantizes the model as rewritten so far
     probe = prepared.with_name("weights-probe.onnx")
-    one_sample = replace(calibration, arrays={name: array[:1] for name, array in calibration.arrays.items()})
+    one_sample = replace(calibration, arrays=calibration.batch_layout.take(calibration.arrays, 0, 1))
     options = {k: v for k, v in extra_options.items() if k != "TensorQuantOverrides"}
     _quantize_static(prepared, probe, ArrayCalibrationReader(one_sample), replace(recipe, calibration_method="minmax"), options)
     quantized_weights = dequantized_weights(onnx.load(str(probe)))
@@ -141,8 +155,7 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
     }
     if recipe.calibration_method == "percentile":
         extra_options["CalibPercentile"] = recipe.percentile
-    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    with tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
+    with onnxruntime_logs(), tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
         prepared = Path(workdir) / "prepared.onnx"
         _prepare(fp32_path, prepared, recipe, calibration, extra_options)
         if recipe.calibration_method == "entropy":

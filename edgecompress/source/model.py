@@ -30,6 +30,7 @@ class SourceModel:
     onnx_path: Path | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     labels: list[str] | None = None
+    batch_axes: dict[str, int] = field(default_factory=dict)  # --batch-axis NAME:AXIS
 
     @property
     def is_onnx(self) -> bool:
@@ -48,7 +49,10 @@ def parse_input_shapes(specs: list[str]) -> dict[str | None, tuple[int, ...]]:
                 f"cannot read input shape '{spec}'", "write it as NAME:1,3,224,224 (or 1,3,224,224 for one input)"
             ) from None
         if not shape or any(d <= 0 for d in shape):
-            raise InputShapeError(f"input shape '{spec}' needs positive dimensions", "e.g. --input-shape 1,3,224,224")
+            raise InputShapeError(
+                f"input shape '{spec}' needs positive dimensions",
+                "give every axis a size, e.g. --input-shape 1,3,224,224 (the batch axis stays dynamic whatever size it is given)",
+            )
         shapes[name or None] = shape
     return shapes
 
