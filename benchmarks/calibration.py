@@ -34,7 +34,8 @@ from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.evaluate import compare_outputs, run_batched, top1_accuracy
 from edgecompress.example import cache_dir, example_teacher
 from edgecompress.export import export_torch, model_io, read_onnx
-from edgecompress.quantize import quantize_model, recipe_for_target
+from edgecompress.isa import recipe_for_target
+from edgecompress.quantize import quantize_model
 from edgecompress.targets import load_profiles
 from edgecompress.zoo import build_model
 
