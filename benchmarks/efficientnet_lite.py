@@ -19,7 +19,7 @@ from torch.nn import functional as F
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
 LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
-BN = dict(eps=1e-3, momentum=0.01)
+BN = {"eps": 1e-3, "momentum": 0.01}
 
 
 class SamePadConv(nn.Conv2d):

@@ -11,8 +11,8 @@ round-robin classes (DeepInversion) makes the batch cover every class.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -219,7 +219,9 @@ class _BatchOptimizer:
                 self.slack = [config.slack * torch.rand(r.running_mean.shape, generator=self.generator) for r in records]
             bn_loss = batchnorm_loss(records, self.slack)
             prior = _total_variation(inputs) if self.nchw else 0.0
-            loss = bn_loss + config.tv_weight * prior + config.class_loss_weight * _class_loss(outputs, first_index)
+            loss = bn_loss + config.tv_weight * prior
+            if config.class_loss_weight:
+                loss = loss + config.class_loss_weight * _class_loss(outputs, first_index)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -10,8 +10,8 @@ pools, elementwise arithmetic, reshapes, matrix products); anything else is name
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
