@@ -126,8 +126,9 @@ def logits_graph(src: Path, out: Path, input_shape: tuple[int, ...]) -> Path:
 
 def onnx_case(name: str, package: str, relative: str, shape: tuple[int, ...], spec: PreprocessSpec,
               rotations: int, workdir: Path) -> Case:
-    fp32 = logits_graph(packaged_file(package, relative), workdir / f"{name}.fp32.onnx", shape)
-    module = onnx_graph_module(fp32)
+    original = packaged_file(package, relative)
+    fp32 = logits_graph(original, workdir / f"{name.split()[0]}.fp32.onnx", shape)
+    module = onnx_graph_module(original)  # the file as shipped: preparing it folds BatchNormalization away
     size = shape[2:]
     real = normalized(photo_crops(CALIBRATION_PHOTOS, CALIBRATION_COUNT, size, rotations, 0), spec, bgr=True)
     held_out = normalized(photo_crops(HELD_OUT_PHOTOS, HELD_OUT_COUNT, size, rotations, 1), spec, bgr=True)
