@@ -118,6 +118,9 @@ def logits_graph(src: Path, out: Path, input_shape: tuple[int, ...]) -> Path:
         model.graph.node.remove(softmax[0])
         del model.graph.output[:]
         model.graph.output.append(onnx.helper.make_tensor_value_info(logits, onnx.TensorProto.FLOAT, ["batch", None]))
+    for dim in model.graph.input[0].type.tensor_type.shape.dim:
+        if dim.HasField("dim_value") and dim.dim_value < 1:  # Paddle writes -1 for a dynamic dimension
+            dim.dim_param = "dynamic"
     raw = out.with_suffix(".raw.onnx")
     onnx.save(model, str(raw))
     name = model_io(model)[0][0].name
