@@ -103,3 +103,12 @@ def test_data_free_set_is_written_with_a_manifest(tmp_path):
     assert manifest["count"] == 20 and manifest["sha256"] == made.sha256
     with np.load(tmp_path / "synth.npz") as archive:
         assert archive["input"].shape == (20, 1, 8, 8)
+
+
+def test_model_that_cannot_run_at_half_resolution_skips_the_warm_up():
+    """A text-line classifier pools its full height away; at half height it cannot run at all."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d((16, 1)),
+                          nn.Flatten(), nn.Linear(4 * 16, 2)).eval()
+    synthetic, summary = synthesize(model, (1, 1, 16, 16), 4, FAST)
+    assert synthetic.shape == (4, 1, 16, 16) and summary["method"] == "batchnorm-statistics"

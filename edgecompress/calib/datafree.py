@@ -189,6 +189,8 @@ class _BatchOptimizer:
         config = self.config
         warm_up = self.nchw and config.warmup_steps > 0 and config.warmup_scale < 1
         small = (*shape[:2], *(max(round(s * config.warmup_scale), 8) for s in shape[2:])) if warm_up else shape
+        if warm_up and not self.runs_at(small):  # e.g. a text-line model whose pooling needs the full height
+            warm_up, small = False, shape
         inputs = torch.randn(small, generator=self.generator)
         if self.bounds is not None:
             low, high = self.bounds
@@ -204,6 +206,14 @@ class _BatchOptimizer:
                 self.model(inputs)
             fit = float(batchnorm_loss(records))  # without slack or augmentation: what the set really matches
         return inputs.numpy(), fit
+
+    def runs_at(self, shape: tuple[int, ...]) -> bool:
+        try:
+            with torch.no_grad():
+                self.model(torch.zeros((1, *shape[1:])))
+        except RuntimeError:
+            return False
+        return True
 
     def steps(self, inputs: torch.Tensor, count: int, first_index: int, records: list) -> tuple[torch.Tensor, float]:
         """`count` Adam steps on `inputs` (cosine-decayed learning rate); the inputs and the last BN loss."""
