@@ -73,8 +73,15 @@ def test_data_free_from_a_factory_model(tmp_path):
     assert manifest["source"]["kind"] == "data-free" and manifest["inputs"]["input"]["shape"] == [8, 1, 8, 8]
 
 
+def test_data_free_from_an_onnx_file_without_batchnorm_says_it_is_range_only(tmp_path, tiny_onnx):
+    out = tmp_path / "synth.npz"  # the torch export folded the model's BatchNorm into its convolution
+    result = edgecompress("calib", "--data-free", "--model", str(tiny_onnx), "--count", "4", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "range-only" in result.stderr
+    assert json.loads(out.with_suffix(".json").read_text())["source"]["method"] == "range-only"
+
+
 @pytest.mark.parametrize("args, phrases", [
-    (["--data-free", "--model", "MODEL", "--count", "4"], ["needs the PyTorch model"]),
     (["--from", "EMPTY", "--count", "4"], ["no JPEG/PNG images"]),
     (["--from", "digits", "--count", "5000"], ["has only 1078 samples", "--count 1078"]),
     (["--from", "digits", "--count", "4", "--color", "bgr"], ["color must be"]),

@@ -21,11 +21,18 @@ class BatchNormStats:
     running_mean: torch.Tensor
     running_var: torch.Tensor
 
-    def loss(self) -> torch.Tensor:
-        """ZeroQ's statistic loss: L2 distance of means plus L2 distance of variances."""
-        return torch.linalg.vector_norm(self.batch_mean - self.running_mean) + torch.linalg.vector_norm(
-            self.batch_var - self.running_var
-        )
+    def loss(self, slack: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """Distance of the batch's per-channel Gaussian from the stored one, in running standard deviations.
+
+        ZeroQ's plain L2 lets the layers with the largest activations dominate; measured in each
+        channel's own running std, every layer counts alike. `slack` (DSG) forgives a margin per
+        channel, so the batch need not hit every statistic exactly and samples stay diverse.
+        """
+        running_std = self.running_var.clamp_min(1e-8).sqrt()
+        batch_std = self.batch_var.clamp_min(1e-8).sqrt()
+        mean_gap = ((self.batch_mean - self.running_mean).abs() / running_std - slack).clamp_min(0)
+        std_gap = ((batch_std - running_std).abs() / running_std - slack).clamp_min(0)
+        return (mean_gap.square() + std_gap.square()).mean()
 
 
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
@@ -46,15 +53,8 @@ def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
         def hook(module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor, ...], _output) -> None:
             x = inputs[0]
             dims = [d for d in range(x.dim()) if d != 1]
-            records.append(
-                BatchNormStats(
-                    name,
-                    x.mean(dim=dims),
-                    x.var(dim=dims, unbiased=False),
-                    module.running_mean.detach(),
-                    module.running_var.detach(),
-                )
-            )
+            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+            records.append(BatchNormStats(name, mean, var, module.running_mean.detach(), module.running_var.detach()))
 
         return hook
 
@@ -64,3 +64,9 @@ def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def batchnorm_loss(records: list[BatchNormStats], slack: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean over layers of each layer's statistic distance (the quantity synthesis minimizes)."""
+    margins = slack or [0.0] * len(records)
+    return torch.stack([record.loss(margin) for record, margin in zip(records, margins)]).mean()

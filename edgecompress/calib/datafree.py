@@ -15,8 +15,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from edgecompress.calib.bn_stats import batchnorm_layers, record_batchnorm_inputs
+from edgecompress.calib.bn_stats import batchnorm_layers, batchnorm_loss, record_batchnorm_inputs
 from edgecompress.core.errors import DataFreeError, InputShapeError
 from edgecompress.device.preprocess import PreprocessSpec
 from edgecompress.core.progress import progress_bar
@@ -24,11 +25,19 @@ from edgecompress.core.progress import progress_bar
 
 @dataclass(frozen=True)
 class DataFreeConfig:
-    """How hard to optimize; defaults suit small CNNs on a CPU in well under a minute per batch."""
+    """How hard to optimize. The defaults were tuned on 224×224 classifiers on 2 CPU cores
+    (benchmarks/datafree.py): most steps run at reduced resolution, where a step is cheap, and a
+    few at full resolution settle the statistics of the deep layers."""
 
-    steps: int = 200
-    lr: float = 0.1
-    batch_size: int = 64  # samples optimized together: BN statistics are batch statistics
+    steps: int = 24  # full-resolution steps per batch
+    warmup_steps: int = 80  # steps at `warmup_scale` × the input's height and width first
+    warmup_scale: float = 0.5
+    lr: float = 0.25
+    batch_size: int = 32  # samples optimized together: BN statistics are batch statistics
+    jitter: float = 0.06  # random shift per step, as a fraction of height/width (DeepInversion)
+    flips: bool = True  # random horizontal flip per step (DeepInversion)
+    tv_weight: float = 0.05  # total-variation prior: natural images are locally smooth
+    slack: float = 0.2  # DSG's slack: per-channel margins (in running std) that keep samples diverse
     class_loss_weight: float = 0.0  # > 0 adds DeepInversion's cross-entropy to round-robin classes
     seed: int = 0
 
@@ -45,62 +54,150 @@ def synthesize(
 ) -> tuple[np.ndarray, dict]:
     """`count` synthetic inputs of `input_shape` (its batch axis is ignored) and a summary of the fit.
 
+    With BatchNorm statistics, inputs are optimized to match them; without any, the set holds
+    smooth random images over the input range (range-only calibration) and the summary says so.
     When a preprocessing spec is given, pixels are kept inside the range it can produce
     (e.g. [-1, 1] for mean=std=0.5), so synthetic inputs never exceed real ones.
     """
-    if not batchnorm_layers(model):
-        raise DataFreeError(
-            "the model has no BatchNorm layers with running statistics, so there is nothing to match",
-            "calibrate with real data instead: edgecompress calib --from DIR_OR_ARRAYS --count 256 --out calib.npz",
-        )
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     generator = torch.Generator().manual_seed(config.seed)
-    low, high = _input_bounds(spec, input_shape)
+    bounds = _input_bounds(spec, input_shape)
+    nchw = len(input_shape) == 4 and (spec is None or spec.layout == "NCHW")
+    if not batchnorm_layers(model):
+        return range_only_inputs(input_shape, count, generator, bounds, nchw), {
+            "config": config.to_dict(),
+            "method": "range-only",
+            "note": RANGE_ONLY_NOTE,
+        }
     batches, losses = [], []
     with progress_bar() as progress:
-        task = progress.add_task("synthesizing calibration data", total=count)
+        batch_count = -(-count // config.batch_size)
+        task = progress.add_task("synthesizing calibration data (steps)", total=batch_count * (config.warmup_steps + config.steps))
+        optimizer = _BatchOptimizer(model, config, generator, bounds, nchw, lambda: progress.update(task, advance=1))
         for start in range(0, count, config.batch_size):
-            size = min(config.batch_size, count - start)
-            batch, loss = _optimize_batch(model, (size, *input_shape[1:]), start, config, generator, low, high)
+            batch, loss = optimizer.run((min(config.batch_size, count - start), *input_shape[1:]), start)
             batches.append(batch)
             losses.append(loss)
-            progress.update(task, advance=size)
-    summary = {"config": config.to_dict(), "final_bn_loss": float(np.mean(losses))}
+    summary = {"config": config.to_dict(), "method": "batchnorm-statistics", "final_bn_loss": float(np.mean(losses))}
     return np.concatenate(batches).astype(np.float32), summary
 
 
-def _optimize_batch(
-    model: nn.Module,
-    shape: tuple[int, ...],
-    first_index: int,
-    config: DataFreeConfig,
+RANGE_ONLY_NOTE = (
+    "the model has no BatchNorm statistics to match, so these are smooth random images over the input range "
+    "(range-only calibration): expect real data to calibrate better"
+)
+
+
+def range_only_inputs(
+    input_shape: tuple[int, ...],
+    count: int,
     generator: torch.Generator,
-    low: torch.Tensor | None,
-    high: torch.Tensor | None,
-) -> tuple[np.ndarray, float]:
-    inputs = torch.randn(shape, generator=generator)
-    if low is not None:
-        inputs = inputs * (high - low) / 4 + (high + low) / 2
-    inputs.requires_grad_(True)
-    optimizer = torch.optim.Adam([inputs], lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.steps)
-    bn_loss = torch.tensor(0.0)
-    with record_batchnorm_inputs(model) as records:
-        for _ in range(config.steps):
+    bounds: tuple[torch.Tensor, torch.Tensor] | None,
+    nchw: bool,
+) -> np.ndarray:
+    """Smooth random images (noise at 1/8 resolution, upsampled) spanning the input range: all a model without
+    BatchNorm tells about its inputs is their range, and natural images are smooth rather than white noise."""
+    shape = (count, *input_shape[1:])
+    if nchw:
+        coarse = torch.randn((*shape[:2], max(shape[2] // 8, 1), max(shape[3] // 8, 1)), generator=generator)
+        inputs = F.interpolate(coarse, size=shape[2:], mode="bilinear", align_corners=False)
+    else:
+        inputs = torch.randn(shape, generator=generator)
+    if bounds is not None:
+        low, high = bounds
+        inputs = ((inputs / 2).clamp(-1, 1) * (high - low) / 2 + (high + low) / 2)
+    return inputs.numpy().astype(np.float32)
+
+
+class _BatchOptimizer:
+    """Adam on the pixels of one batch: a warm-up at reduced resolution, then full resolution.
+
+    The warm-up costs `warmup_scale`² of a full step and fixes the coarse structure; upsampled,
+    it starts the full-resolution steps smooth, and those only have to settle the fine statistics.
+    """
+
+    def __init__(self, model, config: DataFreeConfig, generator: torch.Generator, bounds, nchw: bool, advance) -> None:
+        self.model, self.config, self.generator = model, config, generator
+        self.bounds, self.nchw, self.advance = bounds, nchw, advance
+        self.slack: list[torch.Tensor] | None = None
+
+    def run(self, shape: tuple[int, ...], first_index: int) -> tuple[np.ndarray, float]:
+        config = self.config
+        warm_up = self.nchw and config.warmup_steps > 0 and config.warmup_scale < 1
+        small = (*shape[:2], *(max(round(s * config.warmup_scale), 8) for s in shape[2:])) if warm_up else shape
+        if warm_up and not self.runs_at(small):  # e.g. a text-line model whose pooling needs the full height
+            warm_up, small = False, shape
+        inputs = torch.randn(small, generator=self.generator)
+        if self.bounds is not None:
+            low, high = self.bounds
+            inputs = inputs * (high - low) / 8 + (high + low) / 2
+        self.slack = None
+        with record_batchnorm_inputs(self.model) as records:
+            if warm_up:
+                inputs, _ = self.steps(inputs, config.warmup_steps, first_index, records)
+                inputs = F.interpolate(inputs, size=shape[2:], mode="bilinear", align_corners=False)
+            inputs, _ = self.steps(inputs, config.steps, first_index, records)
             records.clear()
-            outputs = _forward(model, inputs)
-            bn_loss = sum(record.loss() for record in records) / len(records)
-            loss = bn_loss + config.class_loss_weight * _class_loss(outputs, first_index)
+            with torch.no_grad():
+                self.model(inputs)
+            fit = float(batchnorm_loss(records))  # without slack or augmentation: what the set really matches
+        return inputs.numpy(), fit
+
+    def runs_at(self, shape: tuple[int, ...]) -> bool:
+        try:
+            with torch.no_grad():
+                self.model(torch.zeros((1, *shape[1:])))
+        except RuntimeError:
+            return False
+        return True
+
+    def steps(self, inputs: torch.Tensor, count: int, first_index: int, records: list) -> tuple[torch.Tensor, float]:
+        """`count` Adam steps on `inputs` (cosine-decayed learning rate); the inputs and the last BN loss."""
+        config = self.config
+        inputs = inputs.detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([inputs], lr=config.lr, betas=(0.5, 0.9))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(count, 1), eta_min=config.lr / 20)
+        bn_loss = torch.tensor(0.0)
+        for _ in range(count):
+            records.clear()
+            outputs = _forward(self.model, _augment(inputs, config, self.generator) if self.nchw else inputs)
+            if self.slack is None:  # one margin per channel for the whole batch: a fixed, different target per batch
+                self.slack = [config.slack * torch.rand(r.running_mean.shape, generator=self.generator) for r in records]
+            bn_loss = batchnorm_loss(records, self.slack)
+            prior = _total_variation(inputs) if self.nchw else 0.0
+            loss = bn_loss + config.tv_weight * prior
+            if config.class_loss_weight:
+                loss = loss + config.class_loss_weight * _class_loss(outputs, first_index)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-            if low is not None:
+            if self.bounds is not None:
                 with torch.no_grad():
-                    inputs.copy_(torch.maximum(torch.minimum(inputs, high), low))
-    return inputs.detach().numpy(), float(bn_loss.detach())
+                    inputs.copy_(torch.maximum(torch.minimum(inputs, self.bounds[1]), self.bounds[0]))
+            self.advance()
+        return inputs.detach(), float(bn_loss.detach())
+
+
+def _augment(inputs: torch.Tensor, config: DataFreeConfig, generator: torch.Generator) -> torch.Tensor:
+    """DeepInversion's jitter and flips: statistics must hold wherever the content sits, which
+    keeps the optimizer from writing high-frequency patterns tuned to one alignment."""
+    if config.jitter > 0:
+        dy, dx = (int(torch.randint(-m, m + 1, (1,), generator=generator)) if m else 0
+                  for m in (int(inputs.shape[2] * config.jitter), int(inputs.shape[3] * config.jitter)))
+        inputs = torch.roll(inputs, shifts=(dy, dx), dims=(2, 3))
+    if config.flips and bool(torch.rand(1, generator=generator) < 0.5):
+        inputs = torch.flip(inputs, dims=(3,))
+    return inputs
+
+
+def _total_variation(inputs: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of neighbouring pixels, relative to the batch's pixel variance."""
+    dy = (inputs[:, :, 1:, :] - inputs[:, :, :-1, :]).square().mean()
+    dx = (inputs[:, :, :, 1:] - inputs[:, :, :, :-1]).square().mean()
+    return (dy + dx) / inputs.detach().var().clamp_min(1e-8)
 
 
 def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -123,10 +220,10 @@ def _class_loss(outputs: torch.Tensor, first_index: int) -> torch.Tensor:
 
 def _input_bounds(
     spec: PreprocessSpec | None, input_shape: tuple[int, ...]
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-channel [low, high] that the spec maps pixel values 0..255 to, shaped to broadcast."""
     if spec is None:
-        return None, None
+        return None
     mean = np.broadcast_to(np.asarray(spec.mean, np.float32), (spec.channels,))
     std = np.broadcast_to(np.asarray(spec.std, np.float32), (spec.channels,))
     ends = np.stack([(0.0 * spec.scale - mean) / std, (255.0 * spec.scale - mean) / std])
@@ -137,20 +234,42 @@ def _input_bounds(
     return torch.from_numpy(low.reshape(view).copy()), torch.from_numpy(high.reshape(view).copy())
 
 
-def batchnorm_module(model) -> nn.Module:
-    """The nn.Module behind a `SourceModel` (or a module itself), if data-free can work on it."""
-    if getattr(model, "onnx_path", None) is not None:
-        raise DataFreeError(
-            "data-free calibration needs the PyTorch model: an ONNX graph has no gradients to optimize inputs with",
-            "pass the PyTorch model: --model package.module:factory --weights FILE",
-        )
+def synthesis_module(model) -> nn.Module:
+    """The differentiable module behind a `SourceModel` (or a module itself) that data-free optimizes through.
+
+    An ONNX file runs through `onnx_graph_module`, which keeps its BatchNormalization nodes as
+    BN layers; TorchScript and torch.export hide their layers and are refused.
+    """
+    onnx_path = getattr(model, "onnx_path", None)
+    if onnx_path is not None:
+        from edgecompress.calib.onnx_torch import onnx_graph_module
+
+        return onnx_graph_module(onnx_path)
     module = getattr(model, "module", model)
     if isinstance(module, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         raise DataFreeError(
             "TorchScript and torch.export models hide their BatchNorm layers from data-free calibration",
-            "pass the model as --model package.module:factory --weights state_dict.pt",
+            "pass the model as --model package.module:factory --weights state_dict.pt, or as an .onnx file",
         )
     return module
+
+
+def single_input(model) -> tuple[str, tuple[int, ...]]:
+    """(name, full shape) of the one input data-free synthesizes; an ONNX file's own dims fill what
+    --input-shape leaves out."""
+    shapes = dict(getattr(model, "input_shapes", {}) or {})
+    if getattr(model, "onnx_path", None) is not None:
+        from edgecompress.export.graph import model_io, read_onnx
+
+        specs = model_io(read_onnx(model.onnx_path))[0]
+        given = shapes.get(specs[0].name, shapes.get("")) if len(specs) == 1 else None
+        shapes = {spec.name: given or tuple(1 if i == 0 else d for i, d in enumerate(spec.shape)) for spec in specs}
+    if len(shapes) != 1:
+        raise DataFreeError("data-free calibration supports single-input models", "calibrate multi-input models with real data (--from)")
+    (name, shape), = shapes.items()
+    if any(not isinstance(d, int) or d <= 0 for d in shape[1:]):
+        raise InputShapeError(f"input '{name}' has dynamic dimensions {list(shape)}", "fix them with --input-shape, e.g. 1,3,224,224")
+    return name, tuple(shape)
 
 
 def make_data_free_set(
@@ -165,17 +284,21 @@ def make_data_free_set(
 ):
     """`edgecompress calib --data-free` as a function: synthesize, diagnose, write the set + manifest.
 
-    `model` is an nn.Module or a `SourceModel` from `edgecompress.source.model`.
+    `model` is an nn.Module or a `SourceModel` from `edgecompress.source.model` (PyTorch or ONNX).
     """
     from edgecompress.calib.generate import describe, save_set
     from edgecompress.calib.load import CalibrationSet
     from edgecompress.calib.manifest import check_out_path
 
     check_out_path(out)
-    module = batchnorm_module(model)
+    module = synthesis_module(model)
     inputs, summary = synthesize(module, input_shape, count, config, spec)
+    if summary["method"] == "range-only":
+        from edgecompress.core.progress import warn
+
+        warn(summary["note"])
     arrays = {input_name: inputs}
-    source = {"kind": "data-free", "location": model_name, "method": "batchnorm-statistics", **summary}
+    source = {"kind": "data-free", "location": model_name, **summary}
     manifest = describe(arrays, source, config.seed, spec)
     made = CalibrationSet(arrays, manifest["sha256"], f"data-free from {model_name}", manifest=manifest)
-    return save_set(made, out, module)
+    return save_set(made, out, model if getattr(model, "onnx_path", None) is not None else module)

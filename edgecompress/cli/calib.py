@@ -17,7 +17,7 @@ SOURCE_HELP = "'digits', a folder of JPEG/PNG images (class sub-folders = labels
 def calib(
     source: Optional[str] = typer.Option(None, "--from", help=SOURCE_HELP, show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="where to write the set (.npz); the manifest goes beside it"),
-    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128)"),
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128; --data-free 32)"),
     seed: Optional[int] = typer.Option(None, "--seed", help="seed of the stratified draw (default 0)"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="calibration recipe TOML (see calibration/); options override it"),
     size: Optional[int] = typer.Option(None, "--size", help="resize the shorter side to S, then center-crop S×S"),
@@ -34,8 +34,8 @@ def calib(
     ),
     weights: Optional[Path] = typer.Option(None, "--weights", help="state_dict for a package.module:factory --model"),
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="model input shape, e.g. 1,3,224,224"),
-    data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics"),
-    steps: int = typer.Option(200, "--steps", min=1, help="--data-free: optimization steps per batch of 64"),
+    data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics (PyTorch or ONNX; range-only without BN)"),
+    steps: int = typer.Option(24, "--steps", min=1, help="--data-free: full-resolution steps per batch of 32 (after 80 at half resolution)"),
     class_loss: float = typer.Option(0.0, "--class-loss", min=0.0, help="--data-free: weight of the spread-over-classes loss"),
 ) -> None:
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
@@ -62,21 +62,18 @@ def calib(
 
 
 def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
-    from edgecompress.calib.datafree import DataFreeConfig, batchnorm_module, make_data_free_set
+    from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set, single_input, synthesis_module
     from edgecompress.calib.generate import make_recipe
 
     if fields.get("source"):
         raise ConfigError("--data-free makes inputs from the model, not from --from", "drop --from, or drop --data-free")
     source_model = _load_model(model, weights, input_shape)
-    batchnorm_module(source_model)  # an ONNX or TorchScript model fails here, before the shape question
-    shapes = source_model.input_shapes
-    if len(shapes) != 1:
-        raise ConfigError("--data-free supports single-input models", "calibrate multi-input models with real data")
-    (name, shape), = shapes.items()
+    synthesis_module(source_model)  # a TorchScript model or an ONNX op the runner lacks fails here, before the shape question
+    name, shape = single_input(source_model)
     spec = make_recipe({**fields, "source": source_model.name}).spec() or _example_spec(source_model)
     config = DataFreeConfig(steps=steps, class_loss_weight=class_loss, seed=fields.get("seed", 0))
     return make_data_free_set(
-        source_model, shape, fields.get("count", 64), out, config, spec, fields.get("input_name", name), source_model.name
+        source_model, shape, fields.get("count", 32), out, config, spec, fields.get("input_name", name), source_model.name
     )
 
 
