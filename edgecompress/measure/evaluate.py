@@ -64,8 +64,23 @@ class Evaluation:
 def run_all_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int,
                     layout: BatchLayout | None = None) -> list[np.ndarray]:
     """Every output of the runner over all samples, fed `batch_size` at a time (sliced along each input's batch axis)."""
-    batches = [runner.run(feed) for feed in (layout or BatchLayout({})).batches(inputs, batch_size)]
-    return [np.concatenate([batch[index] for batch in batches], axis=0) for index in range(len(batches[0]))]
+    layout = layout or BatchLayout({})
+    feeds = list(layout.batches(inputs, batch_size))
+    batches = [runner.run(feed) for feed in feeds]
+    sizes = [layout.count(feed) for feed in feeds]
+    return [_join([batch[index] for batch in batches], sizes) for index in range(len(batches[0]))]
+
+
+def _join(parts: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """One output's batches joined along the axis that carries the batch (axis 0 unless, like a recurrent state
+    [layers, batch, hidden], another axis is the one whose size follows each feed's sample count)."""
+    ranks = {part.ndim for part in parts}
+    if len(parts) == 1 or ranks == {0}:
+        return parts[0] if len(parts) == 1 else np.stack(parts)
+    for axis in range(min(ranks)):
+        if all(part.shape[axis] == size for part, size in zip(parts, sizes)):
+            return np.concatenate(parts, axis=axis)
+    return np.concatenate(parts, axis=0)
 
 
 def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout | None = None) -> np.ndarray:
