@@ -32,7 +32,7 @@ SSH_USER = "ecship"
 def make_build_target(run_dir: Path, target: str = "cpu", profile: dict | None = None) -> Path:
     """A real tiny digits CNN exported to ONNX and statically quantized to int8 (QDQ)."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     from edgecompress.source.data import digits_splits
 
@@ -51,18 +51,10 @@ def make_build_target(run_dir: Path, target: str = "cpu", profile: dict | None =
     calib = digits_splits().train.x[:16]
     np.savez(run_dir / "calib.npz", input=calib)
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rows = iter(calib[i : i + 1] for i in range(len(calib)))
-
-        def get_next(self):  # noqa: ANN201
-            row = next(self.rows, None)
-            return None if row is None else {"input": row}
-
     target_dir = run_dir / target
     target_dir.mkdir(exist_ok=True)
     engine = target_dir / "engine.onnx"
-    quantize_static(str(fp32), str(engine), Reader(), quant_format=QuantFormat.QDQ,
+    quantize_static(str(fp32), str(engine), rows_reader(calib), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     engine_entry = {"kind": (profile or {}).get("engine", "ort-cpu"), "path": engine.name, "precision": "int8",
                     "size_bytes": engine.stat().st_size}
@@ -113,19 +105,11 @@ def copy_build(dest_run: Path) -> Path:
 
 def symmetric_int8(fp32: Path, out: Path) -> Path:
     """The int8 TensorRT takes: symmetric int8 activations and weights, float biases (its preflight checks this)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     calib = np.load(fp32.parent / "calib.npz")["input"]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.rows = iter(calib[i : i + 1] for i in range(len(calib)))
-
-        def get_next(self):  # noqa: ANN201
-            row = next(self.rows, None)
-            return None if row is None else {"input": row}
-
-    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+    quantize_static(str(fp32), str(out), rows_reader(calib), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, per_channel=True,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
     return out
@@ -307,3 +291,18 @@ def arm64_device(tmp_path_factory):
     finally:
         subprocess.run(["umount", "--lazy", str(mount_point)], check=False)  # sessions may still be exiting
         mount_point.rmdir()
+
+
+def rows_reader(calib: np.ndarray):
+    """ONNX Runtime's CalibrationDataReader over the rows of one input array, one sample at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Rows(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.rows = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self):  # noqa: ANN201
+            row = next(self.rows, None)
+            return None if row is None else {"input": row}
+
+    return Rows()

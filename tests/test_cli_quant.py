@@ -1,21 +1,13 @@
 """`edgecompress build` with a budget, and `edgecompress inspect`, through the real CLI entry point."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from edgecompress.cli import main
+from tests.cli_support import run_cli
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 
-
-def run_cli(monkeypatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["edgecompress", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-        raise SystemExit(0)
-    return exited.value.code or 0
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Builds of models that are not classifiers judge int8 by their task's metric, under a budget that always holds."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress.cli import main
+from tests.cli_support import run_cli
 from edgecompress.source.data import digits_splits
 from edgecompress.quantize.detect_tail import detector_tail_nodes
 
@@ -69,13 +68,6 @@ def export(model: nn.Module, path: Path, output: str) -> Path:
                       dynamic_axes={"input": {0: "n"}, output: {0: "n"}}, dynamo=False)
     return path
 
-
-def run_cli(monkeypatch, *args) -> int:
-    monkeypatch.setattr(sys, "argv", ["edgecompress", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-        raise SystemExit(0)
-    return exited.value.code or 0
 
 
 @pytest.fixture(scope="module")
