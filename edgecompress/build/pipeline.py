@@ -255,7 +255,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
     write_report(report, target_dir, samples)
     for line in report["verdict"]:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
-    if chosen is not None:
+    if chosen is not None and chosen.choice.chosen.name.startswith("int8"):  # fp32/fp16 shipped within budget: no error
         chosen.repair.raise_if_unmet(config.allow_over_budget)
     if fidelity_over and not config.allow_over_budget:
         raise over_budget_error(report)
@@ -275,12 +275,12 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
             f"precision '{config.precision}' is not one that target '{profile.name}' runs ({', '.join(profile.precisions)})",
             "use --precision auto or one of the target's precisions",
         )
-    precision = config.precision
-    if precision == "auto" and profile.arch != host_arch():
-        # timing on this host says nothing about the device's speed: ship the profile's first precision
-        precision = profile.precisions[0]
-        info(f"{profile.name}: precision {precision} from the profile (this {host_arch()} host is not the device; "
-             "its timings cannot choose the precision)")
+    prefer = None
+    if config.precision == "auto" and profile.arch != host_arch():
+        # timing on this host says nothing about the device's speed: the profile's first precision, if in budget
+        prefer = profile.precisions[0]
+        info(f"{profile.name}: precision {prefer} from the profile when within the budget (this {host_arch()} host "
+             "is not the device; its timings cannot choose the precision)")
     settings = PrecisionSettings(
         budget,
         RepairOptions(
@@ -288,9 +288,10 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
             try_bias_correction=config.bias_correction == "auto",
             latency_runs=0,  # tries are judged on fidelity; the candidates are timed once, together, afterwards
         ),
-        precision,
-        config.allow_over_budget,
-        config.diagnose,
+        precision=config.precision,
+        prefer=prefer,
+        allow_over_budget=config.allow_over_budget,
+        diagnose=config.diagnose,
         bench_runs=config.bench_runs,
         bench_max_seconds=config.bench_max_seconds,
         bench_warmup=config.bench_warmup,

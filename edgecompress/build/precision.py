@@ -210,6 +210,7 @@ class PrecisionSettings:
     budget: Budget
     repair: RepairOptions
     precision: str = "auto"  # auto | int8 | fp32 | fp16
+    prefer: str | None = None  # auto on another architecture: the profile's first precision, when within budget
     allow_over_budget: bool = False
     diagnose: bool = True
     bench_runs: int = 100
@@ -268,12 +269,22 @@ def quantize_for_target(
     best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds,
                               settings.bench_warmup, models.where)
-    wanted = {"int8": best_int8.name}.get(settings.precision, settings.precision)
+    wanted = {"int8": best_int8.name}
     if settings.precision != "auto":
-        choice.chosen = next((c for c in candidates if c.name == wanted), choice.chosen)
+        choice.chosen = next((c for c in candidates if c.name == wanted.get(settings.precision, settings.precision)),
+                             choice.chosen)
         choice.summary[-1] = f"Shipping {choice.chosen.name} as requested (precision = {settings.precision})."
+    elif settings.prefer is not None:  # another architecture: the profile's order decides among candidates in budget
+        preferred = next((c for c in candidates if c.name == wanted.get(settings.prefer, settings.prefer)), None)
+        if preferred is not None and preferred.within_budget:
+            choice.chosen = preferred
+            choice.summary[-1] = (f"Shipping {preferred.name}: the profile's first precision, within the budget "
+                                  "(this host's timings cannot choose for the device).")
     if not result.met and not settings.allow_over_budget:
-        choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
-        choice.summary[-1] = (f"WARNING: int8 misses the budget ({settings.budget.describe(best.evaluation)}): "
-                              f"{result.stop_reason}; best int8 kept.")
+        missed = f"int8 misses the budget ({settings.budget.describe(best.evaluation)}): {result.stop_reason}"
+        if settings.precision == "auto" and choice.chosen.within_budget and not choice.chosen.name.startswith("int8"):
+            choice.summary[-1] = f"WARNING: {missed}; shipping {choice.chosen.name}, which meets it."
+        else:
+            choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
+            choice.summary[-1] = f"WARNING: {missed}; best int8 kept."
     return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)
