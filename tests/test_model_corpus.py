@@ -132,7 +132,7 @@ def ctc_recognizer(tmp_path_factory):
     _located(CTC_RECOGNIZER)
     eval_data = {"x": make.text_lines(12, seed=2)}
     return _build(tmp_path_factory.mktemp("ppocr-rec"), CTC_RECOGNIZER, {"x": make.text_lines(16, seed=1)}, eval_data,
-                  precision="auto", input_shape=["x:1,3,48,320"]), eval_data
+                  precision="auto", input_shape=["x:1,3,48,320"], max_excluded_layers=2), eval_data  # bounded repair: CI time
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -185,10 +185,14 @@ def test_yolo_int8_detections_match_fp32_with_the_decode_tail_in_fp32(yolo_detec
     assert metric.detection_f1(reference, metric.yolo_detections(built.engine_outputs(target, eval_data))) >= F1_FLOOR[target]
 
 
-def test_yolo_int8_on_this_cpu_is_faster_and_smaller_than_fp32(yolo_detector):
+def test_yolo_int8_on_this_cpu_is_3x_smaller_with_only_the_decode_tail_in_float(yolo_detector):
+    """Speed is a benchmark figure (benchmarks/model_corpus.py: 1.77x ORT fp32); the test checks what makes it."""
     report = yolo_detector[0].reports["cpu"]
     assert report["size_ratio_vs_fp32"] >= 3.0
-    assert report["engine"]["precision"] == "int8"
+    layers = report["engine"]["precision_layers"]
+    # the label tells the truth: the decode tail (DFL conv, box arithmetic) stays float, every other layer is int8
+    floats = sum(count for kind, count in layers.items() if kind != "int8")
+    assert report["engine"]["precision"] == "mixed" and layers["int8"] > 10 * floats > 0
 
 
 # --- stateful audio model -------------------------------------------------------------------
@@ -200,7 +204,7 @@ def voice_activity(tmp_path_factory):
     calib = make.vad_stream_inputs(path, make.speech_audio(seed=1), every=4)
     eval_audio = make.speech_audio(seed=2)
     return _build(tmp_path_factory.mktemp("vad"), VOICE_ACTIVITY, calib, make.vad_stream_inputs(path, eval_audio, every=6),
-                  precision="auto", input_shape=["input:1,576"]), eval_audio
+                  precision="auto", input_shape=["input:1,576"], max_excluded_layers=2), eval_audio  # bounded repair: CI time
 
 
 def test_stateful_model_calibrates_with_its_state_batch_on_axis_1_and_a_scalar_rate(voice_activity):

@@ -196,6 +196,13 @@ def _excluding(base: RepairTry, groups: list[tuple[str, ...]]) -> QuantRecipe:
 Groups = list[tuple[str, ...]]
 
 
+def _node_names(onnx_path: Path) -> set[str]:
+    """The fp32 model's node names: the only names nodes_to_exclude may hold."""
+    import onnx
+
+    return {node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+
+
 def _bisect(session: RepairSession, base: RepairTry, ranking: Groups, limit: int) -> str:
     """Double k (top-k ranked layers in fp32) until the budget is met, then bisect down to the smallest k."""
     low, high, k = 0, None, 1
@@ -252,7 +259,9 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
         )
         diagnosis = diagnosis or start_diagnosis
         ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
-        ranking = [g.exclusion_group for g in ranked if g.node not in start.recipe.nodes_to_exclude]
+        in_model = _node_names(session.fp32_path)  # the prepared model may add nodes (e.g. Transpose_token_N)
+        ranking = [group for g in ranked if g.node not in start.recipe.nodes_to_exclude
+                   if (group := tuple(node for node in g.exclusion_group if node in in_model))]
         reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
     best = _pick_best(session.tries)
     return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)

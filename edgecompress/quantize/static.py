@@ -161,7 +161,9 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
         if recipe.calibration_method == "entropy":
             from edgecompress.calib.ranges import entropy_overrides
 
-            extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration), Path(workdir))
+            # one sample at a time: ORT's histogram collector stacks the batches, so unequal batch sizes fail there
+            extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration, batch_size=1),
+                                                                     Path(workdir))
         with atomic_path(out_path) as tmp:
             _quantize_static(prepared, tmp, ArrayCalibrationReader(calibration), recipe, extra_options)
     return Path(out_path)
