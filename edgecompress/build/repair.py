@@ -19,7 +19,8 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from edgecompress.engines.base import Runner
-from edgecompress.core.errors import BudgetNotMetError
+from edgecompress.core.errors import BudgetNotMetError, QuantizationError
+from edgecompress.core.progress import warn
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.measure.fidelity import Budget, FidelityOptions
 from edgecompress.quantize.diagnose import Diagnosis, diagnose_or_warn
@@ -178,7 +179,10 @@ def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTr
         recipe = tail.recipe  # later steps keep the tail in fp32
     for method in session.options.calibration_methods:
         if method != recipe.calibration_method:
-            session.attempt(f"calibration {method}", recipe.with_options(calibration_method=method))
+            try:
+                session.attempt(f"calibration {method}", recipe.with_options(calibration_method=method))
+            except QuantizationError as failed:  # e.g. ORT's entropy collector on ragged activations: skip, say so
+                warn(f"repair: calibration {method} cannot run on this model ({failed.problem}); skipped")
     best = max(session.tries, key=lambda t: t.quality())
     if session.options.try_equalize and not best.recipe.equalize and not best.met:
         best = max([best, session.attempt("cross-layer equalization", best.recipe.with_options(equalize=True))], key=lambda t: t.quality())
