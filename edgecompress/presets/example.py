@@ -27,8 +27,10 @@ EXAMPLE_TRAINING = TrainConfig(epochs=5, batch_size=64, lr=4e-3, seed=0, patienc
 
 def example_teacher(retrain: bool = False) -> nn.Module:
     """The trained digits teacher, from cache when its recipe has been trained before."""
-    key = sha256_json({"model": EXAMPLE_MODEL, "training": EXAMPLE_TRAINING.__dict__, "version": __version__})[:16]
+    key = sha256_json({"model": EXAMPLE_MODEL, "training": EXAMPLE_TRAINING.__dict__, "version": __version__,
+                       "init": "seeded"})[:16]
     checkpoint = cache_dir() / f"{EXAMPLE_MODEL}-{key}.pt"
+    torch.manual_seed(EXAMPLE_TRAINING.seed)  # the initial weights too: an unseeded init made each machine's teacher differ
     model = build_model(EXAMPLE_MODEL)
     if checkpoint.is_file() and not retrain:
         model.load_state_dict(torch.load(checkpoint, weights_only=True))
