@@ -65,3 +65,24 @@ def test_percentile_and_entropy_clip_outliers_that_minmax_keeps(tiny_onnx, heavy
         scales[label] = input_scale(quantize_model(tiny_onnx, heavy_tailed_set, recipe, tmp_path / f"{label}.onnx"))
     assert scales["p90"] < scales["p99.99"] < scales["minmax"]
     assert scales["entropy"] < 0.5 * scales["minmax"]  # onnxruntime alone gives entropy == minmax here
+
+
+def test_our_kl_search_picks_onnxruntimes_entropy_thresholds_exactly():
+    """kl_threshold is onnxruntime's get_entropy_threshold vectorised: same [low, high] on real activations."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+    from sklearn.datasets import load_digits
+
+    from edgecompress.calib.ranges import ENTROPY_BINS, ENTROPY_QUANTIZED_BINS, kl_threshold
+
+    pixels = load_digits().data.astype(np.float32)
+    filters = np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    features = pixels @ filters  # a dense layer's pre-activations: signed, heavy on one side
+    activations = {"pixels": pixels, "pre-activation": features, "relu": np.maximum(features, 0), "outlier": np.r_[features[:50].ravel(), 900.0]}
+    collector = HistogramCollector("entropy", symmetric=False, num_bins=ENTROPY_BINS,
+                                   num_quantized_bins=ENTROPY_QUANTIZED_BINS, percentile=99.99, scenario="same")
+    collector.collect({name: [values] for name, values in activations.items()})
+    for name, histogram in collector.histogram_dict.items():
+        expected = collector.get_entropy_threshold(histogram, ENTROPY_QUANTIZED_BINS)
+        assert kl_threshold(histogram) == expected, name
+    low, high = kl_threshold(collector.histogram_dict["outlier"])
+    assert high < 900.0 / 2  # the lone outlier is clipped, which is what entropy calibration is for
