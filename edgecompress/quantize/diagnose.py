@@ -98,19 +98,18 @@ def _flat(values: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _sqnr_db(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
-    """10·log10(signal / noise power). Our own: ORT's helper fails on scalars (`len()` of a numpy float)."""
+def _sqnr_and_cosine(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> tuple[float, float]:
+    """10·log10(signal / noise power) and the cosine of two tensors, flattened once.
+
+    Our own: ORT's SQNR helper fails on scalars (`len()` of a numpy float), and its
+    `compute_activation_error` flattens every tensor four times per metric.
+    """
     signal, other = _flat(reference), _flat(value)
     noise = float(np.sum((signal - other) ** 2))
-    if noise == 0.0:
-        return SQNR_CAP_DB
-    return min(SQNR_CAP_DB, 10.0 * float(np.log10(max(float(np.sum(signal**2)), 1e-30) / noise)))
-
-
-def _cosine(reference: Sequence[np.ndarray] | np.ndarray, value: Sequence[np.ndarray] | np.ndarray) -> float:
-    left, right = _flat(reference), _flat(value)
-    norm = np.linalg.norm(left) * np.linalg.norm(right)
-    return float(np.dot(left, right) / norm) if norm > 0 else 1.0
+    signal_power, other_power = float(np.dot(signal, signal)), float(np.dot(other, other))
+    sqnr = SQNR_CAP_DB if noise == 0.0 else min(SQNR_CAP_DB, 10.0 * float(np.log10(max(signal_power, 1e-30) / noise)))
+    norm = np.sqrt(signal_power * other_power)
+    return sqnr, float(np.dot(signal, other) / norm) if norm > 0 else 1.0
 
 
 def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int,
@@ -156,18 +155,17 @@ def weight_pairs(fp32_path: Path, qdq_path: Path) -> dict[str, tuple[np.ndarray,
 def tensor_errors(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], batch_size: int = 16,
                   layout: BatchLayout | None = None) -> list[TensorError]:
     """SQNR and cosine of every quantized activation (ORT's collection helpers) and weight."""
-    from onnxruntime.quantization.qdq_loss_debug import compute_activation_error, create_activation_matching
+    from onnxruntime.quantization.qdq_loss_debug import create_activation_matching
 
     with tempfile.TemporaryDirectory(prefix="edgecompress-diagnose-") as tmp:
         layout = layout or BatchLayout({})
         float_acts = _activations(Path(fp32_path), inputs, Path(tmp), batch_size, layout)
         qdq_acts = _activations(Path(qdq_path), inputs, Path(tmp), batch_size, layout)
     matching = {k: v for k, v in create_activation_matching(qdq_acts, float_acts).items() if "float" in v}
-    sqnr = compute_activation_error(matching, _sqnr_db)
-    cosine = compute_activation_error(matching, _cosine)
+    activations = {name: (match["float"], match["post_qdq"]) for name, match in matching.items()}
     weights = weight_pairs(Path(fp32_path), Path(qdq_path))
-    return [TensorError(name, "activation", sqnr[name]["xmodel_err"], cosine[name]["xmodel_err"]) for name in sqnr] + [
-        TensorError(name, "weight", _sqnr_db(*pair), _cosine(*pair)) for name, pair in weights.items()
+    return [TensorError(name, "activation", *_sqnr_and_cosine(*pair)) for name, pair in activations.items()] + [
+        TensorError(name, "weight", *_sqnr_and_cosine(*pair)) for name, pair in weights.items()
     ]
 
 
