@@ -1,7 +1,9 @@
 """`edgecompress build`: model → fp32 ONNX → int8 → per-target engine → verified report.
 
-Each stage is a function from artifact to artifact, cached on its inputs' content
-hashes, so a second build for another target reuses export and quantization.
+The build is BUILD_STEPS, shared by every target, then `build_target` per target. Each step
+is a function from artifact to artifact, cached on its inputs' content hashes (export_key,
+quantize_key), so a second build for another target reuses export and quantization; each
+target's steps return their part of the BuildReport, assembled once and written once.
 """
 
 from __future__ import annotations
