@@ -1,4 +1,4 @@
-"""Report stage: report.json (the contract other tools read), report.md and latency.png.
+"""Report stage: report.json (BuildReport.to_dict(), the contract other tools read), report.md and latency.png.
 
 report.json keeps these keys stable: target; engine.{kind,path,precision,size_bytes};
 reference.size_bytes; accuracy.{fp32,engine}; agreement.{top1,max_abs_diff,samples};
