@@ -73,7 +73,7 @@ def test_manifest_describes_engine_device_and_figures(target_dir: Path, tmp_path
     assert all(op.rsplit("@", 1)[1].isdigit() for op in operators)  # domain:Op@opset, one format for every engine
     built_with = json.loads((target_dir / "report.json").read_text())["versions"]["onnxruntime"]
     assert manifest["runtime"]["onnxruntime"] == {"built_with": built_with, "min_version": ".".join(built_with.split(".")[:2])}
-    report = load_report(target_dir / "report.json")  # the build's figures, measured on this engine
+    report = load_report(target_dir)  # the build's figures, measured on this engine
     assert manifest["figures"]["agreement"]["top1"] == report.agreement.top1 and report.agreement.samples == 64
     assert manifest["figures"]["latency_ms"]["p50"] == report.latency.p50 > 0
     assert manifest["preprocess"]["color"] == "grayscale" and manifest["labels"][3] == "3"

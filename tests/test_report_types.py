@@ -29,7 +29,7 @@ def built(tmp_path_factory) -> Path:
 
 def test_report_json_read_back_is_the_same_report(built: Path) -> None:
     written = json.loads((built / "report.json").read_text())
-    report = load_report(built / "report.json")
+    report = load_report(built)
     assert report.to_dict() == written
     assert list(report.to_dict()) == list(written)  # the same key order too
     assert isinstance(report.latency, LatencyFigures) and report.latency.p50 == written["latency_ms"]["p50"] > 0
@@ -59,7 +59,7 @@ def test_a_section_left_out_of_a_device_report_reads_back_as_none(built: Path) -
 def test_bundle_manifest_is_read_from_the_typed_report(built: Path, tmp_path: Path) -> None:
     from edgecompress.ship.bundle import build_bundle
 
-    report = load_report(built / "report.json")
+    report = load_report(built)
     manifest = build_bundle(built, tmp_path / "b.tar.gz").manifest
     assert manifest["model"]["name"] == report.model.name
     assert manifest["engine"]["kind"] == report.engine.kind and manifest["engine"]["precision"] == report.engine.precision
@@ -70,13 +70,13 @@ def test_bundle_manifest_is_read_from_the_typed_report(built: Path, tmp_path: Pa
 
 
 def test_a_report_missing_a_section_is_refused_with_a_fix(built: Path, tmp_path: Path) -> None:
-    from edgecompress.core.errors import BundleError
+    from edgecompress.core.errors import BuildDirError
     from edgecompress.ship.bundle import build_bundle
 
     target_dir = Path(shutil.copytree(built, tmp_path / "cpu"))
     written = json.loads((target_dir / "report.json").read_text())
     del written["engine"]
     (target_dir / "report.json").write_text(json.dumps(written))
-    with pytest.raises(BundleError, match="is not a build report") as refused:
+    with pytest.raises(BuildDirError, match="is not a build report") as refused:
         build_bundle(target_dir, tmp_path / "b.tar.gz")
     assert "edgecompress build" in refused.value.fix

@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, Union, get_args, get_type_hints
+from typing import Any, TypeVar, get_args, get_type_hints
+
+from edgecompress.core.errors import BuildDirError
 
 Section = TypeVar("Section", bound="_Section")
 OMIT, EMPTY = "omit", "empty"  # how a None field is written: key left out, or `{}`
@@ -273,9 +275,20 @@ class BuildReport(_Section):
     latency_plot: str | None = None
 
 
-def load_report(path: Path) -> BuildReport:
-    """A report.json read back into its type; json and TypeError/KeyError (not a build's report) pass to the caller."""
-    return BuildReport.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+def load_report(target_dir: Path) -> BuildReport:
+    """A built target's report.json read back into its type (for bundle, inspect and users' tools)."""
+    path = Path(target_dir) / "report.json"
+    fix = "pass a built target folder (e.g. build/cpu), or rebuild it with `edgecompress build`"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BuildDirError(f"{target_dir} has no report.json", fix) from None
+    except ValueError as exc:
+        raise BuildDirError(f"{path} is not valid JSON ({exc})", fix) from None
+    try:
+        return BuildReport.from_dict(data)
+    except (TypeError, KeyError, AttributeError) as exc:  # a section missing or of another shape: not a build's report
+        raise BuildDirError(f"{path} is not a build report ({exc})", fix) from None
 
 
 __all__ = [

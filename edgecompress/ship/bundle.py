@@ -64,18 +64,6 @@ class BundleArtifact:
     manifest: dict[str, Any]
 
 
-def read_report(target_dir: Path) -> BuildReport:
-    path = Path(target_dir) / "report.json"
-    try:
-        return load_report(path)
-    except FileNotFoundError:
-        raise BundleError(f"{path} does not exist", "bundle a build target folder: run `edgecompress build` first") from None
-    except ValueError as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})", "rebuild the target with `edgecompress build`") from None
-    except (TypeError, KeyError, AttributeError) as exc:  # a section missing or of the wrong shape
-        raise BundleError(f"{path} is not a build report ({exc})", "rebuild the target with `edgecompress build`") from None
-
-
 def resolve_profile(report: BuildReport) -> TargetProfile:
     """The whole profile the engine was built for: stored in the report, else loaded by name."""
     if report.profile:
@@ -367,7 +355,7 @@ def build_manifest(report: BuildReport, target_dir: Path, profile: TargetProfile
 
 def stage_bundle(target_dir: Path, staging: Path, options: BundleOptions) -> tuple[dict[str, Any], int]:
     """Lay the bundle tree out in `staging`; returns the manifest (with files) and the engine's size."""
-    report = read_report(target_dir)
+    report = load_report(target_dir)
     profile = resolve_profile(report)
     engine, files = engine_files(report, target_dir)
     manifest = build_manifest(report, target_dir, profile, engine, files)
