@@ -38,7 +38,8 @@ def _json_key(f: Any) -> str:
 def _section_type(hint: Any) -> type | None:
     """The section class in `Foo` or `Foo | None`, else None (a plain value)."""
     for candidate in (hint, *get_args(hint)):
-        if isinstance(candidate, type) and issubclass(candidate, _Section):
+        # get_args: a generic alias such as dict[str, Any] passes isinstance(..., type) on Python 3.10
+        if isinstance(candidate, type) and not get_args(candidate) and issubclass(candidate, _Section):
             return candidate
     return None
 
