@@ -16,11 +16,13 @@ compression record.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_type_hints
 
 from edgecompress.core.errors import BuildDirError
+from edgecompress.measure.bench import LatencyStats
+from edgecompress.measure.evaluate import Agreement as MeasuredAgreement
 
 Section = TypeVar("Section", bound="_Section")
 OMIT, EMPTY = "omit", "empty"  # how a None field is written: key left out, or `{}`
@@ -97,22 +99,14 @@ class EngineFacts(_Section):
 
 
 @dataclass(frozen=True)
-class LatencyFigures(_Section):
+class LatencyFigures(_Section, LatencyStats):
     """bench.LatencyStats in milliseconds, plus where it was measured (measured_on's summary)."""
 
-    p50: float
-    p90: float
-    p99: float
-    mean: float
-    min: float
-    batch: int
-    runs: int
-    throughput_per_s: float
     measured_on: str | None = _opt(absent=OMIT)
 
     @classmethod
-    def measured(cls, stats: Any, measured_on: str) -> LatencyFigures:
-        return cls.from_dict({**stats.to_dict(), "measured_on": measured_on})
+    def measured(cls, stats: LatencyStats, measured_on: str) -> LatencyFigures:
+        return cls(**asdict(stats), measured_on=measured_on)
 
 
 @dataclass(frozen=True)
@@ -164,14 +158,8 @@ class Accuracy(_Section):
 
 
 @dataclass(frozen=True)
-class Agreement(_Section):
-    """measure.evaluate.Agreement: the engine's outputs against fp32's on the same inputs."""
-
-    top1: float
-    max_abs_diff: float
-    mean_abs_diff: float
-    cosine: float
-    samples: int
+class Agreement(_Section, MeasuredAgreement):
+    """measure.evaluate.Agreement as report.json writes it: the engine's outputs against fp32's on the same inputs."""
 
 
 @dataclass(frozen=True)
