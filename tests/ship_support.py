@@ -9,7 +9,6 @@ engine builder (the ARM .ort converter, the TensorRT kit writer), never by relab
 from __future__ import annotations
 
 import functools
-import json
 import os
 import pwd
 import shutil
@@ -17,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from edgecompress.engines.arm64_emulated import unavailable_reason as emulation_
 SSH_USER = "ecship"
 
 
-def make_build_target(run_dir: Path, target: str = "cpu", profile: dict | None = None) -> Path:
+def make_build_target(run_dir: Path, target: str = "cpu") -> Path:
     """A real tiny digits CNN exported to ONNX and statically quantized to int8 (QDQ)."""
     import torch
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -56,37 +55,72 @@ def make_build_target(run_dir: Path, target: str = "cpu", profile: dict | None =
     engine = target_dir / "engine.onnx"
     quantize_static(str(fp32), str(engine), rows_reader(calib), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    engine_entry = {"kind": (profile or {}).get("engine", "ort-cpu"), "path": engine.name, "precision": "int8",
-                    "size_bytes": engine.stat().st_size}
-    write_report(target_dir, engine_entry, fp32, target, profile)
+    from edgecompress.build.report_types import EngineFacts
+    from edgecompress.core.targets import load_profile
+
+    engine_facts = EngineFacts("ort-cpu", engine.name, "int8", None, engine.stat().st_size)
+    write_report(target_dir, engine_facts, run_dir, load_profile(target), measure=True)
     return target_dir
 
 
-def write_report(target_dir: Path, engine: dict, fp32: Path, target: str, profile: dict | None) -> None:
-    """report.json following the spine's contract (issue #2)."""
-    import onnx
-    import onnxruntime
-    import torch
+def write_report(target_dir: Path, engine, run_dir: Path, profile, measure: bool) -> None:
+    """report.json as a build writes it (a BuildReport, through the build's own writer); with `measure`, the
+    engine's accuracy, agreement and latency are measured here against the fp32 model, as the build measures them."""
+    from edgecompress.build.report import versions
+    from edgecompress.build.report import write_report as write_build_report
+    from edgecompress.build.report_types import (
+        Accuracy, BuildFacts, BuildReport, CalibrationFacts, ModelFacts, QuantizationFacts, ReferenceFacts,
+    )
+    from edgecompress.core.artifacts import sha256_file
+    from edgecompress.export.graph import model_io, read_onnx
+    from edgecompress.source.data import DIGITS_SPEC
 
-    import edgecompress
+    fp32, calib = run_dir / "model.fp32.onnx", run_dir / "calib.npz"
+    inputs, outputs = model_io(read_onnx(fp32))
+    report = BuildReport(
+        target=profile.name,
+        model=ModelFacts("digits-tiny", str(fp32), [spec.to_dict() for spec in inputs], [spec.to_dict() for spec in outputs],
+                         17, [str(d) for d in range(10)]),
+        preprocess=DIGITS_SPEC.to_dict(),
+        profile=profile.summary(),
+        engine=engine,
+        reference=ReferenceFacts(str(fp32), "fp32", fp32.stat().st_size),
+        size_ratio_vs_fp32=fp32.stat().st_size / engine.size_bytes,
+        quantization=QuantizationFacts({"label": "u8s8 per-channel minmax"}, str(run_dir / "cpu" / "engine.onnx"),
+                                       CalibrationFacts(calib.name, sha256_file(calib), 16, False, None, {"batch_axis": {"input": 0}})),
+        accuracy=Accuracy(None, None, "not measured: the engine runs on the device"),
+        agreement=None,
+        versions=versions(),
+        build=BuildFacts("2026-01-01T00:00:00+00:00", {}),
+    )
+    if measure:
+        report = replace(report, **measured_figures(target_dir / engine.path, fp32, profile))
+    write_build_report(report, target_dir, {})
 
-    report = {
-        "target": target,
-        "engine": engine,
-        "reference": {"size_bytes": fp32.stat().st_size},
-        "accuracy": {"fp32": 0.11, "engine": 0.1},
-        "agreement": {"top1": 0.98, "max_abs_diff": 0.02, "samples": 16},
-        "latency_ms": {"p50": 0.1, "p90": 0.12, "p99": 0.2, "batch": 1, "runs": 50},
-        "throughput_per_s": 9000.0,
-        "versions": {"edgecompress": edgecompress.__version__, "torch": torch.__version__,
-                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-        "preprocess": {"resize": [32, 32], "color": "grayscale", "scale": 1 / 255, "mean": [0.5], "std": [0.5],
-                       "layout": "NCHW", "dtype": "float32", "center_crop": None, "resample": "bilinear", "extra": {}},
-        "labels": [str(d) for d in range(10)],
+
+def measured_figures(engine: Path, fp32: Path, profile) -> dict:
+    """The engine against fp32 on 64 held-out digits, and their latencies timed interleaved."""
+    from edgecompress.build.pipeline import measured_on_facts
+    from edgecompress.engines import EngineArtifact
+    from edgecompress.build.report_types import Accuracy, Agreement, LatencyFigures
+    from edgecompress.engines.ort_cpu import OrtRunner
+    from edgecompress.measure.bench import benchmark
+    from edgecompress.measure.evaluate import EvalSet, evaluate
+    from edgecompress.source.data import digits_splits
+
+    test = digits_splits().test
+    runner, reference = OrtRunner(engine, threads=profile.threads), OrtRunner(fp32, threads=profile.threads)
+    evaluation = evaluate(runner, reference, EvalSet({"input": test.x[:64]}, test.y[:64], "digits test split (64 samples)"))
+    stats, _ = benchmark({"engine": runner, "fp32": reference}, {"input": test.x[:1]}, runs=20, warmup=2, max_seconds=5.0)
+    where = measured_on_facts(profile, EngineArtifact(profile.name, "ort-cpu", "int8", engine))
+    return {
+        "accuracy": Accuracy(evaluation.accuracy_reference, evaluation.accuracy_engine, evaluation.data),
+        "agreement": Agreement(**vars(evaluation.agreement)),
+        "latency": LatencyFigures.measured(stats["engine"], where.summary),
+        "throughput_per_s": stats["engine"].throughput_per_s,
+        "speedup_vs_fp32": stats["fp32"].p50 / stats["engine"].p50,
+        "measured_on": where,
     }
-    if profile is not None:
-        report["profile"] = profile
-    (target_dir / "report.json").write_text(json.dumps(report, indent=2))
 
 
 @functools.lru_cache(maxsize=None)
@@ -129,13 +163,11 @@ def build_for_target(dest_run: Path, target: str) -> Path:
     int8 = run_dir / "cpu" / "engine.onnx"
     if profile.engine == "tensorrt":
         int8 = symmetric_int8(run_dir / "model.fp32.onnx", run_dir / "model.int8.tensorrt.onnx")
+    from edgecompress.build.pipeline import engine_facts
+
     target_dir = run_dir / profile.name
     artifact = get_builder(profile.engine).build(int8, profile, target_dir)
-    engine = {"kind": artifact.kind, "path": str(artifact.path) if artifact.path else None,
-              "precision": artifact.precision, "files": [str(p) for p in artifact.files],
-              "size_bytes": sum(p.stat().st_size for p in artifact.files), "note": artifact.note,
-              "metadata": artifact.metadata}
-    write_report(target_dir, engine, run_dir / "model.fp32.onnx", profile.name, profile.summary())
+    write_report(target_dir, engine_facts(artifact), run_dir, profile, measure=False)  # figures come from the device
     return target_dir
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgecompress.build.report_types import load_report
 from edgecompress.ship.bundle import BundleOptions, build_bundle
 from edgecompress.core.errors import BundleError, SigningKeyError
 from edgecompress.ship.signing import generate_keypair, key_id, load_private_key, load_public_key
@@ -72,7 +73,9 @@ def test_manifest_describes_engine_device_and_figures(target_dir: Path, tmp_path
     assert all(op.rsplit("@", 1)[1].isdigit() for op in operators)  # domain:Op@opset, one format for every engine
     built_with = json.loads((target_dir / "report.json").read_text())["versions"]["onnxruntime"]
     assert manifest["runtime"]["onnxruntime"] == {"built_with": built_with, "min_version": ".".join(built_with.split(".")[:2])}
-    assert manifest["figures"]["agreement"]["top1"] == 0.98 and manifest["figures"]["latency_ms"]["p50"] == 0.1
+    report = load_report(target_dir)  # the build's figures, measured on this engine
+    assert manifest["figures"]["agreement"]["top1"] == report.agreement.top1 and report.agreement.samples == 64
+    assert manifest["figures"]["latency_ms"]["p50"] == report.latency.p50 > 0
     assert manifest["preprocess"]["color"] == "grayscale" and manifest["labels"][3] == "3"
     assert manifest["calibration"]["sha256"] == hashlib.sha256((target_dir.parent / "calib.npz").read_bytes()).hexdigest()
     assert {"run.py", "preprocess.py", "unpack.py", "README.md", "engine/engine.onnx"} <= set(manifest["files"])
@@ -129,8 +132,9 @@ def test_changed_manifest_breaks_the_signature(target_dir: Path, tmp_path: Path,
 
     def edit(info, data):
         if info.name == "manifest.json":
-            data = data.replace(b'"top1": 0.98', b'"top1": 0.99')
-            info.size = len(data)
+            edited = data.replace(b'"precision": "int8"', b'"precision": "fp32"')  # a claim about the engine
+            assert edited != data
+            data, info.size = edited, len(edited)
         return [(info, data)]
 
     with pytest.raises(BundleError, match="signature is invalid"):

@@ -95,11 +95,25 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
     assert np.isfinite([layer["output_sqnr_db"] for layer in fields["layers"]]).all()
 
 
+def int8_report_without_fidelity(fp32_top1: float, engine_top1: float):
+    """A report of an int8 engine that nothing timed and no task metric judged: only top-1 speaks."""
+    from edgecompress.build.report_types import (
+        Accuracy, BuildReport, CalibrationFacts, EngineFacts, ModelFacts, QuantizationFacts, ReferenceFacts,
+    )
+
+    calibration = CalibrationFacts("digits train split", "0" * 64, 16, False, None, {"batch_axis": {"input": 0}})
+    return BuildReport(
+        target="cpu", model=ModelFacts("digits", "test", [], []), preprocess=None, profile={},
+        engine=EngineFacts("ort-cpu", "engine.onnx", "int8", None, 1000), reference=ReferenceFacts("model.fp32.onnx", "fp32", 4000),
+        size_ratio_vs_fp32=4.0, quantization=QuantizationFacts({}, "model.int8.onnx", calibration),
+        accuracy=Accuracy(fp32_top1, engine_top1, "digits test split"), agreement=None,
+    )
+
+
 def test_accuracy_over_budget_is_a_warning_in_the_verdict() -> None:
     from edgecompress.build.report import verdicts
 
-    report = {"engine": {"precision": "int8"}, "accuracy": {"fp32": 95.0, "engine": 90.0}}
-    (line,) = verdicts(report, max_accuracy_drop=1.0)
+    (line,) = verdicts(int8_report_without_fidelity(95.0, 90.0), max_accuracy_drop=1.0)
     assert line.startswith("WARNING:") and "OVER the 1-point budget" in line
-    (line,) = verdicts({"engine": {"precision": "int8"}, "accuracy": {"fp32": 95.0, "engine": 94.5}}, max_accuracy_drop=1.0)
+    (line,) = verdicts(int8_report_without_fidelity(95.0, 94.5), max_accuracy_drop=1.0)
     assert not line.startswith("WARNING") and "within" in line

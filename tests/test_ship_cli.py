@@ -62,7 +62,7 @@ def test_failed_host_exits_nonzero_with_its_reason(device, tmp_path: Path) -> No
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["bundle", "/nonexistent/cpu"], "report.json does not exist"),
+        (["bundle", "/nonexistent/cpu"], "/nonexistent/cpu has no report.json"),
         (["verify", "/nonexistent.tar.gz", "--allow-unsigned"], "does not exist"),
         (["ship", "/nonexistent.tar.gz", "--to", "host-without-path"], "is not [user@]host[:port]:/path"),
         (["keygen", "--out", "/proc/nope/key"], "cannot write the key"),

@@ -1,25 +1,10 @@
-"""Read a target's report.json and lay out what quantization did (for `edgecompress inspect`)."""
+"""Lay out what quantization did, from a target's BuildReport (for `edgecompress inspect`)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from edgecompress.core.errors import BuildDirError
-
-
-def load_target_report(target_dir: Path) -> dict[str, Any]:
-    path = Path(target_dir) / "report.json"
-    if not path.is_file():
-        raise BuildDirError(f"{target_dir} has no report.json", "pass a target folder of a build, e.g. build/cpu")
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise BuildDirError(f"{path} is not valid JSON ({exc})", "rebuild the target with `edgecompress build`") from exc
-    if "quantization" not in report:
-        raise BuildDirError(f"{path} has no quantization section", "rebuild the target with `edgecompress build`")
-    return report
+from edgecompress.build.report_types import BuildReport
 
 
 LAYER_COLUMNS = ["node", "op", "SQNR dB", "cosine", "weight SQNR dB", "lost dB"]
@@ -78,14 +63,14 @@ def _markdown(columns: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns), *["| " + " | ".join(row) + " |" for row in rows]]
 
 
-def inspection_tables(report: dict[str, Any], top: int = 15) -> list[Any]:
+def inspection_tables(report: BuildReport, top: int = 15) -> list[Any]:
     """Layers (worst first), recipe, repair tries and precision candidates as rich tables."""
-    quant = report["quantization"]
+    quant = report.quantization.to_dict()
     recipe = quant["recipe"]
     recipe_rows = [[key, str(recipe[key])] for key in recipe if key != "nodes_to_exclude"]
     recipe_rows.append(["nodes kept in fp32", ", ".join(recipe.get("nodes_to_exclude", [])) or "none"])
     tables = [
-        _rich(f"{report['target']}: int8 error per layer (most damaging first)", LAYER_COLUMNS, layer_rows(quant, top)),
+        _rich(f"{report.target}: int8 error per layer (most damaging first)", LAYER_COLUMNS, layer_rows(quant, top)),
         _rich("recipe", ["key", "value"], recipe_rows),
     ]
     if quant.get("tries"):

@@ -1,7 +1,9 @@
 """`edgecompress build`: model → fp32 ONNX → int8 → per-target engine → verified report.
 
-Each stage is a function from artifact to artifact, cached on its inputs' content
-hashes, so a second build for another target reuses export and quantization.
+The build is BUILD_STEPS, shared by every target, then `build_target` per target. Each step
+is a function from artifact to artifact, cached on its inputs' content hashes (export_key,
+quantize_key), so a second build for another target reuses export and quantization; each
+target's steps return their part of the BuildReport, assembled once and written once.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,6 +38,10 @@ from edgecompress.quantize.static import quantize_model
 from edgecompress.quantize.isa import host_arch
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.build.report import verdicts, versions, write_report
+from edgecompress.build.report_types import (
+    Accuracy, Agreement, BuildFacts, BuildReport, CalibrationFacts, EngineFacts, Fidelity, Int8ModelCheck, LatencyFigures,
+    MeasuredOn, MemoryFigures, ModelFacts, QuantizationFacts, ReferenceFacts, SampleInputs, SimulatedAccuracy,
+)
 from edgecompress.core.targets import TargetProfile, load_profiles
 from edgecompress.source.layout import batch_layout, parse_batch_axes
 from edgecompress.quantize.recipe_exclusions import with_structural_exclusions
@@ -43,55 +49,108 @@ from edgecompress.quantize.recipe_exclusions import with_structural_exclusions
 CALIBRATION_COUNT_FROM_DATA = 256  # calibration samples drawn from --data's train split when --calib is not given
 
 
-@dataclass
+@dataclass(frozen=True)
 class BuildContext:
-    """What every target's build shares: the config, the fp32 model and the data."""
+    """What every target's build shares: the config, the model, the fp32 ONNX and the data.
+
+    BUILD_STEPS fill it in order; a field is None until its step has run."""
 
     config: BuildConfig
-    source: SourceModel
-    fp32: OnnxModelInfo
-    calibration: CalibrationSet
-    eval_set: EvalSet
+    source: SourceModel | None = None
     compression: Compression | None = None
+    fp32: OnnxModelInfo | None = None
+    calibration: CalibrationSet | None = None
+    eval_set: EvalSet | None = None
+    labelled: Splits | None = None  # the compression data, else --data's splits: calibration and evaluation draw from it
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the build: a function from the artifacts so far to the same with its own added.
+
+    Its typed config is the BuildConfig every step reads; `cache_key`, where the step caches its artifact,
+    is the content-hash key it is stored under (steps without one always run, or cache inside: compress)."""
+
+    name: str
+    run: Callable[[BuildContext], BuildContext]
+    cache_key: Callable[[BuildContext], dict[str, Any]] | None = None
+
+
+def load_step(context: BuildContext) -> BuildContext:
+    config = context.config
+    source = load_model_or_example(config.model, config.weights, config.input_shape)
+    return replace(context, source=replace(source, batch_axes=parse_batch_axes(config.batch_axis)))
+
+
+def compress_step(context: BuildContext) -> BuildContext:
+    compression = compress_stage(context.source, context.config)
+    if compression is None:
+        return context
+    # the compressed student is exported in the source model's place
+    student = replace(context.source, module=compression.module, content_hash=module_hash(compression.module))
+    return replace(context, source=student, compression=compression, labelled=compression.splits)
+
+
+def export_step(context: BuildContext) -> BuildContext:
+    return replace(context, fp32=export_stage(context.source, context.config))
+
+
+def calibration_step(context: BuildContext) -> BuildContext:
+    labelled = _labelled_data(context.source, context.config, context.labelled)
+    calibration = calibration_stage(context.source, context.fp32, context.config, labelled)
+    return replace(context, labelled=labelled, calibration=calibration)
+
+
+def eval_step(context: BuildContext) -> BuildContext:
+    return replace(context, eval_set=eval_stage(context.source, context.fp32, context.calibration, context.config, context.labelled))
+
+
+# The build, shared by every target; then build_target runs per target: quantize (repair within the budget) and
+# choose the precision, build the engine, measure it once, check int8 as the device computes it, report.
+BUILD_STEPS = (
+    Step("load model", load_step),
+    Step("compress (distill, prune)", compress_step),
+    Step("export fp32 ONNX", export_step, lambda context: export_key(context.source, context.config)),
+    Step("calibration set", calibration_step),
+    Step("evaluation set", eval_step),
+)
 
 
 def build(config: BuildConfig) -> list[dict[str, Any]]:
-    """Run the whole build; returns one report dict per target."""
+    """Run the whole build; returns one report.json dict per target."""
     profiles = load_profiles(config.target)  # a typo in --target fails before any work
     for profile in profiles:
         check_profile(profile)  # ...and so does a typo in a profile's engine options
     config.out.mkdir(parents=True, exist_ok=True)
-    source = load_model_or_example(config.model, config.weights, config.input_shape)
-    source = replace(source, batch_axes=parse_batch_axes(config.batch_axis))
-    compression = compress_stage(source, config)
-    if compression is not None:  # export the compressed student in the source model's place
-        source = replace(source, module=compression.module, content_hash=module_hash(compression.module))
-    labelled = compression.splits if compression is not None else None
-    fp32 = export_stage(source, config)
-    calibration = calibration_stage(source, fp32, config, labelled)
-    eval_set = eval_stage(source, fp32, calibration, config, labelled)
-    context = BuildContext(config, source, fp32, calibration, eval_set, compression)
-    return [build_target(context, profile) for profile in profiles]
+    context = BuildContext(config)
+    for step in BUILD_STEPS:
+        context = step.run(context)
+    return [build_target(context, profile).to_dict() for profile in profiles]
+
+
+def export_key(source: SourceModel, config: BuildConfig) -> dict[str, Any]:
+    """What the fp32 ONNX depends on: the model's content, its input shapes and the export settings."""
+    if source.is_onnx:
+        return {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v2"}
+    return {
+        "module": module_hash(source.module),
+        "input_shapes": source.input_shapes,
+        "opset": config.opset,
+        "exporter": config.exporter,
+        "tolerance": config.export_tolerance,
+        "stage": "export-v1",
+    }
 
 
 def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
     path = config.out / "model.fp32.onnx"
     if source.is_onnx:
-        key = {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v2"}
         produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes, source.batch_axes))  # noqa: E731
     else:
-        key = {
-            "module": module_hash(source.module),
-            "input_shapes": source.input_shapes,
-            "opset": config.opset,
-            "exporter": config.exporter,
-            "tolerance": config.export_tolerance,
-            "stage": "export-v1",
-        }
         produce = lambda out: _record(  # noqa: E731
             export_torch(source.module, source.input_shapes, out, config.opset, config.exporter, config.export_tolerance)
         )
-    result, reused = cached_artifact(path, key, produce)
+    result, reused = cached_artifact(path, export_key(source, config), produce)
     diff = result.get("max_abs_diff")
     info(f"export: {'reused' if reused else 'wrote'} {path}" + (f" (ORT vs PyTorch max |diff| {diff:.2g})" if diff is not None else ""))
     model = read_onnx(path)
@@ -120,8 +179,7 @@ def _labelled_data(source: SourceModel, config: BuildConfig, labelled: Splits | 
     return labelled
 
 
-def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None = None) -> CalibrationSet:
-    labelled = _labelled_data(source, config, labelled)
+def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildConfig, labelled: Splits | None) -> CalibrationSet:
     if config.calib is not None:
         calibration = load_calibration_set(config.calib, fp32.inputs, fp32.layout)
     elif labelled is not None:
@@ -136,8 +194,7 @@ def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildCon
 
 
 def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig,
-               labelled: Splits | None = None) -> EvalSet:
-    labelled = _labelled_data(source, config, labelled)
+               labelled: Splits | None) -> EvalSet:
     if config.eval_data is not None:
         held_out = load_calibration_set(config.eval_data, fp32.inputs, fp32.layout)
         return EvalSet(held_out.arrays, held_out.labels, f"{config.eval_data} (held out)", held_out.layout)
@@ -166,16 +223,21 @@ def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path |
     return recipe if fp32_path is None else with_structural_exclusions(recipe, fp32_path)
 
 
-def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
-    """int8 models are shared by targets whose recipes agree (cached by content)."""
+def quantize_key(context: BuildContext, recipe: QuantRecipe) -> dict[str, Any]:
+    """What an int8 model depends on: the fp32 model's bytes, the calibration arrays, the recipe and the runtime."""
     import onnxruntime
 
-    key = {
+    return {
         "fp32": sha256_file(context.fp32.path),
         "calibration": context.calibration.sha256,
         "recipe": recipe.cache_key(),
         "onnxruntime": onnxruntime.__version__,
     }
+
+
+def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
+    """int8 models are shared by targets whose recipes agree (cached by content)."""
+    key = quantize_key(context, recipe)
     path = context.config.out / "int8" / f"model.int8.{sha256_json(key)[:12]}.onnx"
     _, reused = cached_artifact(path, key, lambda out: quantize_model(context.fp32.path, context.calibration, recipe, out) and None)
     info(f"quantize: {'reused' if reused else 'wrote'} {path} ({recipe.label})")
@@ -205,16 +267,18 @@ def fidelity_options(config: BuildConfig) -> FidelityOptions:
     )
 
 
-def over_budget_error(report: dict[str, Any]) -> BudgetNotMetError:
-    fidelity = report["fidelity"]
+def over_budget_error(report: BuildReport) -> BudgetNotMetError:
+    fidelity = report.fidelity
     return BudgetNotMetError(
-        f"{report['target']}: {fidelity['metric']} {fidelity['value']:.4g} misses the budget ({fidelity['budget']}), "
-        f"measured on {fidelity['validated_on']}",
+        f"{report.target}: {fidelity.metric} {fidelity.value:.4g} misses the budget ({fidelity.budget}), "
+        f"measured on {fidelity.validated_on}",
         "loosen the budget (--fidelity-budget, --max-accuracy-drop), ship fp32, or pass --allow-over-budget",
     )
 
 
-def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any]:
+def build_target(context: BuildContext, profile: TargetProfile) -> BuildReport:
+    """Quantize and choose the precision, build the engine, measure it once, check int8 as the device computes it,
+    and write the report: each step returns its part, and the BuildReport is assembled once from them."""
     started = time.perf_counter()
     config = context.config
     builder = get_builder(profile.engine)
@@ -232,28 +296,49 @@ def build_target(context: BuildContext, profile: TargetProfile) -> dict[str, Any
         info(f"{profile.name}: the engine is built on the device ({place.reason}); this host quantizes and validates")
         model_path = quantize_stage(context, recipe)
         artifact = builder.build(model_path, profile, target_dir)
-    report = base_report(context, profile, artifact, recipe, model_path)
-    report["samples"] = samples_stage(context.eval_set, target_dir)
-    samples: dict[str, list[float]] = {}
-    if chosen is not None:
-        samples = record_measurements(context, profile, artifact, chosen.choice, report)
-    if context.compression is not None:
-        report["compression"] = compression_report(context.compression.record, report)
+    samples = samples_stage(context.eval_set, target_dir)
+    measured = None if chosen is None else engine_measurements(context, profile, artifact, chosen.choice)
+    check = None
     if artifact.precision in ("int8", "mixed") and (not artifact.runnable_here or profile.arch != host_arch()):
-        report["int8_model_check"] = check_int8_model(context, profile, model_path)
-        report["fidelity"] = report.get("fidelity") or report["int8_model_check"]["fidelity"]
-    report["verdict"] = verdicts(report, config.max_accuracy_drop)
-    if chosen is not None:
-        report["quantization"].update(chosen.report_fields(target_dir))
-        report["verdict"] += chosen.choice.summary
-    fidelity_over = (report.get("fidelity") or {}).get("met") is False
+        check = check_int8_model(context, profile, model_path)
+    engine = engine_facts(artifact)
+    reference_size = context.fp32.path.stat().st_size
+    decisions = {} if chosen is None else chosen.report_fields(target_dir)
+    report = BuildReport(
+        target=profile.name,
+        model=model_facts(context),
+        preprocess=_preprocess_spec(config),
+        profile=profile.summary(),
+        engine=engine,
+        reference=ReferenceFacts(str(context.fp32.path), "fp32", reference_size, latency=measured and measured.reference_latency),
+        size_ratio_vs_fp32=reference_size / engine.size_bytes if engine.size_bytes else None,
+        quantization=QuantizationFacts(recipe.to_dict(), str(model_path), calibration_facts(context.calibration),
+                                       {k: v for k, v in decisions.items() if k not in ("recipe", "model_path")}),
+        accuracy=measured.accuracy if measured else Accuracy(None, None, context.eval_set.description),
+        agreement=measured and measured.agreement,
+        latency=measured and measured.latency,
+        throughput_per_s=measured and measured.latency.throughput_per_s,
+        memory=measured and measured.memory,
+        versions=versions(),
+        build=BuildFacts(datetime.now(timezone.utc).isoformat(timespec="seconds"), config.model_dump(mode="json")),
+        samples=samples,
+        fidelity=measured.fidelity if measured else check and check.fidelity,
+        speedup_vs_fp32=measured and measured.speedup_vs_fp32,
+        measured_on=measured and measured.measured_on,
+        compression=None if context.compression is None else compression_report(
+            context.compression.record, profile.name, f"{engine.kind} {engine.precision}",
+            measured.accuracy.engine if measured else None, engine.size_bytes, measured and measured.latency.p50),
+        int8_model_check=check,
+    )
+    verdict = verdicts(report, config.max_accuracy_drop) + (chosen.choice.summary if chosen is not None else [])
+    fidelity_over = report.fidelity is not None and not report.fidelity.met
     # the shipped engine's own measurement decides; without one (nothing ran here), the repair's
-    over_budget = fidelity_over if report.get("fidelity") else chosen is not None and not chosen.repair.met
+    over_budget = fidelity_over if report.fidelity else chosen is not None and not chosen.repair.met
     if over_budget and config.allow_over_budget:
-        report["verdict"].append("WARNING: the engine is OVER the budget and ships only because --allow-over-budget is set.")
-    report["build"]["seconds"] = round(time.perf_counter() - started, 2)
-    write_report(report, target_dir, samples)
-    for line in report["verdict"]:
+        verdict.append("WARNING: the engine is OVER the budget and ships only because --allow-over-budget is set.")
+    report = replace(report, verdict=verdict, build=replace(report.build, seconds=round(time.perf_counter() - started, 2)))
+    report = write_report(report, target_dir, measured.latency_samples if measured else {})
+    for line in report.verdict:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
     if chosen is not None and chosen.choice.chosen.name.startswith("int8"):  # fp32/fp16 shipped within budget: no error
         chosen.repair.raise_if_unmet(config.allow_over_budget)
@@ -311,60 +396,75 @@ def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder
 SAMPLE_COUNT = 8
 
 
-def samples_stage(eval_set: EvalSet, target_dir: Path) -> dict[str, Any]:
+def samples_stage(eval_set: EvalSet, target_dir: Path) -> SampleInputs:
     """Keep a few held-out inputs beside the engine: bundles carry them for the device self-test."""
     from edgecompress.core.artifacts import atomic_path
 
     path = target_dir / "samples.npz"
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **{name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
-    return {"path": path.name, "count": min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), "source": eval_set.description}
+    return SampleInputs(path.name, min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), eval_set.description)
 
 
-def record_measurements(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, choice,
-                        report: dict[str, Any]) -> dict[str, list[float]]:
+@dataclass(frozen=True)
+class EngineMeasurements:
+    """The shipped engine's figures, all taken from the precision choice's one evaluation and one timing run."""
+
+    accuracy: Accuracy
+    agreement: Agreement
+    fidelity: Fidelity
+    latency: LatencyFigures
+    reference_latency: LatencyFigures
+    speedup_vs_fp32: float
+    measured_on: MeasuredOn
+    memory: MemoryFigures
+    latency_samples: dict[str, list[float]]  # per-run times of the engine and the fp32 reference, for latency.png
+
+
+def engine_measurements(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, choice) -> EngineMeasurements:
     """The report's accuracy and latency are the precision choice's own measurements (one evaluation per candidate,
     one interleaved timing run with fp32): nothing is measured twice. Peak memory comes from fresh processes."""
     from edgecompress.measure.memory import peak_memory_mb
 
     chosen, fp32 = choice.chosen, choice.fp32
     evaluation = chosen.evaluation
-    if evaluation is None:  # fp32 ships: the engine is the reference model itself, judged by the same comparators
-        reference = OrtRunner(context.fp32.path, threads=profile.threads)
-        evaluation = evaluate(reference, reference, context.eval_set, fidelity=fidelity_options(context.config))
-    report["accuracy"] = {"fp32": evaluation.accuracy_reference, "engine": evaluation.accuracy_engine, "data": evaluation.data}
-    report["agreement"] = vars(evaluation.agreement)
-    report["fidelity"] = fidelity_report(build_budget(context.config), evaluation,
-                                         f"the {artifact.precision} engine on this machine")
-    report["latency_ms"] = chosen.latency.to_dict()
-    report["throughput_per_s"] = chosen.latency.throughput_per_s
-    report["reference"]["latency_ms"] = fp32.latency.to_dict()
-    report["speedup_vs_fp32"] = fp32.latency.p50 / chosen.latency.p50
-    report["measured_on"] = _measured_on(profile, artifact)
-    report["latency_ms"]["measured_on"] = report["reference"]["latency_ms"]["measured_on"] = report["measured_on"]["summary"]
+    assert evaluation is not None, f"candidate {chosen.name} has no evaluation: precision._candidates evaluates every one, fp32 too"
+    where = measured_on_facts(profile, artifact)
     feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
     reference_artifact = EngineArtifact(profile.name, "ort-cpu", "fp32", context.fp32.path)
-    report["memory"] = {
-        "engine_peak_mb": peak_memory_mb(artifact, profile, feeds),
-        "reference_peak_mb": peak_memory_mb(reference_artifact, profile, feeds),
-        "how": "peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
-    }
+    memory = MemoryFigures(
+        engine_peak_mb=peak_memory_mb(artifact, profile, feeds),
+        reference_peak_mb=peak_memory_mb(reference_artifact, profile, feeds),
+        how="peak RSS growth of a fresh process loading and running the engine (runtime import excluded)",
+    )
     info(f"{profile.name}: measured once — {len(choice.candidates)} candidates timed interleaved "
          f"({chosen.latency.runs} runs each); the report uses those figures")
-    return {f"{artifact.precision} engine" if chosen is not fp32 else "fp32 engine": choice.latency_samples[chosen.name],
-            "fp32 reference": choice.latency_samples[fp32.name]}
+    return EngineMeasurements(
+        accuracy=Accuracy(evaluation.accuracy_reference, evaluation.accuracy_engine, evaluation.data),
+        agreement=Agreement(**vars(evaluation.agreement)),
+        fidelity=Fidelity.from_dict(fidelity_report(build_budget(context.config), evaluation,
+                                                    f"the {artifact.precision} engine on this machine")),
+        latency=LatencyFigures.measured(chosen.latency, where.summary),
+        reference_latency=LatencyFigures.measured(fp32.latency, where.summary),
+        speedup_vs_fp32=fp32.latency.p50 / chosen.latency.p50,
+        measured_on=where,
+        memory=memory,
+        latency_samples={f"{artifact.precision} engine" if chosen is not fp32 else "fp32 engine": choice.latency_samples[chosen.name],
+                         "fp32 reference": choice.latency_samples[fp32.name]},
+    )
 
 
-def _measured_on(profile: TargetProfile, artifact: EngineArtifact) -> dict[str, Any]:
+def measured_on_facts(profile: TargetProfile, artifact: EngineArtifact) -> MeasuredOn:
     """Every figure here comes from this host: which one, on what device, with which shared session settings."""
     from edgecompress.core.runtime import session_settings
     from edgecompress.measure.measured_on import measured_on
 
     ort_engine = artifact.kind in ("ort-cpu", "ort-arm")
-    return measured_on(profile, artifact.metadata.get("gpu", "CPU"), session_settings(profile.threads) if ort_engine else None)
+    return MeasuredOn.from_dict(measured_on(profile, artifact.metadata.get("gpu", "CPU"),
+                                            session_settings(profile.threads) if ort_engine else None))
 
 
-def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> dict[str, Any]:
+def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> Int8ModelCheck:
     """What int8 does to the model on the device's arithmetic, when this host cannot run the device's engine.
 
     With graph optimizations off, ONNX Runtime computes Q/DQ in float: exact int8 rounding
@@ -378,60 +478,48 @@ def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: P
     evaluation = evaluate(int8, reference, context.eval_set, batch_size=batch, fidelity=fidelity_options(context.config))
     how = ("simulated int8: the QDQ model with Q/DQ computed in float (no host-kernel saturation); "
            "the device engine itself is measured on the device")
-    return {
-        "how": how,
-        "accuracy": {"fp32": evaluation.accuracy_reference, "int8": evaluation.accuracy_engine, "data": evaluation.data},
-        "agreement": vars(evaluation.agreement),
-        "fidelity": fidelity_report(build_budget(context.config), evaluation,
-                                    "this host's ONNX Runtime simulation of the int8 model (Q/DQ in float), not the device"),
-    }
+    return Int8ModelCheck(
+        how=how,
+        accuracy=SimulatedAccuracy(evaluation.accuracy_reference, evaluation.accuracy_engine, evaluation.data),
+        agreement=Agreement(**vars(evaluation.agreement)),
+        fidelity=Fidelity.from_dict(fidelity_report(
+            build_budget(context.config), evaluation,
+            "this host's ONNX Runtime simulation of the int8 model (Q/DQ in float), not the device")),
+    )
 
 
-def base_report(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, recipe: QuantRecipe, int8_path: Path) -> dict[str, Any]:
-    engine_size = artifact.path.stat().st_size if artifact.path else sum(p.stat().st_size for p in artifact.files if p.is_file())
-    reference_size = context.fp32.path.stat().st_size
-    return {
-        "target": profile.name,
-        "model": {
-            "name": context.source.name,
-            "source": context.config.model or "built-in digits example",
-            "inputs": [spec.to_dict() for spec in context.fp32.inputs],
-            "outputs": [spec.to_dict() for spec in context.fp32.outputs],
-            "opset": context.fp32.opset,
-            "labels": context.source.labels,
-        },
-        "preprocess": _preprocess_spec(context.config),
-        "profile": profile.summary(),
-        "engine": {
-            "kind": artifact.kind,
-            "path": str(artifact.path) if artifact.path else None,
-            "precision": artifact.precision,
-            "precision_layers": artifact.precision_layers,
-            "size_bytes": engine_size,
-            "files": [str(p) for p in artifact.files],
-            "runnable_here": artifact.runnable_here,
-            "note": artifact.note,
-            "metadata": artifact.metadata,
-        },
-        "reference": {"path": str(context.fp32.path), "precision": "fp32", "size_bytes": reference_size, "latency_ms": None},
-        "size_ratio_vs_fp32": reference_size / engine_size if engine_size else None,
-        "quantization": {
-            "recipe": recipe.to_dict(),
-            "model_path": str(int8_path),
-            "calibration": {
-                "source": context.calibration.source,
-                "sha256": context.calibration.sha256,
-                "samples": len(context.calibration),
-                "manifest_verified": bool(context.calibration.manifest),
-                "made_from": context.calibration.manifest.get("source", {}).get("kind"),
-                "layout": {"batch_axis": context.calibration.batch_layout.to_dict()},  # None: a scalar, one value for all
-            },
-        },
-        "accuracy": {"fp32": None, "engine": None, "data": context.eval_set.description},
-        "agreement": None,
-        "latency_ms": None,
-        "throughput_per_s": None,
-        "memory": {},
-        "versions": versions(),
-        "build": {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "config": context.config.model_dump(mode="json")},
-    }
+def model_facts(context: BuildContext) -> ModelFacts:
+    return ModelFacts(
+        name=context.source.name,
+        source=context.config.model or "built-in digits example",
+        inputs=[spec.to_dict() for spec in context.fp32.inputs],
+        outputs=[spec.to_dict() for spec in context.fp32.outputs],
+        opset=context.fp32.opset,
+        labels=context.source.labels,
+    )
+
+
+def engine_facts(artifact: EngineArtifact) -> EngineFacts:
+    size = artifact.path.stat().st_size if artifact.path else sum(p.stat().st_size for p in artifact.files if p.is_file())
+    return EngineFacts(
+        kind=artifact.kind,
+        path=str(artifact.path) if artifact.path else None,
+        precision=artifact.precision,
+        precision_layers=artifact.precision_layers,
+        size_bytes=size,
+        files=[str(p) for p in artifact.files],
+        runnable_here=artifact.runnable_here,
+        note=artifact.note,
+        metadata=artifact.metadata,
+    )
+
+
+def calibration_facts(calibration: CalibrationSet) -> CalibrationFacts:
+    return CalibrationFacts(
+        source=calibration.source,
+        sha256=calibration.sha256,
+        samples=len(calibration),
+        manifest_verified=bool(calibration.manifest),
+        made_from=calibration.manifest.get("source", {}).get("kind"),
+        layout={"batch_axis": calibration.batch_layout.to_dict()},  # None: a scalar, one value for all
+    )

@@ -1,4 +1,4 @@
-"""Report stage: report.json (the contract other tools read), report.md and latency.png.
+"""Report stage: report.json (BuildReport.to_dict(), the contract other tools read), report.md and latency.png.
 
 report.json keeps these keys stable: target; engine.{kind,path,precision,size_bytes};
 reference.size_bytes; accuracy.{fp32,engine}; agreement.{top1,max_abs_diff,samples};
@@ -9,12 +9,14 @@ latency_ms.{p50,p90,p99,batch,runs}; throughput_per_s; versions; fidelity.{task,
 from __future__ import annotations
 
 import platform
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgecompress.core.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from edgecompress.measure.fidelity import TOP1_DROP, format_metric
 from edgecompress.build.inspect import quantization_markdown
+from edgecompress.build.report_types import BuildReport
 from edgecompress.measure.measured_on import where_words
 
 
@@ -42,56 +44,55 @@ def versions() -> dict[str, str]:
     }
 
 
-def verdicts(report: dict[str, Any], max_accuracy_drop: float | None) -> list[str]:
+def verdicts(report: BuildReport, max_accuracy_drop: float | None) -> list[str]:
     """Plain sentences about speed and accuracy; a slower or damaged engine is never silent:
     such sentences start with 'WARNING:' (the console prints them as warnings)."""
     lines: list[str] = []
-    engine, reference = report.get("latency_ms"), report.get("reference", {}).get("latency_ms")
-    precision = report["engine"]["precision"]
-    where = where_words(report.get("measured_on"))
+    engine, reference = report.latency, report.reference.latency
+    precision = report.engine.precision
+    where = where_words(report.measured_on.to_dict() if report.measured_on else None)
     if engine and reference and precision != "fp32":  # an fp32 engine is the reference (precision choice)
-        ratio = reference["p50"] / engine["p50"]
+        ratio = reference.p50 / engine.p50
         if ratio < 1.0:
             lines.append(
                 f"WARNING: the {precision} engine is SLOWER than fp32 {where}: "
-                f"{engine['p50']:.3f} ms vs {reference['p50']:.3f} ms (p50, batch {engine['batch']})."
+                f"{engine.p50:.3f} ms vs {reference.p50:.3f} ms (p50, batch {engine.batch})."
             )
         else:
             lines.append(
                 f"The {precision} engine is {ratio:.2f}x faster than fp32 ONNX Runtime {where} "
-                f"({engine['p50']:.3f} ms vs {reference['p50']:.3f} ms p50, batch {engine['batch']})."
+                f"({engine.p50:.3f} ms vs {reference.p50:.3f} ms p50, batch {engine.batch})."
             )
-    fidelity = report.get("fidelity")
-    accuracy = report.get("accuracy", {})
-    if accuracy.get("fp32") is not None and accuracy.get("engine") is not None:
-        drop = accuracy["fp32"] - accuracy["engine"]
+    fidelity, accuracy = report.fidelity, report.accuracy
+    if accuracy.fp32 is not None and accuracy.engine is not None:
+        drop = accuracy.fp32 - accuracy.engine
         if fidelity:  # the fidelity line states the budget
-            lines.append(f"Top-1 {accuracy['engine']:.2f}% vs fp32 {accuracy['fp32']:.2f}% (drop {drop:+.2f} points).")
+            lines.append(f"Top-1 {accuracy.engine:.2f}% vs fp32 {accuracy.fp32:.2f}% (drop {drop:+.2f} points).")
         else:
             budget = TOP1_DROP.default_limit if max_accuracy_drop is None else max_accuracy_drop
             source = "default" if max_accuracy_drop is None else "--max-accuracy-drop"
             state = "within" if drop <= budget else "OVER"
             lines.append(
-                f"{'WARNING: ' if state == 'OVER' else ''}Top-1 {accuracy['engine']:.2f}% vs fp32 {accuracy['fp32']:.2f}% "
+                f"{'WARNING: ' if state == 'OVER' else ''}Top-1 {accuracy.engine:.2f}% vs fp32 {accuracy.fp32:.2f}% "
                 f"(drop {drop:+.2f} points, {state} the {budget:g}-point budget ({source}))."
             )
-    classifier = not fidelity or fidelity["outputs"][0]["task"] == "classify"  # top-1 of anything else measures nothing
-    agreement = report.get("agreement")
-    if agreement and agreement.get("top1") is not None and classifier:
-        lines.append(f"Agreement with fp32: {100 * agreement['top1']:.2f}% top-1 on {agreement['samples']} samples.")
+    classifier = not fidelity or fidelity.outputs[0]["task"] == "classify"  # top-1 of anything else measures nothing
+    agreement = report.agreement
+    if agreement and classifier:
+        lines.append(f"Agreement with fp32: {100 * agreement.top1:.2f}% top-1 on {agreement.samples} samples.")
     if fidelity:
-        lines.append(fidelity_sentence(fidelity))
-    check = report.get("int8_model_check")
+        lines.append(fidelity_sentence(fidelity.to_dict()))
+    check = report.int8_model_check
     if check and not classifier:
-        if check["fidelity"] is not fidelity:
-            lines.append("As the device computes it: " + fidelity_sentence(check["fidelity"]))
+        if check.fidelity is not fidelity:  # the device kit's fidelity is the check's own: said once
+            lines.append("As the device computes it: " + fidelity_sentence(check.fidelity.to_dict()))
     elif check:
         lines.append(
-            f"The int8 model agrees with fp32 on {100 * check['agreement']['top1']:.2f}% top-1 as the device "
-            f"computes it ({check['agreement']['samples']} samples; {check['how']})."
+            f"The int8 model agrees with fp32 on {100 * check.agreement.top1:.2f}% top-1 as the device "
+            f"computes it ({check.agreement.samples} samples; {check.how})."
         )
-    if report["engine"].get("note"):
-        lines.append(report["engine"]["note"])
+    if report.engine.note:
+        lines.append(report.engine.note)
     return lines
 
 
@@ -241,12 +242,14 @@ def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) ->
     return Path(out_path)
 
 
-def write_report(report: dict[str, Any], target_dir: Path, latency_samples: dict[str, list[float]]) -> Path:
-    plot = plot_latency(latency_samples, Path(target_dir) / "latency.png", f"{report['model']['name']} on {report['target']}")
-    report["latency_plot"] = plot.name if plot else None
-    write_json_atomic(Path(target_dir) / "report.json", report)
-    write_text_atomic(Path(target_dir) / "report.md", render_markdown(report))
-    return Path(target_dir) / "report.json"
+def write_report(report: BuildReport, target_dir: Path, latency_samples: dict[str, list[float]]) -> BuildReport:
+    """report.json (the report's one serialisation), report.md from it, and latency.png; returns the report with its plot."""
+    plot = plot_latency(latency_samples, Path(target_dir) / "latency.png", f"{report.model.name} on {report.target}")
+    report = replace(report, latency_plot=plot.name if plot else None)
+    as_json = report.to_dict()
+    write_json_atomic(Path(target_dir) / "report.json", as_json)
+    write_text_atomic(Path(target_dir) / "report.md", render_markdown(as_json))
+    return report
 
 
 def _timed_on(facts: dict[str, Any] | None) -> str:

@@ -221,11 +221,11 @@ def compress_stage(source: SourceModel, config: BuildConfig) -> Compression | No
     return Compression(module.eval(), splits, record)
 
 
-def compression_report(record: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """report.json's `compression`: the torch stages plus this target's engine as the last stage."""
+def compression_report(record: dict[str, Any], target: str, runtime: str, accuracy: float | None, size_bytes: int,
+                       latency_ms_p50: float | None) -> dict[str, Any]:
+    """report.json's `compression`: the torch stages plus this target's engine (its `runtime`) as the last stage."""
     last = record["stages"][-1]
-    engine = {"name": "engine", "accuracy": report["accuracy"].get("engine"), "params": last["params"],
+    engine = {"name": "engine", "accuracy": accuracy, "params": last["params"],
               "nonzero_params": last["nonzero_params"], "flops": last["flops"],
-              "size_bytes": report["engine"]["size_bytes"], "latency_ms": (report.get("latency_ms") or {}).get("p50"),
-              "runtime": f"{report['engine']['kind']} {report['engine']['precision']}", "model": report["target"]}
+              "size_bytes": size_bytes, "latency_ms": latency_ms_p50, "runtime": runtime, "model": target}
     return {**record, "stages": [*record["stages"], engine]}

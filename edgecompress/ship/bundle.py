@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress import __version__
+from edgecompress.build.report_types import BuildReport, load_report
 from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.core.errors import BundleError, TargetError
 from edgecompress.core.targets import TargetProfile, load_profile
@@ -63,28 +64,14 @@ class BundleArtifact:
     manifest: dict[str, Any]
 
 
-def read_report(target_dir: Path) -> dict[str, Any]:
-    path = Path(target_dir) / "report.json"
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{path} does not exist", "bundle a build target folder: run `edgecompress build` first") from None
-    except ValueError as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})", "rebuild the target with `edgecompress build`") from None
-    for key in ("target", "engine"):
-        if key not in report:
-            raise BundleError(f"{path} has no '{key}' field", "rebuild the target with `edgecompress build`")
-    return report
-
-
-def resolve_profile(report: dict[str, Any]) -> TargetProfile:
+def resolve_profile(report: BuildReport) -> TargetProfile:
     """The whole profile the engine was built for: stored in the report, else loaded by name."""
-    if isinstance(report.get("profile"), dict):
-        return TargetProfile.model_validate(report["profile"])
+    if report.profile:
+        return TargetProfile.model_validate(report.profile)
     try:
-        return load_profile(str(report["target"]))
+        return load_profile(report.target)
     except TargetError as exc:
-        raise BundleError(f"report names target '{report['target']}': {exc.problem}", exc.fix) from None
+        raise BundleError(f"report names target '{report.target}': {exc.problem}", exc.fix) from None
 
 
 def _resolve(target_dir: Path, name: str | None) -> Path | None:
@@ -97,21 +84,19 @@ def _resolve(target_dir: Path, name: str | None) -> Path | None:
     raise BundleError(f"report names '{name}' but no such file exists", "rebuild the target with `edgecompress build`")
 
 
-def engine_files(report: dict[str, Any], target_dir: Path) -> tuple[Path | None, list[Path]]:
+def engine_files(report: BuildReport, target_dir: Path) -> tuple[Path | None, list[Path]]:
     """(the engine file or None for an on-device build kit, every engine-side file to ship)."""
-    engine = report["engine"]
-    main = _resolve(target_dir, engine.get("path"))
-    extra = [_resolve(target_dir, name) for name in engine.get("files", [])]
+    main = _resolve(target_dir, report.engine.path)
+    extra = [_resolve(target_dir, name) for name in report.engine.files]
     files = sorted({p.resolve() for p in [main, *extra] if p is not None})
     if not files:
         raise BundleError("report lists no engine file or build kit", "rebuild the target with `edgecompress build`")
     return (main.resolve() if main else None), files
 
 
-def reference_file(report: dict[str, Any], target_dir: Path) -> Path | None:
-    named = report.get("reference", {}).get("path")
-    if named:
-        return _resolve(target_dir, named)
+def reference_file(report: BuildReport, target_dir: Path) -> Path | None:
+    if report.reference.path:
+        return _resolve(target_dir, report.reference.path)
     for candidate in (target_dir.parent / "model.fp32.onnx", target_dir / "model.fp32.onnx"):
         if candidate.is_file():
             return candidate
@@ -152,7 +137,7 @@ def required_operators(engine_paths: list[Path]) -> list[str]:
 
 
 def runtime_requirements(
-    profile: TargetProfile, report: dict[str, Any], ops: list[str]
+    profile: TargetProfile, report: BuildReport, ops: list[str]
 ) -> dict[str, Any]:
     """What the device must have; the runner checks each of these before running.
 
@@ -160,7 +145,7 @@ def runtime_requirements(
     operator list and converter version, the TensorRT builder's version and GPU), else from
     the profile and this machine.
     """
-    meta = report["engine"].get("metadata") or {}
+    meta = report.engine.metadata
     runtime: dict[str, Any] = {
         "arch": profile.arch,
         "threads": profile.threads,
@@ -171,13 +156,13 @@ def runtime_requirements(
         import onnxruntime
 
         built = str(meta.get("converted_with_onnxruntime") or meta.get("onnxruntime")
-                    or report.get("versions", {}).get("onnxruntime") or onnxruntime.__version__)
+                    or report.versions.get("onnxruntime") or onnxruntime.__version__)
         minimum = profile.options.get("onnxruntime_min") or ".".join(built.split(".")[:2])
         runtime["onnxruntime"] = {"built_with": built, "min_version": str(minimum)}
         if meta.get("session_config"):  # an ARM .ort with saved runtime optimizations needs them applied
             runtime["session_config"] = dict(meta["session_config"])
     else:
-        plan = report["engine"].get("path") is not None
+        plan = report.engine.path is not None
         runtime["tensorrt"] = {
             "version": meta.get("tensorrt_version"),
             "min_version": None if plan else str(profile.options.get("tensorrt_major", "")),
@@ -205,10 +190,10 @@ def _arrays_for(path: Path, inputs: list[dict[str, Any]], count: int) -> dict[st
 
 
 def sample_inputs(
-    report: dict[str, Any], target_dir: Path, inputs: list[dict[str, Any]], count: int
+    report: BuildReport, target_dir: Path, inputs: list[dict[str, Any]], count: int
 ) -> dict[str, np.ndarray]:
     """Held-out samples the build kept, else calibration samples, else seeded random inputs."""
-    candidates = [(report.get("samples") or {}).get("path"), "../calib.npz"]
+    candidates = [report.samples.path if report.samples else None, "../calib.npz"]
     for name in filter(None, candidates):
         path = target_dir / name
         if path.is_file() and (arrays := _arrays_for(path, inputs, count)) is not None:
@@ -340,42 +325,37 @@ def write_reproducible_tar(root: Path, out: Path) -> None:
                         tar.addfile(info, handle)
 
 
-def build_manifest(report: dict[str, Any], target_dir: Path, profile: TargetProfile,
+def build_manifest(report: BuildReport, target_dir: Path, profile: TargetProfile,
                    engine: Path | None, files: list[Path]) -> dict[str, Any]:
     """Everything but `files` and `selftest`, which depend on the staged tree."""
-    model = report.get("model")
-    model = model if isinstance(model, dict) else {"name": model}
     spec_source = engine if engine is not None and profile.engine in ORT_KINDS else reference_file(report, target_dir)
-    inputs, outputs = tensor_specs(spec_source) if spec_source else (model.get("inputs", []), model.get("outputs", []))
-    calib = (report.get("quantization") or {}).get("calibration", {}).get("sha256")
-    calib = calib or report.get("calibration", {}).get("sha256")
-    if calib is None and (target_dir.parent / "calib.npz").is_file():
-        calib = sha256_file(target_dir.parent / "calib.npz")
+    inputs, outputs = tensor_specs(spec_source) if spec_source else (report.model.inputs, report.model.outputs)
+    as_json = report.to_dict()  # the figures travel in report.json's shape: the device compares its own with them
     return {
         "format": BUNDLE_FORMAT,
-        "model": {"name": model.get("name") or target_dir.resolve().parent.name},
+        "model": {"name": report.model.name or target_dir.resolve().parent.name},
         "target": profile.model_dump(mode="json", exclude={"source"}),
         "engine": {
-            "kind": profile.engine if report["engine"].get("kind") is None else report["engine"]["kind"],
-            "precision": report["engine"].get("precision"),
+            "kind": report.engine.kind,
+            "precision": report.engine.precision,
             "path": f"engine/{engine.name}" if engine else None,
             "files": [f"engine/{p.name}" for p in files],
-            "note": report["engine"].get("note"),
+            "note": report.engine.note,
         },
         "inputs": inputs,
         "outputs": outputs,
-        "preprocess": report.get("preprocess") or report.get("calibration", {}).get("preprocess"),
-        "labels": report.get("labels") or model.get("labels"),
-        "figures": {key: report[key] for key in FIGURE_KEYS if key in report},
+        "preprocess": report.preprocess,
+        "labels": report.model.labels,
+        "figures": {key: as_json[key] for key in FIGURE_KEYS if key in as_json},
         "runtime": runtime_requirements(profile, report, required_operators(files)),
-        "calibration": {"sha256": calib},
-        "versions": {**report.get("versions", {}), "edgecompress_bundle": __version__},
+        "calibration": {"sha256": report.quantization.calibration.sha256},
+        "versions": {**report.versions, "edgecompress_bundle": __version__},
     }
 
 
 def stage_bundle(target_dir: Path, staging: Path, options: BundleOptions) -> tuple[dict[str, Any], int]:
     """Lay the bundle tree out in `staging`; returns the manifest (with files) and the engine's size."""
-    report = read_report(target_dir)
+    report = load_report(target_dir)
     profile = resolve_profile(report)
     engine, files = engine_files(report, target_dir)
     manifest = build_manifest(report, target_dir, profile, engine, files)
