@@ -74,6 +74,10 @@ def test_a_stateful_model_calibrates_quantizes_and_evaluates_at_batch_n(tmp_path
     held_out = _stream(20, 2)
     result = evaluate(OrtRunner(int8), OrtRunner(info.path), EvalSet(held_out, None, "stream", layout), batch_size=8)
     assert result.agreement.samples == 20 and result.agreement.cosine > 0.99
+    tasks = {item.output: (item.task, item.why) for item in result.fidelity}
+    assert tasks["out"][0] == "classify"  # [N, 8]: batch-first, read by its shape
+    # [2, N, 8] carries the batch on axis 1: a recurrent state, compared by value (not as a [N, T, C] sequence)
+    assert tasks["new_state"] == ("regress", "[2, N, 8]: batch on axis 1 (a recurrent state): values")
 
 
 def test_a_set_with_the_batch_on_the_wrong_axis_says_where_it_belongs(tmp_path):

@@ -64,23 +64,33 @@ class Evaluation:
 def run_all_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int,
                     layout: BatchLayout | None = None) -> list[np.ndarray]:
     """Every output of the runner over all samples, fed `batch_size` at a time (sliced along each input's batch axis)."""
+    return _run_outputs(runner, inputs, batch_size, layout)[0]
+
+
+def _run_outputs(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int,
+                 layout: BatchLayout | None = None) -> tuple[list[np.ndarray], list[int | None]]:
+    """Every output over all samples, and the axis each one carries the batch on (None: a scalar per feed)."""
     layout = layout or BatchLayout({})
     feeds = list(layout.batches(inputs, batch_size))
     batches = [runner.run(feed) for feed in feeds]
     sizes = [layout.count(feed) for feed in feeds]
-    return [_join([batch[index] for batch in batches], sizes) for index in range(len(batches[0]))]
+    joined = [_join([batch[index] for batch in batches], sizes) for index in range(len(batches[0]))]
+    return [output for output, _ in joined], [axis for _, axis in joined]
 
 
-def _join(parts: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+def _join(parts: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, int | None]:
     """One output's batches joined along the axis that carries the batch (axis 0 unless, like a recurrent state
-    [layers, batch, hidden], another axis is the one whose size follows each feed's sample count)."""
+    [layers, batch, hidden], another axis is the one whose size follows each feed's sample count), and that axis."""
     ranks = {part.ndim for part in parts}
-    if len(parts) == 1 or ranks == {0}:
-        return parts[0] if len(parts) == 1 else np.stack(parts)
+    if ranks == {0}:
+        return (parts[0] if len(parts) == 1 else np.stack(parts)), None
+    if len(parts) == 1:
+        matching = [axis for axis in range(parts[0].ndim) if parts[0].shape[axis] == sizes[0]]
+        return parts[0], 0 if not matching or matching[0] == 0 else matching[0]
     for axis in range(min(ranks)):
         if all(part.shape[axis] == size for part, size in zip(parts, sizes)):
-            return np.concatenate(parts, axis=axis)
-    return np.concatenate(parts, axis=0)
+            return np.concatenate(parts, axis=axis), axis
+    return np.concatenate(parts, axis=0), 0
 
 
 def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout | None = None) -> np.ndarray:
@@ -109,10 +119,10 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 def evaluate(
     engine: Runner, reference: Runner, data: EvalSet, batch_size: int = 32, fidelity: FidelityOptions | None = None
 ) -> Evaluation:
-    reference_outputs = run_all_batched(reference, data.inputs, batch_size, data.layout)
+    reference_outputs, batch_axes = _run_outputs(reference, data.inputs, batch_size, data.layout)
     engine_outputs = run_all_batched(engine, data.inputs, batch_size, data.layout)
     names = [spec.name for spec in reference.outputs] or [f"output{i}" for i in range(len(reference_outputs))]
-    plan = plan_fidelity(names, reference_outputs, fidelity or FidelityOptions())
+    plan = plan_fidelity(names, reference_outputs, fidelity or FidelityOptions(), batch_axes)
     by_task = compare_outputs_by_task(plan, reference_outputs, engine_outputs, data.labels)
     # top-1 accuracy where a classification output took the labels (class ids make no sense for other tasks)
     labelled = next((f.result.details for f in by_task if "top-1 accuracy fp32" in f.result.details), None)

@@ -380,8 +380,16 @@ def _raw_head_layout(output: np.ndarray) -> str | None:
     return None
 
 
-def pick_task(reference: np.ndarray) -> TaskPick:
-    """The task an output serves, from the fp32 outputs' shape (batch on axis 0) and values."""
+def pick_task(reference: np.ndarray, batch_axis: int | None = 0) -> TaskPick:
+    """The task an output serves, from the fp32 outputs' shape (batch on axis 0) and values.
+
+    An output that carries its batch on another axis (a recurrent state [layers, N, hidden], fed back as the
+    next call's input) fits none of the batch-first layouts: its values are compared.
+    """
+    if batch_axis not in (0, None) and 0 < batch_axis < reference.ndim:
+        dims = [str(d) for d in reference.shape]
+        dims[batch_axis] = "N"
+        return TaskPick("regress", f"[{', '.join(dims)}]: batch on axis {batch_axis} (a recurrent state): values")
     shape = "[" + ", ".join(["N", *map(str, reference.shape[1:])]) + "]"
     if reference.ndim == 2 and reference.shape[1] > 1:
         return TaskPick("classify", f"{shape}: one score per class")
@@ -435,18 +443,20 @@ def comparator_for(pick: TaskPick, reference: np.ndarray, options: FidelityOptio
 TASK_SHAPES = {"classify": (2,), "detect": (3,), "segment": (4,), "sequence": (3,)}
 
 
-def plan_fidelity(output_names: Sequence[str], reference_outputs: Sequence[np.ndarray], options: FidelityOptions) -> list[OutputComparison]:
-    """One comparator per output: the task given for it, or the one its fp32 outputs show."""
+def plan_fidelity(output_names: Sequence[str], reference_outputs: Sequence[np.ndarray], options: FidelityOptions,
+                  batch_axes: Sequence[int | None] | None = None) -> list[OutputComparison]:
+    """One comparator per output: the task given for it, or the one its fp32 outputs (and batch axes) show."""
     known = set(output_names)
     for name, _ in options.tasks:
         if name is not None and name not in known:
             raise ConfigError(f"--task names output '{name}', but the model's outputs are {', '.join(output_names)}",
                               "use OUTPUT=TASK with one of those names, or a plain TASK for every output")
     plan = []
-    for name, reference in zip(output_names, reference_outputs):
+    axes = list(batch_axes) if batch_axes is not None else [0] * len(reference_outputs)
+    for name, reference, batch_axis in zip(output_names, reference_outputs, axes):
         wanted = options.task_for(name)
         if wanted == "auto":
-            pick = pick_task(reference)
+            pick = pick_task(reference, batch_axis)
         else:
             if reference.ndim not in TASK_SHAPES.get(wanted, (reference.ndim,)):
                 raise ConfigError(
