@@ -149,3 +149,14 @@ def test_engine_and_its_fp32_reference_are_timed_with_the_same_session_settings(
     reference = OrtRunner(qdq_models["fp32"], threads=profile.threads)  # as pipeline.measure_engine makes it
     assert profile.threads == 4
     assert session_settings_of(engine) == session_settings_of(reference) == (min(4, os.cpu_count()), "0")
+
+
+def test_the_missing_provider_notice_is_printed_once_per_process_not_per_engine_load(pi5_engine, capsys):
+    from edgecompress.core import progress
+
+    profile, artifact = pi5_engine
+    progress._warned.discard(get_builder("ort-arm").load(artifact, profile).notice)  # as if this process were new
+    capsys.readouterr()
+    for _ in range(3):  # repair and the precision choice load the engine many times
+        get_builder("ort-arm").load(artifact, profile)
+    assert capsys.readouterr().err.count("XNNPACKExecutionProvider not in this onnxruntime build") == 1

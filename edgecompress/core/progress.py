@@ -37,3 +37,13 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """One line, never wrapped, so that logs and scripts can grep a warning whole."""
     console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """`warn`, but a message already given in this process is not repeated (e.g. once per engine load)."""
+    if message not in _warned:
+        _warned.add(message)
+        warn(message)

@@ -246,10 +246,10 @@ class OrtFormatRunner:
         import onnxruntime as ort
 
         chosen, self.notice = providers_here(providers)
-        if self.notice:
-            from edgecompress.core.progress import warn
+        if self.notice:  # the same for every engine this process loads: said once
+            from edgecompress.core.progress import warn_once
 
-            warn(self.notice)
+            warn_once(self.notice)
         # the same session settings as the fp32 reference it is timed against (core.runtime.session_settings)
         options = session_options(threads)
         for key, value in (config or {}).items():
