@@ -200,3 +200,16 @@ def test_checkpoint_of_a_different_run_is_refused(tmp_path):
     fit(tiny_cnn(), splits.train, splits.val, FAST, checkpoint=tmp_path / "run.pt")
     with pytest.raises(TrainingError, match="different model"):
         fit(tiny_cnn((4, 16)), splits.train, splits.val, FAST, checkpoint=tmp_path / "run.pt")
+
+
+def test_training_inside_torch_no_grad_trains_as_it_does_outside():
+    """A caller under torch.no_grad() (an evaluation helper, a benchmark) gets the same trained model, not a RuntimeError."""
+    splits = tiny_splits()
+    config = TrainConfig(epochs=3, batch_size=32, lr=1e-2, patience=3)
+    plain, guarded = tiny_cnn((4, 8), seed=3), tiny_cnn((4, 8), seed=3)
+    expected = fit(plain, splits.train, splits.val, config)
+    with torch.no_grad():
+        result = fit(guarded, splits.train, splits.val, config)
+    assert result.history == expected.history and expected.history[-1]["loss"] < expected.history[0]["loss"]
+    for name, value in plain.state_dict().items():
+        assert torch.equal(guarded.state_dict()[name], value), name

@@ -124,6 +124,7 @@ class _Trainables(nn.Module):
         return self.model(inputs)
 
 
+@torch.enable_grad()  # training works whatever the caller's grad mode (fit called under torch.no_grad() failed)
 def _train_epoch(network: nn.Module, batches, loss_fn: LossFn, optimizer, scheduler) -> float:
     """One pass over the (local shard of the) data; returns the summed loss over the global batches."""
     network.train()
