@@ -62,9 +62,13 @@ def trained_mobilenet_digits() -> torch.nn.Module:
 
 @torch.no_grad()
 def teacher_with_outlier_channel(scale: float = 500.0) -> torch.nn.Module:
-    """The example teacher with one channel scaled up and the next conv scaled down (ReLU keeps fp32 exact)."""
+    """The example teacher with one channel scaled up and the next conv scaled down (ReLU keeps fp32 exact).
+
+    Inside the first residual block (bn1 -> ReLU -> conv2), where no shortcut carries the scaled channel.
+    """
     model = example_teacher()
-    batchnorm, next_conv = model.features[1][1], model.features[2][0]
+    block = model.layers[0]
+    batchnorm, next_conv = block.bn1, block.conv2
     batchnorm.weight[0] *= scale
     batchnorm.bias[0] *= scale
     next_conv.weight[:, 0] /= scale
