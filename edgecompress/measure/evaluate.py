@@ -84,13 +84,9 @@ def _join(parts: list[np.ndarray], sizes: list[int]) -> tuple[np.ndarray, int | 
     ranks = {part.ndim for part in parts}
     if ranks == {0}:
         return (parts[0] if len(parts) == 1 else np.stack(parts)), None
-    if len(parts) == 1:
-        matching = [axis for axis in range(parts[0].ndim) if parts[0].shape[axis] == sizes[0]]
-        return parts[0], 0 if not matching or matching[0] == 0 else matching[0]
-    for axis in range(min(ranks)):
-        if all(part.shape[axis] == size for part, size in zip(parts, sizes)):
-            return np.concatenate(parts, axis=axis), axis
-    return np.concatenate(parts, axis=0), 0
+    axis = next((axis for axis in range(min(ranks))
+                 if all(part.shape[axis] == size for part, size in zip(parts, sizes))), 0)
+    return (parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axis)), axis
 
 
 def run_batched(runner: Runner, inputs: dict[str, np.ndarray], batch_size: int, layout: BatchLayout | None = None) -> np.ndarray:

@@ -386,7 +386,7 @@ def pick_task(reference: np.ndarray, batch_axis: int | None = 0) -> TaskPick:
     An output that carries its batch on another axis (a recurrent state [layers, N, hidden], fed back as the
     next call's input) fits none of the batch-first layouts: its values are compared.
     """
-    if batch_axis not in (0, None) and 0 < batch_axis < reference.ndim:
+    if batch_axis is not None and 0 < batch_axis < reference.ndim:
         dims = [str(d) for d in reference.shape]
         dims[batch_axis] = "N"
         return TaskPick("regress", f"[{', '.join(dims)}]: batch on axis {batch_axis} (a recurrent state): values")
