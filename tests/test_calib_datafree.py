@@ -182,3 +182,17 @@ def test_class_loss_spreads_confident_samples_over_every_class():
     with_loss, without = predictions(1.0), predictions(0.0)
     assert torch.bincount(with_loss.argmax(dim=1), minlength=10).tolist() == [2] * 10
     assert float(with_loss.max(dim=1).values.mean()) > 0.9 > float(without.max(dim=1).values.mean())
+
+
+def test_small_inputs_are_optimized_at_full_size_and_large_ones_at_half_first():
+    """Half resolution saves time on large inputs; a 32×32 input at 16×16 loses what deep layers see."""
+    model = tiny_bn_model()
+    sizes: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[2:])))
+    config = DataFreeConfig(steps=3, full_steps=1, batch_size=4)
+    synthesize(model, (1, 1, 32, 32), 4, config)
+    assert set(sizes) == {(32, 32)}
+    sizes.clear()
+    synthetic, _ = synthesize(model, (1, 1, 160, 128), 4, config)
+    assert sizes[1:4] == [(80, 64)] * 3 and set(sizes[4:]) == {(160, 128)}  # sizes[0]: can the model run at 80×64?
+    assert synthetic.shape == (4, 1, 160, 128)
