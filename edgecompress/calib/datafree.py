@@ -28,8 +28,9 @@ from edgecompress.core.progress import progress_bar
 class DataFreeConfig:
     """How hard to optimize. The defaults were measured on 2 CPU cores (benchmarks/datafree.py):
     EfficientNet-Lite0 (224×224, 4.65 M parameters) synthesizes 32 inputs in 114–119 s, and int8
-    calibrated on them agrees with fp32 within 1.3 points of photo calibration (0.560 vs 0.573). Steps run at reduced resolution, where one costs about
-    `scale`² of a full-size step; the result is upsampled to the input's size."""
+    calibrated on them agrees with fp32 within 1.3 points of photo calibration (0.560 vs 0.573).
+    Steps run at reduced resolution, where one costs about `scale`² of a full-size step; the result
+    is upsampled to the input's size."""
 
     steps: int = 120  # optimization steps per batch, at `scale` × the input's height and width
     scale: float = 0.5  # models that cannot run smaller (e.g. a text-line model's fixed-height pooling) run full size
@@ -148,10 +149,10 @@ class _BatchOptimizer:
             inputs = inputs * (high - low) / 8 + (high + low) / 2
         self.slack, self.targets = None, None  # fixed for the whole batch, drawn at its first step
         with record_batchnorm_inputs(self.model) as records:
-            inputs, _ = self.steps(inputs, config.steps, records)
+            inputs = self.steps(inputs, config.steps, records)
             if reduce:
                 inputs = F.interpolate(inputs, size=shape[2:], mode="bilinear", align_corners=False)
-            inputs, _ = self.steps(inputs, config.full_steps, records)
+            inputs = self.steps(inputs, config.full_steps, records)
             records.clear()
             with torch.no_grad():
                 self.model(inputs)
@@ -166,16 +167,15 @@ class _BatchOptimizer:
             return False
         return True
 
-    def steps(self, inputs: torch.Tensor, count: int, records: list) -> tuple[torch.Tensor, float]:
-        """`count` Adam steps on `inputs` (cosine-decayed learning rate); the inputs and the last BN loss."""
+    def steps(self, inputs: torch.Tensor, count: int, records: list) -> torch.Tensor:
+        """`count` Adam steps on `inputs` (cosine-decayed learning rate)."""
         config = self.config
         if count == 0:
-            return inputs, float("nan")
+            return inputs
         layout = torch.channels_last if self.nchw and inputs.dim() == 4 else torch.contiguous_format
         inputs = inputs.detach().clone().contiguous(memory_format=layout).requires_grad_(True)
         optimizer = torch.optim.Adam([inputs], lr=config.lr, betas=(0.5, 0.9))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(count, 1), eta_min=config.lr / 20)
-        bn_loss = torch.tensor(0.0)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, count, eta_min=config.lr / 20)
         for _ in range(count):
             records.clear()
             outputs = _forward(self.model, _augment(inputs, config, self.generator) if self.nchw else inputs)
@@ -184,7 +184,7 @@ class _BatchOptimizer:
             bn_loss = batchnorm_loss(records, self.slack)
             prior = _total_variation(inputs) if self.nchw else 0.0
             loss = bn_loss + config.tv_weight * prior
-            if config.class_loss_weight and outputs.dim() == 2:
+            if config.class_loss_weight and outputs.dim() == 2 and outputs.shape[1] >= 2:  # (batch, classes)
                 if self.targets is None:
                     self.targets = class_targets(len(outputs), outputs.shape[1], self.generator)
                 loss = loss + config.class_loss_weight * _class_loss(outputs, self.targets)
@@ -196,7 +196,7 @@ class _BatchOptimizer:
                 with torch.no_grad():
                     inputs.copy_(torch.maximum(torch.minimum(inputs, self.bounds[1]), self.bounds[0]))
             self.advance()
-        return inputs.detach(), float(bn_loss.detach())
+        return inputs.detach()
 
 
 def _augment(inputs: torch.Tensor, config: DataFreeConfig, generator: torch.Generator) -> torch.Tensor:
@@ -229,10 +229,9 @@ def _forward(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 
 def _class_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy towards each sample's target class (DeepInversion). Models that end in a Softmax
-    (exported classifiers often do) give probabilities: their log is the log-softmax cross-entropy needs."""
-    if outputs.dim() != 2 or outputs.shape[1] < 2:
-        return torch.tensor(0.0)
+    """Cross-entropy of (batch, classes) outputs towards each sample's target class (DeepInversion). Models
+    that end in a Softmax (exported classifiers often do) give probabilities: their log is the log-softmax
+    cross-entropy needs."""
     rows = outputs.detach().sum(dim=1)
     if bool((outputs.detach() >= 0).all()) and bool(torch.allclose(rows, torch.ones_like(rows), atol=1e-3)):
         return nn.functional.nll_loss(outputs.clamp_min(1e-8).log(), targets)
