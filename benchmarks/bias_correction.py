@@ -8,7 +8,7 @@ the calibration set. Each int8 model runs twice: on this host's int8 kernels ("k
 AVX2 without VNNI saturates full-range u8s8/s8s8, see edgecompress/quantize/isa.py) and with ORT's
 graph optimizations off ("simulated": QDQ executed as dequantize + float ops, i.e. exact
 int32 accumulation — what VNNI, ARM dot-product and TensorRT kernels compute). Decides
-`bias_correction = "auto"` in edgecompress/build/pipeline.py.
+`bias_correction = "auto"` in edgecompress/pipeline/pipeline.py.
 
 Run: python benchmarks/bias_correction.py [--models mobilenetv2-digits,cnn-small]
 """

@@ -98,7 +98,7 @@ def plain_ort(source: Path, out: Path, calib: dict, layout: dict, pre_process: b
 
 def edgecompress_engine(case: Case, source: Path, work: Path, calib: dict, eval_data: dict) -> Path:
     from edgecompress.core.config import BuildConfig
-    from edgecompress.build.pipeline import build
+    from edgecompress.pipeline.pipeline import build
 
     np.savez(work / "calib.npz", **calib)
     np.savez(work / "eval.npz", **eval_data)

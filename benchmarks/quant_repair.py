@@ -35,9 +35,9 @@ from edgecompress.core.cache import cache_dir
 from edgecompress.export.torch_export import export_torch
 from edgecompress.core.config import make_config  # noqa: E402
 from edgecompress.quantize.isa import recipe_for_target  # noqa: E402
-from edgecompress.build.pipeline import target_recipe  # noqa: E402
-from edgecompress.build.precision import PrecisionSettings, TargetModels, quantize_for_target  # noqa: E402
-from edgecompress.build.repair import Budget, RepairOptions  # noqa: E402
+from edgecompress.pipeline.pipeline import target_recipe  # noqa: E402
+from edgecompress.pipeline.precision import PrecisionSettings, TargetModels, quantize_for_target  # noqa: E402
+from edgecompress.pipeline.repair import Budget, RepairOptions  # noqa: E402
 from edgecompress.quantize.static import quantize_model  # noqa: E402
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.core.targets import TargetProfile, load_profile  # noqa: E402

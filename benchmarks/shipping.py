@@ -36,7 +36,7 @@ def timed(action) -> float:
 
 def example_build(work: Path) -> Path:
     from edgecompress.core.config import load_config
-    from edgecompress.build.pipeline import build
+    from edgecompress.pipeline.pipeline import build
 
     build(load_config(None, {"out": work / "build"}))
     return work / "build" / "cpu"

@@ -22,7 +22,7 @@ from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.engines import get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.export.torch_export import export_torch
-from edgecompress.build.pipeline import target_recipe
+from edgecompress.pipeline.pipeline import target_recipe
 from edgecompress.core.config import BuildConfig
 from edgecompress.device.preprocess import PreprocessSpec
 from edgecompress.quantize.static import quantize_model

@@ -55,7 +55,7 @@ def make_build_target(run_dir: Path, target: str = "cpu") -> Path:
     engine = target_dir / "engine.onnx"
     quantize_static(str(fp32), str(engine), rows_reader(calib), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    from edgecompress.build.report_types import EngineFacts
+    from edgecompress.pipeline.report_types import EngineFacts
     from edgecompress.core.targets import load_profile
 
     engine_facts = EngineFacts("ort-cpu", engine.name, "int8", None, engine.stat().st_size)
@@ -66,9 +66,9 @@ def make_build_target(run_dir: Path, target: str = "cpu") -> Path:
 def write_report(target_dir: Path, engine, run_dir: Path, profile, measure: bool) -> None:
     """report.json as a build writes it (a BuildReport, through the build's own writer); with `measure`, the
     engine's accuracy, agreement and latency are measured here against the fp32 model, as the build measures them."""
-    from edgecompress.build.report import versions
-    from edgecompress.build.report import write_report as write_build_report
-    from edgecompress.build.report_types import (
+    from edgecompress.pipeline.report import versions
+    from edgecompress.pipeline.report import write_report as write_build_report
+    from edgecompress.pipeline.report_types import (
         Accuracy, BuildFacts, BuildReport, CalibrationFacts, ModelFacts, QuantizationFacts, ReferenceFacts,
     )
     from edgecompress.core.artifacts import sha256_file
@@ -100,9 +100,9 @@ def write_report(target_dir: Path, engine, run_dir: Path, profile, measure: bool
 
 def measured_figures(engine: Path, fp32: Path, profile) -> dict:
     """The engine against fp32 on 64 held-out digits, and their latencies timed interleaved."""
-    from edgecompress.build.pipeline import measured_on_facts
+    from edgecompress.pipeline.pipeline import measured_on_facts
     from edgecompress.engines import EngineArtifact
-    from edgecompress.build.report_types import Accuracy, Agreement, LatencyFigures
+    from edgecompress.pipeline.report_types import Accuracy, Agreement, LatencyFigures
     from edgecompress.engines.ort_cpu import OrtRunner
     from edgecompress.measure.bench import benchmark
     from edgecompress.measure.evaluate import EvalSet, evaluate
@@ -163,7 +163,7 @@ def build_for_target(dest_run: Path, target: str) -> Path:
     int8 = run_dir / "cpu" / "engine.onnx"
     if profile.engine == "tensorrt":
         int8 = symmetric_int8(run_dir / "model.fp32.onnx", run_dir / "model.int8.tensorrt.onnx")
-    from edgecompress.build.pipeline import engine_facts
+    from edgecompress.pipeline.pipeline import engine_facts
 
     target_dir = run_dir / profile.name
     artifact = get_builder(profile.engine).build(int8, profile, target_dir)

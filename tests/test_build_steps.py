@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edgecompress.build.pipeline import BUILD_STEPS, BuildContext
+from edgecompress.pipeline.pipeline import BUILD_STEPS, BuildContext
 from edgecompress.core.artifacts import sha256_json
 from edgecompress.core.config import make_config
 from tests.ship_support import cached_build_run

@@ -9,7 +9,7 @@ import pytest
 
 from edgecompress.core.config import BuildConfig
 from edgecompress.source.data import digits_splits
-from edgecompress.build.pipeline import build
+from edgecompress.pipeline.pipeline import build
 from tests._int8_models import qdq_models  # noqa: F401 - fixture
 
 
@@ -120,7 +120,7 @@ def test_figures_of_a_raspberry_pi_build_say_they_were_measured_on_this_host(rep
 def test_summary_table_says_a_raspberry_pi_was_timed_on_this_host(reports):
     from rich.console import Console
 
-    from edgecompress.build.report import summary_table
+    from edgecompress.pipeline.report import summary_table
 
     _, by_target = reports
     console = Console(record=True, width=250)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecompress.build.report_types import load_report
+from edgecompress.pipeline.report_types import load_report
 from edgecompress.ship.bundle import BundleOptions, build_bundle
 from edgecompress.core.errors import BundleError, SigningKeyError
 from edgecompress.ship.signing import generate_keypair, key_id, load_private_key, load_public_key

@@ -97,7 +97,7 @@ def test_bad_input_is_one_clear_line(tmp_path, tiny_onnx, args, phrases):
 def test_build_records_the_sets_sha256_and_refuses_a_changed_set(tmp_path, tiny_onnx):
     from edgecompress.calib.generate import CalibRecipe, make_calibration_set
     from edgecompress.core.config import make_config
-    from edgecompress.build.pipeline import build
+    from edgecompress.pipeline.pipeline import build
 
     calib = tmp_path / "calib.npz"
     made = make_calibration_set(

@@ -10,7 +10,7 @@ from onnx import numpy_helper
 from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.core.config import make_config
 from edgecompress.source.specs import TensorSpec
-from edgecompress.build.pipeline import target_recipe
+from edgecompress.pipeline.pipeline import target_recipe
 from edgecompress.quantize.static import quantize_model
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.core.targets import TargetProfile, load_profiles

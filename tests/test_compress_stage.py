@@ -67,7 +67,7 @@ def test_a_prune_ratio_outside_zero_to_one_is_refused_by_the_config(tmp_path, di
 
 
 def test_a_full_build_reports_compression_stages_through_the_engine(tmp_path, digits_npz):
-    from edgecompress.build.pipeline import build
+    from edgecompress.pipeline.pipeline import build
 
     config = options(tmp_path, digits_npz, prune="channels", bench_runs=10, bench_warmup=1)
     (report,) = build(config)

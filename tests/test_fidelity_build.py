@@ -141,7 +141,7 @@ def test_detector_repair_tries_the_decode_tail_in_fp32_first(digits_files, tmp_p
     from edgecompress.measure.evaluate import EvalSet
     from edgecompress.export.graph import model_io, read_onnx
     from edgecompress.measure.fidelity import Budget
-    from edgecompress.build.repair import RepairOptions, RepairSession, repair
+    from edgecompress.pipeline.repair import RepairOptions, RepairSession, repair
     from edgecompress.quantize.static import quantize_model
     from edgecompress.quantize.recipe import QuantRecipe
 

@@ -21,7 +21,7 @@ import pytest
 
 from edgecompress.core.config import BuildConfig
 from edgecompress.quantize.detect_tail import detector_tail_nodes
-from edgecompress.build.pipeline import build
+from edgecompress.pipeline.pipeline import build
 from tests import corpus_inputs as make
 from tests import task_metrics as metric
 from tests.model_corpus import (

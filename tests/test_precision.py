@@ -6,10 +6,10 @@ import numpy as np
 
 from edgecompress.measure.bench import LatencyStats
 from edgecompress.engines.ort_cpu import OrtCpuBuilder
-from edgecompress.build.precision import (
+from edgecompress.pipeline.precision import (
     Candidate, PrecisionSettings, TargetModels, _fastest_with_margin, _slower_sentence, choose_precision, quantize_for_target,
 )
-from edgecompress.build.repair import Budget, RepairOptions
+from edgecompress.pipeline.repair import Budget, RepairOptions
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.core.targets import load_profile
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
@@ -97,7 +97,7 @@ def test_target_quantization_records_tries_layers_and_choice(digits_case, tmp_pa
 
 def int8_report_without_fidelity(fp32_top1: float, engine_top1: float):
     """A report of an int8 engine that nothing timed and no task metric judged: only top-1 speaks."""
-    from edgecompress.build.report_types import (
+    from edgecompress.pipeline.report_types import (
         Accuracy, BuildReport, CalibrationFacts, EngineFacts, ModelFacts, QuantizationFacts, ReferenceFacts,
     )
 
@@ -111,7 +111,7 @@ def int8_report_without_fidelity(fp32_top1: float, engine_top1: float):
 
 
 def test_accuracy_over_budget_is_a_warning_in_the_verdict() -> None:
-    from edgecompress.build.report import verdicts
+    from edgecompress.pipeline.report import verdicts
 
     (line,) = verdicts(int8_report_without_fidelity(95.0, 90.0), max_accuracy_drop=1.0)
     assert line.startswith("WARNING:") and "OVER the 1-point budget" in line

@@ -10,7 +10,7 @@ from edgecompress.engines.base import onnx_precision
 from edgecompress.engines.ort_cpu import OrtCpuBuilder
 from edgecompress.engines.tensorrt import write_build_kit
 from edgecompress.quantize.isa import recipe_for_target
-from edgecompress.build.precision import fp16_model
+from edgecompress.pipeline.precision import fp16_model
 from edgecompress.core.targets import load_profile
 from tests._int8_models import export_fp32, qdq_models, quantize  # noqa: F401 - fixture
 

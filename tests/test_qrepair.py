@@ -5,7 +5,7 @@ import pytest
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.core.errors import BudgetError, BudgetNotMetError
 from edgecompress.measure.evaluate import EvalSet
-from edgecompress.build.repair import Budget, RepairOptions, RepairSession, repair
+from edgecompress.pipeline.repair import Budget, RepairOptions, RepairSession, repair
 from edgecompress.quantize.recipe import QuantRecipe
 from tests.quant_models import digits_case  # noqa: F401  (fixture)
 

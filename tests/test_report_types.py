@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from edgecompress.build.report_types import BuildReport, LatencyFigures, load_report
+from edgecompress.pipeline.report_types import BuildReport, LatencyFigures, load_report
 from tests.ship_support import cached_build_run
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """A real `edgecompress build` of the tiny digits CNN for this host's CPU: the target folder."""
-    from edgecompress.build.pipeline import build
+    from edgecompress.pipeline.pipeline import build
     from edgecompress.core.config import make_config
 
     run = cached_build_run()

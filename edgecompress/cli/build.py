@@ -73,9 +73,9 @@ def build(
 
         load_private_key(sign, passphrase)  # a bad key fails before the build, not after it
     from edgecompress.core.config import load_config
-    from edgecompress.build.pipeline import build as run_build
+    from edgecompress.pipeline.pipeline import build as run_build
     from edgecompress.core.progress import console, out_console
-    from edgecompress.build.report import summary_table
+    from edgecompress.pipeline.report import summary_table
 
     build_config = load_config(config, overrides)
     reports = run_build(build_config)

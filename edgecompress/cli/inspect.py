@@ -16,8 +16,8 @@ def inspect(
 ) -> None:
     """Print the per-layer int8 error table, the recipe, the repair tries and the precision choice."""
     from edgecompress.core.progress import out_console
-    from edgecompress.build.inspect import inspection_tables
-    from edgecompress.build.report_types import load_report
+    from edgecompress.pipeline.inspect import inspection_tables
+    from edgecompress.pipeline.report_types import load_report
 
     for table in inspection_tables(load_report(target_dir), top):
         out_console.print(table)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress import __version__
-from edgecompress.build.report_types import BuildReport, load_report
+from edgecompress.pipeline.report_types import BuildReport, load_report
 from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.core.errors import BundleError, TargetError
 from edgecompress.core.targets import TargetProfile, load_profile

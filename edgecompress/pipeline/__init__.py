@@ -1,4 +1,4 @@
-"""build: the pipeline — BUILD_STEPS shared by every target, then per target accuracy-aware repair, the precision
+"""pipeline: the build — BUILD_STEPS shared by every target, then per target accuracy-aware repair, the precision
 choice, one measurement of the engine, and the typed BuildReport written once to report.json, report.md and
 latency.png (pipeline.py, repair.py, precision.py, report_types.py, report.py, inspect.py).
 

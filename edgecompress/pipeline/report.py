@@ -15,8 +15,8 @@ from typing import Any
 
 from edgecompress.core.artifacts import atomic_path, write_json_atomic, write_text_atomic
 from edgecompress.measure.fidelity import TOP1_DROP, format_metric
-from edgecompress.build.inspect import quantization_markdown
-from edgecompress.build.report_types import BuildReport
+from edgecompress.pipeline.inspect import quantization_markdown
+from edgecompress.pipeline.report_types import BuildReport
 from edgecompress.measure.measured_on import where_words
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgecompress.build.report_types import BuildReport
+from edgecompress.pipeline.report_types import BuildReport
 
 
 LAYER_COLUMNS = ["node", "op", "SQNR dB", "cosine", "weight SQNR dB", "lost dB"]

@@ -24,7 +24,7 @@ from edgecompress.engines.base import EngineArtifact, EngineBuilder, Runner, onn
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.measure.fidelity import FidelityOptions
 from edgecompress.quantize.diagnose import Diagnosis, diagnose_or_warn, plot_layers
-from edgecompress.build.repair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
+from edgecompress.pipeline.repair import Budget, RepairOptions, RepairResult, RepairSession, RepairTry, accuracy_drop, repair
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.core.targets import TargetProfile
 

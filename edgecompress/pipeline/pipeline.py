@@ -37,8 +37,8 @@ from edgecompress.quantize.isa import recipe_for_target
 from edgecompress.quantize.static import quantize_model
 from edgecompress.quantize.isa import host_arch
 from edgecompress.quantize.recipe import QuantRecipe
-from edgecompress.build.report import verdicts, versions, write_report
-from edgecompress.build.report_types import (
+from edgecompress.pipeline.report import verdicts, versions, write_report
+from edgecompress.pipeline.report_types import (
     Accuracy, Agreement, BuildFacts, BuildReport, CalibrationFacts, EngineFacts, Fidelity, Int8ModelCheck, LatencyFigures,
     MeasuredOn, MemoryFigures, ModelFacts, QuantizationFacts, ReferenceFacts, SampleInputs, SimulatedAccuracy,
 )
@@ -349,8 +349,8 @@ def build_target(context: BuildContext, profile: TargetProfile) -> BuildReport:
 
 def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path):
     """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
-    from edgecompress.build.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
-    from edgecompress.build.repair import RepairOptions
+    from edgecompress.pipeline.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
+    from edgecompress.pipeline.repair import RepairOptions
 
     config = context.config
     budget = build_budget(config)
