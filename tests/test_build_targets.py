@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import pytest
 
 from edgecompress.core.config import BuildConfig
+from edgecompress.quantize.isa import host_arch
 from edgecompress.source.data import digits_splits
 from edgecompress.pipeline.pipeline import build
 from tests._int8_models import qdq_models  # noqa: F401 - fixture
@@ -123,7 +125,43 @@ def test_summary_table_says_a_raspberry_pi_was_timed_on_this_host(reports):
     from edgecompress.pipeline.report import summary_table
 
     _, by_target = reports
-    console = Console(record=True, width=250)
+    console = Console(record=True, width=100)
     console.print(summary_table([by_target["raspberry-pi-5"]]))
     text = console.export_text()
-    assert "timed on" in text and "this host (" in text
+    row = next(line for line in text.splitlines() if line.startswith("raspberry-pi-5 "))
+    assert "measured on" in text and f"host {host_arch()}" in row
+
+
+def _over_budget_mixed_kit(report: dict) -> dict:
+    """A wide row a build writes: the longest profile name, an int8+fp16 kit, a long metric, over its budget."""
+    variant = copy.deepcopy(report)
+    variant["target"] = "jetson-orin-nano"
+    variant["engine"] |= {"precision": "mixed", "precision_layers": {"int8": 120, "fp16": 17}}
+    variant["fidelity"] |= {"metric": "character error rate", "value": 0.1534, "limit": 0.02, "higher_is_better": False,
+                            "met": False}
+    return variant
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_summary_has_one_line_per_target_and_fits_the_terminal(reports, width):
+    from rich.console import Console
+
+    from edgecompress.pipeline.report import summary_table
+
+    _, by_target = reports
+    rows = [by_target["jetson"], by_target["raspberry-pi-5"], _over_budget_mixed_kit(by_target["jetson"])]
+    console = Console(record=True, width=width)
+    console.print(summary_table(rows, width))
+    lines = [line.rstrip() for line in console.export_text().splitlines() if line.strip()]
+    assert max(len(line) for line in lines) <= width
+    title, _, header, *data_rows, caption = lines  # headers are bottom-aligned: 'p50 ms' and 'vs fp32' take two lines
+    assert "summary" in title and header.startswith("target") and header.endswith("fp32  measured on") and "report.md" in caption
+    assert len(data_rows) == len(rows)  # no row wrapped onto a second line
+    assert all(row.startswith(report["target"][:8]) for row, report in zip(data_rows, rows))
+    assert all("host" in row for row in data_rows)  # where the figures come from is never cut away
+    if width >= 100:  # what a person reads first is there in full at 100 columns
+        jetson, pi, mixed = data_rows
+        assert jetson.startswith("jetson ") and "tensorrt int8 kit" in jetson and "host sim" in jetson
+        assert pi.startswith("raspberry-pi-5 ") and "ort-arm" in pi and f"host {host_arch()}" in pi
+        assert mixed.startswith("jetson-orin-nano ") and "tensorrt int8+fp16 kit" in mixed
+        assert "OVER CER 0.153 > 0.020" in mixed

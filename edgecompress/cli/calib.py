@@ -10,33 +10,38 @@ import typer
 from edgecompress.cli import app
 from edgecompress.core.errors import ConfigError
 
+SOURCE_PANEL = "Source and output"
+PREPROCESS_PANEL = "Preprocessing (images)"
+MODEL_PANEL = "Model"
+DATA_FREE_PANEL = "Data-free synthesis (no images)"
+
 SOURCE_HELP = "'digits', a folder of JPEG/PNG images (class sub-folders = labels) or a .npy/.npz file"
 
 
 @app.command()
 def calib(
-    source: Optional[str] = typer.Option(None, "--from", help=SOURCE_HELP, show_default=False),
-    out: Path = typer.Option(..., "--out", "-o", help="where to write the set (.npz); the manifest goes beside it"),
-    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128; --data-free 32)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the stratified draw (default 0)"),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="calibration recipe TOML (see calibration/); options override it"),
-    size: Optional[int] = typer.Option(None, "--size", help="resize the shorter side to S, then center-crop S×S"),
-    resize: Optional[str] = typer.Option(None, "--resize", help="shorter side S, or exact H,W"),
-    crop: Optional[str] = typer.Option(None, "--crop", help="center crop S or H,W"),
-    color: Optional[str] = typer.Option(None, "--color", help="rgb or grayscale (default rgb; digits: grayscale)"),
-    mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean after scaling to [0,1], e.g. 0.485,0.456,0.406"),
-    std: Optional[str] = typer.Option(None, "--std", help="per-channel std after scaling to [0,1], e.g. 0.229,0.224,0.225"),
-    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default NCHW)"),
-    input_name: Optional[str] = typer.Option(None, "--input-name", help="array key in the .npz (default x, or the model's input name)"),
+    source: Optional[str] = typer.Option(None, "--from", help=SOURCE_HELP, show_default=False, rich_help_panel=SOURCE_PANEL, metavar="SOURCE"),
+    out: Path = typer.Option(..., "--out", "-o", help="where to write the set (.npz); the manifest goes beside it", rich_help_panel=SOURCE_PANEL, metavar="NPZ"),
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128; --data-free 32)", rich_help_panel=SOURCE_PANEL, metavar="N"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the stratified draw (default 0)", rich_help_panel=SOURCE_PANEL, metavar="INT"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="calibration recipe TOML (see calibration/); options override it", rich_help_panel=SOURCE_PANEL, metavar="TOML"),
+    size: Optional[int] = typer.Option(None, "--size", help="resize the shorter side to S, then center-crop S×S", rich_help_panel=PREPROCESS_PANEL, metavar="S"),
+    resize: Optional[str] = typer.Option(None, "--resize", help="shorter side S, or exact H,W", rich_help_panel=PREPROCESS_PANEL, metavar="S|H,W"),
+    crop: Optional[str] = typer.Option(None, "--crop", help="center crop S or H,W", rich_help_panel=PREPROCESS_PANEL, metavar="S|H,W"),
+    color: Optional[str] = typer.Option(None, "--color", help="rgb or grayscale (default rgb; digits: grayscale)", rich_help_panel=PREPROCESS_PANEL, metavar="rgb|grayscale"),
+    mean: Optional[str] = typer.Option(None, "--mean", help="per-channel mean after scaling to [0,1], e.g. 0.485,0.456,0.406", rich_help_panel=PREPROCESS_PANEL, metavar="M,M,M"),
+    std: Optional[str] = typer.Option(None, "--std", help="per-channel std after scaling to [0,1], e.g. 0.229,0.224,0.225", rich_help_panel=PREPROCESS_PANEL, metavar="S,S,S"),
+    layout: Optional[str] = typer.Option(None, "--layout", help="NCHW or NHWC (default NCHW)", rich_help_panel=PREPROCESS_PANEL, metavar="NCHW|NHWC"),
+    input_name: Optional[str] = typer.Option(None, "--input-name", help="array key in the .npz (default x, or the model's input name)", rich_help_panel=SOURCE_PANEL, metavar="NAME"),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="model to check the set against (.onnx: shapes; PyTorch: BatchNorm statistics); "
         "the source of --data-free (unset there: the built-in digits example)"
-    ),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="state_dict for a package.module:factory --model"),
-    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="model input shape, e.g. 1,3,224,224"),
-    data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics (PyTorch or ONNX; range-only without BN)"),
-    steps: int = typer.Option(120, "--steps", min=1, help="--data-free: optimization steps per batch of 32, at half resolution where the model runs at it"),
-    class_loss: float = typer.Option(0.3, "--class-loss", min=0.0, help="--data-free: weight of the loss that makes each sample confidently one class (0 for outputs that are not class scores)"),
+    , rich_help_panel=MODEL_PANEL, metavar="MODEL"),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="state_dict for a package.module:factory --model", rich_help_panel=MODEL_PANEL, metavar="FILE"),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="model input shape, e.g. 1,3,224,224", rich_help_panel=MODEL_PANEL, metavar="SHAPE"),
+    data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics (PyTorch or ONNX; range-only without BN)", rich_help_panel=DATA_FREE_PANEL, metavar=""),
+    steps: int = typer.Option(120, "--steps", min=1, help="--data-free: optimization steps per batch of 32, at half resolution where the model runs at it", rich_help_panel=DATA_FREE_PANEL, metavar="N"),
+    class_loss: float = typer.Option(0.3, "--class-loss", min=0.0, help="--data-free: weight of the loss that makes each sample confidently one class (0 for outputs that are not class scores)", rich_help_panel=DATA_FREE_PANEL, metavar="WEIGHT"),
 ) -> None:
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
     from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe

@@ -13,14 +13,17 @@ from edgecompress.cli import app
 KEY_PASSPHRASE_ENV = "EDGECOMPRESS_KEY_PASSPHRASE"
 SSH_PASSPHRASE_ENV = "EDGECOMPRESS_SSH_PASSPHRASE"
 
+SSH_PANEL = "SSH connection"
+TRUST_PANEL = "Signature and trust"
+
 # options shared by `ship` and `rollback` (declared once, used by both)
-TO = typer.Option(..., "--to", help="Device as \\[user@]host\\[:port]:/path (repeatable).")
-SSH_KEY = typer.Option(None, "--key", help="SSH private key for logging in (default: ssh-agent and ~/.ssh keys).")
-SSH_PASSPHRASE = typer.Option(None, "--ssh-passphrase", envvar=SSH_PASSPHRASE_ENV, help="Passphrase of --key.", show_default=False)
-KNOWN_HOSTS = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts).")
-ACCEPT_NEW = typer.Option(False, "--accept-new-host-key", help="Trust and record a host key not yet in known_hosts.")
-TIMEOUT = typer.Option(15.0, "--timeout", help="Seconds to wait for a device to answer before giving up on it.")
-REMOTE_PYTHON = typer.Option("python3", "--remote-python", help="Python on the device that runs run.py checks.")
+TO = typer.Option(..., "--to", metavar="DEVICE", help="Device as \\[user@]host\\[:port]:/path (repeatable).")
+SSH_KEY = typer.Option(None, "--key", help="SSH private key for logging in (default: ssh-agent and ~/.ssh keys).", rich_help_panel=SSH_PANEL, metavar="FILE")
+SSH_PASSPHRASE = typer.Option(None, "--ssh-passphrase", envvar=SSH_PASSPHRASE_ENV, help="Passphrase of --key.", show_default=False, rich_help_panel=SSH_PANEL, metavar="TEXT")
+KNOWN_HOSTS = typer.Option(None, "--known-hosts", help="known_hosts file (default ~/.ssh/known_hosts).", rich_help_panel=SSH_PANEL, metavar="FILE")
+ACCEPT_NEW = typer.Option(False, "--accept-new-host-key", help="Trust and record a host key not yet in known_hosts.", rich_help_panel=SSH_PANEL, metavar="")
+TIMEOUT = typer.Option(15.0, "--timeout", help="Seconds to wait for a device to answer before giving up on it.", rich_help_panel=SSH_PANEL, metavar="SECONDS")
+REMOTE_PYTHON = typer.Option("python3", "--remote-python", help="Python on the device that runs run.py checks.", rich_help_panel=SSH_PANEL, metavar="PATH")
 SIGNING_PASSPHRASE = typer.Option(None, "--passphrase", envvar=KEY_PASSPHRASE_ENV, help="Passphrase of the signing key.", show_default=False)
 
 
@@ -127,11 +130,11 @@ def print_results(results, title: str) -> None:
 def ship(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="The .tar.gz to install."),
     to: list[str] = TO,
-    verify_key: Optional[Path] = typer.Option(None, "--verify-key", envvar="EDGECOMPRESS_TRUSTED_KEY", help="Trusted signing public key (.pub); required unless --trust-on-first-use."),
-    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Ship a bundle without a signature."),
-    trust_on_first_use: bool = typer.Option(False, "--trust-on-first-use", help="Without --verify-key: each device pins the signer of the first bundle it accepts (known_signers) and refuses others."),
-    accept_new_signer: bool = typer.Option(False, "--accept-new-signer", help="Let devices accept and pin a signer other than the one they pinned (a new release key)."),
-    parallel: int = typer.Option(1, "--parallel", "-j", min=1, help="Devices to ship to at the same time."),
+    verify_key: Optional[Path] = typer.Option(None, "--verify-key", envvar="EDGECOMPRESS_TRUSTED_KEY", help="Trusted signing public key (.pub); required unless --trust-on-first-use.", rich_help_panel=TRUST_PANEL, metavar="KEY.pub"),
+    allow_unsigned: bool = typer.Option(False, "--allow-unsigned", help="Ship a bundle without a signature.", rich_help_panel=TRUST_PANEL, metavar=""),
+    trust_on_first_use: bool = typer.Option(False, "--trust-on-first-use", help="Without --verify-key: each device pins the signer of the first bundle it accepts (known_signers) and refuses others.", rich_help_panel=TRUST_PANEL, metavar=""),
+    accept_new_signer: bool = typer.Option(False, "--accept-new-signer", help="Let devices accept and pin a signer other than the one they pinned (a new release key).", rich_help_panel=TRUST_PANEL, metavar=""),
+    parallel: int = typer.Option(1, "--parallel", "-j", min=1, metavar="N", help="Devices to ship to at the same time."),
     key: Optional[Path] = SSH_KEY,
     ssh_passphrase: Optional[str] = SSH_PASSPHRASE,
     known_hosts: Optional[Path] = KNOWN_HOSTS,

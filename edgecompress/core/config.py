@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -187,9 +187,22 @@ class BuildConfig(BaseModel):
 def describe(key: str) -> str:
     """Help text for a config key: its description and its default."""
     field = BuildConfig.model_fields[key]
-    default = field.default_factory() if field.default_factory else field.default
-    shown = "unset" if default is None else ", ".join(map(str, default)) if isinstance(default, list) else default
-    return f"{field.description} (default: {shown or 'none'})"
+    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+    if default is None:
+        shown = "unset"
+    elif isinstance(default, list):
+        shown = ", ".join(map(str, default)) or "none"
+    else:
+        shown = str(default)
+    choices = _literal_choices(field.annotation)
+    one_of = f"; one of {', '.join(choices)}" if choices else ""
+    return f"{field.description}{one_of} (default: {shown})"
+
+
+def _literal_choices(annotation: Any) -> list[str]:
+    """The strings a Literal (or an Optional Literal) allows, so the help lists them."""
+    return [choice for arg in get_args(annotation)
+            for choice in ([arg] if isinstance(arg, str) else _literal_choices(arg))]
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class Metric:
     higher_is_better: bool
     default_limit: float
     unit: str  # "%" (a fraction shown in percent), "pt" (top-1 points), "dB", or "" (a plain ratio)
+    short: str  # the name in a narrow console column
 
     def format(self, value: float) -> str:
         if self.unit == "%":
@@ -42,14 +43,14 @@ class Metric:
         return f"{value:.3f}"
 
 
-TOP1_DROP = Metric("top-1 accuracy drop", False, 1.0, "pt")
-TOP1_AGREEMENT = Metric("top-1 agreement", True, 0.99, "%")
-DETECTION_F1 = Metric("detection F1", True, 0.90, "")
-PIXEL_AGREEMENT = Metric("pixel agreement", True, 0.98, "%")
-MASK_IOU = Metric("mask IoU", True, 0.90, "")
-CHARACTER_ERROR_RATE = Metric("character error rate", False, 0.02, "")
-STEP_AGREEMENT = Metric("step agreement", True, 0.98, "%")
-SQNR = Metric("SQNR", True, 20.0, "dB")
+TOP1_DROP = Metric("top-1 accuracy drop", False, 1.0, "pt", "Δtop-1")
+TOP1_AGREEMENT = Metric("top-1 agreement", True, 0.99, "%", "agree")
+DETECTION_F1 = Metric("detection F1", True, 0.90, "", "F1")
+PIXEL_AGREEMENT = Metric("pixel agreement", True, 0.98, "%", "pixels")
+MASK_IOU = Metric("mask IoU", True, 0.90, "", "IoU")
+CHARACTER_ERROR_RATE = Metric("character error rate", False, 0.02, "", "CER")
+STEP_AGREEMENT = Metric("step agreement", True, 0.98, "%", "steps")
+SQNR = Metric("SQNR", True, 20.0, "dB", "SQNR")
 METRICS = {m.name: m for m in (TOP1_DROP, TOP1_AGREEMENT, DETECTION_F1, PIXEL_AGREEMENT, MASK_IOU,
                                CHARACTER_ERROR_RATE, STEP_AGREEMENT, SQNR)}
 

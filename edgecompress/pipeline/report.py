@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.core.artifacts import atomic_path, write_json_atomic, write_text_atomic
-from edgecompress.measure.fidelity import TOP1_DROP, format_metric
+from edgecompress.measure.fidelity import METRICS, TOP1_DROP, format_metric
 from edgecompress.pipeline.inspect import quantization_markdown
 from edgecompress.pipeline.report_types import BuildReport
 from edgecompress.measure.measured_on import where_words
@@ -105,26 +105,6 @@ def fidelity_sentence(fidelity: dict[str, Any]) -> str:
         f"{format_metric(fidelity['metric'], fidelity['value'])} vs fp32, {'OVER' if over else 'within'} the budget "
         f"({fidelity['budget']}); measured on {fidelity['validated_on']}."
     )
-
-
-def fidelity_cell(report: dict[str, Any]) -> str:
-    fidelity = report.get("fidelity")
-    if not fidelity:
-        return "n/a"
-    value = f"{fidelity['metric']} {format_metric(fidelity['metric'], fidelity['value'])}"
-    simulated = " (sim)" if "simulation" in fidelity["validated_on"] else ""
-    return f"{value}{simulated}" if fidelity["met"] else f"[red]{value}{simulated} OVER[/red]"
-
-
-def budget_cell(report: dict[str, Any]) -> str:
-    """'>= 0.900 (default)': the budget of the metric the fidelity cell names, for a narrow table column."""
-    fidelity = report.get("fidelity")
-    if not fidelity:
-        return "n/a"
-    if fidelity.get("limit") is None:  # bounded by another figure (e.g. --min-agreement with labels)
-        return fidelity["budget"]
-    sign = ">=" if fidelity["higher_is_better"] else "<="
-    return f"{sign} {format_metric(fidelity['metric'], fidelity['limit'])} ({fidelity['limit_source'].split(' for ')[0]})"
 
 
 def precision_text(engine: dict[str, Any]) -> str:
@@ -252,45 +232,105 @@ def write_report(report: BuildReport, target_dir: Path, latency_samples: dict[st
     return report
 
 
-def _timed_on(facts: dict[str, Any] | None) -> str:
-    """The summary's place of measurement: the arch, or 'this host' in yellow when the target is another arch."""
+SUMMARY_WIDTH = 100  # the console summary fits this many columns; everything else is in report.md / report.json
+
+
+def _measured_on_cell(report: dict[str, Any]) -> str:
+    """Where the row's figures come from: the device that ran the engine here, 'host <arch>' in yellow when the
+    target is another arch (its timings say nothing about the device), 'host sim' for a kit (fidelity from this
+    host's simulation of the device's int8; nothing timed)."""
+    facts = report.get("measured_on")
     if not facts:
-        return "-"
-    if facts["target_arch_matches"]:
-        return f"{facts['arch']} {facts['device']}"
-    return f"[yellow]this host ({facts['arch']})[/yellow]"
+        return "[yellow]host sim[/yellow]" if _simulated(report) else "n/a"
+    device = facts["arch"] if facts["device"] == "CPU" else facts["device"]
+    return device if facts["target_arch_matches"] else f"[yellow]host {facts['arch']}[/yellow]"
 
 
-def summary_table(reports: list[dict[str, Any]]):
-    """A rich table with one row per target, for the console."""
+def _simulated(report: dict[str, Any]) -> bool:
+    return "simulation" in ((report.get("fidelity") or {}).get("validated_on") or "")
+
+
+def _engine_cell(engine: dict[str, Any]) -> str:
+    """'ort-cpu int8', 'tensorrt int8+fp16 kit': kind and precision, with 'kit' when it is built on the device."""
+    precision = engine["precision"]
+    layers = engine.get("precision_layers") or {}
+    if precision == "mixed" and layers:
+        precision = "+".join(name for name in ("int8", "fp16", "fp32") if layers.get(name))
+    return f"{engine['kind']} {precision}" + ("" if engine.get("runnable_here", True) else " kit")
+
+
+def _fidelity_vs_budget(report: dict[str, Any]) -> str:
+    """'F1 0.968 ≥ 0.900', 'Δtop-1 0.00 ≤ 1.00 pt': the task metric against its budget; 'OVER CER 0.153 > 0.020'
+    in red when missed."""
+    fidelity = report.get("fidelity")
+    if not fidelity:
+        return "n/a"
+    metric = METRICS.get(fidelity["metric"])
+    name = metric.short if metric else fidelity["metric"]
+    value = format_metric(fidelity["metric"], fidelity["value"])
+    if fidelity.get("limit") is None:  # bounded by another figure (e.g. --min-agreement with labels)
+        text = f"{name} {value} ({fidelity['budget']})"
+    else:
+        limit = format_metric(fidelity["metric"], fidelity["limit"])
+        unit = metric.unit if metric and metric.unit in ("pt", "dB") else ""
+        shown = value.removesuffix(f" {unit}") if unit else value  # '0.00 ≤ 1.00 pt', not '0.00 pt ≤ 1.00 pt'
+        within, beyond = ("≥", "<") if fidelity["higher_is_better"] else ("≤", ">")
+        text = f"{name} {shown} {within if fidelity['met'] else beyond} {limit}"
+    return text if fidelity["met"] else f"[red]OVER {text}[/red]"  # first, so a narrow terminal never cuts it off
+
+
+def _speedup_cell(report: dict[str, Any]) -> str:
+    """p50 of fp32 over p50 of the engine: red below 1.00x, where the engine is slower (the verdict says so too)."""
+    latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
+    if report["engine"]["precision"] == "fp32":  # the precision choice shipped the reference itself
+        return "is fp32"
+    if not latency or not reference:
+        return "n/a"
+    speedup = reference["p50"] / latency["p50"]
+    return f"[red]{speedup:.2f}x[/red]" if speedup < 1 else f"{speedup:.2f}x"
+
+
+# summary columns: header, justification, and the narrowest a column may be cut to when the terminal is narrow;
+# the text columns give way first (target, engine, then the fidelity cell's tail), the figures last
+SUMMARY_COLUMNS = (("target", "left", 10), ("engine", "left", 12), ("size", "right", 8), ("fidelity vs budget", "left", 16),
+                   ("p50\nms", "right", 5), ("vs\nfp32", "right", 5), ("measured on", "left", 8))
+SHRINK_ORDER = (0, 1, 3, 6, 2, 4, 5)
+COLUMN_GAP = 2
+
+
+def summary_table(reports: list[dict[str, Any]], width: int = SUMMARY_WIDTH):
+    """A rich table with one row per target that fits `width` columns: what a person reads first.
+
+    Cells never wrap: a table wider than the terminal cuts the text columns with an ellipsis, target and engine
+    first; top-1 figures, p90/p99, throughput, memory and the rest are in report.md and report.json."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title="edgecompress build summary")
-    for column in ("target", "engine", "size", "top-1 fp32", "top-1 engine", "agree", "fidelity", "budget", "p50 ms", "p90 ms",
-                   "p99 ms", "vs fp32", "timed on"):
-        table.add_column(column, justify="right" if column not in ("target", "engine", "fidelity", "budget", "timed on") else "left")
-    for report in reports:
-        latency, reference = report.get("latency_ms") or {}, report["reference"].get("latency_ms") or {}
-        fp32_engine = report["engine"]["precision"] == "fp32"  # the precision choice shipped the reference itself
-        speedup = reference["p50"] / latency["p50"] if latency and reference and not fp32_engine else None
-        classifier = not report.get("fidelity") or report["fidelity"]["outputs"][0]["task"] == "classify"
-        agreement = (report.get("agreement") or {}).get("top1") if classifier else None
-        simulated = (report.get("int8_model_check") or {}).get("agreement", {}).get("top1") if classifier else None
-        table.add_row(
-            report["target"],
-            f"{report['engine']['kind']} {precision_text(report['engine'])}",
-            f"{report['engine']['size_bytes'] / 1024:.0f} KiB",
-            _fmt(report["accuracy"].get("fp32"), ".2f", "%"),
-            _fmt(report["accuracy"].get("engine"), ".2f", "%"),
-            _fmt(100 * agreement, ".1f", "%") if agreement is not None else _fmt(
-                100 * simulated if simulated is not None else None, ".1f", "% sim"),
-            fidelity_cell(report),
-            budget_cell(report),
-            _fmt(latency.get("p50"), ".3f"),
-            _fmt(latency.get("p90"), ".3f"),
-            _fmt(latency.get("p99"), ".3f"),
-            "is fp32" if fp32_engine else "[red]" + _fmt(speedup, ".2f", "x (slower)") + "[/red]"
-            if speedup is not None and speedup < 1 else _fmt(speedup, ".2f", "x"),
-            _timed_on(report.get("measured_on")),
-        )
+    rows = [(report["target"], _engine_cell(report["engine"]), _size_text(report["engine"]["size_bytes"]),
+             _fidelity_vs_budget(report), _fmt((report.get("latency_ms") or {}).get("p50"), ".3f"),
+             _speedup_cell(report), _measured_on_cell(report)) for report in reports]
+    natural = [max([len(line) for line in header.splitlines()] + [Text.from_markup(row[i]).cell_len for row in rows])
+               for i, (header, _, _) in enumerate(SUMMARY_COLUMNS)]
+    widths = _fit_widths(natural, [floor for _, _, floor in SUMMARY_COLUMNS], width - COLUMN_GAP * (len(natural) - 1))
+    table = Table(title="edgecompress build summary", caption="every figure: <out>/<target>/report.md",
+                  box=None, padding=(0, COLUMN_GAP // 2), pad_edge=False, header_style="bold")
+    for (header, justify, _), column_width in zip(SUMMARY_COLUMNS, widths):
+        table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis", width=column_width)  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*row)
     return table
+
+
+def _fit_widths(natural: list[int], floors: list[int], room: int) -> list[int]:
+    """Cut columns in SHRINK_ORDER, each no narrower than its floor, until their sum fits `room`."""
+    widths = list(natural)
+    for index in SHRINK_ORDER:
+        excess = sum(widths) - room
+        if excess <= 0:
+            break
+        widths[index] = max(min(floors[index], widths[index]), widths[index] - excess)
+    return widths
+
+
+def _size_text(size_bytes: int) -> str:
+    return f"{size_bytes / 1024:.0f} KiB" if size_bytes < 1024 * 1024 else f"{size_bytes / 2**20:.1f} MiB"
