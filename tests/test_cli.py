@@ -42,6 +42,28 @@ def test_version_and_help():
         assert option in help_text
 
 
+@pytest.mark.parametrize("command, panels", [
+    ("build", ["Model and data", "Targets and measurement", "Accuracy budget and task metric", "Quantization and repair",
+               "Compression (PyTorch models)", "Bundle and signing"]),
+    ("calib", ["Source and output", "Preprocessing (images)", "Model", "Data-free synthesis (no images)"]),
+    ("ship", ["Signature and trust", "SSH connection"]),  # after its Arguments and Options
+])
+def test_long_help_at_80_columns_is_grouped_in_panels_and_cuts_no_option_name(command, panels):
+    env = dict(os.environ, PYTHONPATH=str(REPO), COLUMNS="80", TERM="dumb")
+    result = subprocess.run([sys.executable, "-m", "edgecompress", command, "--help"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    titles = [line.strip("╭─╮ ") for line in lines if line.startswith("╭─")]
+    assert titles[-len(panels):] == panels and set(titles[:-len(panels)]) <= {"Arguments", "Options"}  # in reading order
+    flags = [line.split()[1] for line in lines if line.startswith("│ --") or line.startswith("│ *  --")]
+    assert flags and not any(flag.endswith("…") for flag in flags)  # every option's name is whole
+    if command == "build":
+        assert "Most used" in result.stdout and "edgecompress build -m model.onnx" in result.stdout
+        assert "--seed" in result.stdout and "(default: 0)" in " ".join(result.stdout.split())
+
+
 def test_targets_lists_the_cpu_profile():
     result = edgecompress("targets")
     assert result.returncode == 0 and "cpu" in result.stdout and "ort-cpu" in result.stdout
