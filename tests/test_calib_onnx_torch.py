@@ -92,11 +92,11 @@ def test_folded_onnx_graph_falls_back_to_range_only_and_the_manifest_says_so(tmp
 
 def test_onnx_op_the_runner_lacks_is_named_with_the_alternatives(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Erf", ["x"], ["y"])], "erf",
+        [helper.make_node("Hardmax", ["x"], ["y"])], "hardmax",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    path = tmp_path / "erf.onnx"
+    path = tmp_path / "hardmax.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    with pytest.raises(DataFreeError, match="Erf") as caught:
+    with pytest.raises(DataFreeError, match="Hardmax") as caught:
         onnx_graph_module(path)
     assert "--from" in caught.value.fix

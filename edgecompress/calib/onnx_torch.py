@@ -1,11 +1,14 @@
-"""Run an ONNX classifier graph as a differentiable torch module, so data-free calibration works on it.
+"""Run an ONNX graph as a differentiable torch module, for data-free calibration and quantization-aware training.
 
 Third-party ONNX files (Paddle, Keras, torch exports without folding) often keep their
 BatchNormalization nodes, and with them the running statistics of the training data.
 Interpreting the graph node by node in torch, with each BatchNormalization as a real
 torch BatchNorm layer, gives data-free synthesis the gradients and the statistics it needs without
-a converter dependency. The op set is what image classifiers use (convolutions, activations,
-pools, elementwise arithmetic, reshapes, matrix products); anything else is named in the error.
+a converter dependency. Quantization-aware training (quantize/qat.py) runs the same graph with its
+weights as trainable parameters and fake quantization hooked onto the tensors int8 will carry, so
+what is trained is the graph the quantizer will quantize. The op set is what image classifiers,
+detectors and text recognizers use (convolutions, activations, pools, elementwise arithmetic,
+normalizations, reshapes, resizes, matrix products); anything else is named in the error.
 """
 
 from __future__ import annotations
@@ -123,6 +126,72 @@ def _cast(inputs, attrs):
     return inputs[0].to(torch.from_numpy(np.zeros(0, dtype)).dtype)
 
 
+def _conv_transpose(inputs, attrs):
+    x, weight, bias = inputs[0], inputs[1], inputs[2] if len(inputs) > 2 else None
+    pads = list(attrs.get("pads", [0] * 2 * (x.dim() - 2)))
+    spatial = x.dim() - 2
+    if any(pads[i] != pads[i + spatial] for i in range(spatial)):
+        raise DataFreeError("ConvTranspose with asymmetric pads is not supported by the graph runner",
+                            "re-export the model with symmetric pads")
+    conv = F.conv_transpose2d if x.dim() == 4 else F.conv_transpose1d
+    return conv(x, weight, bias, attrs.get("strides", 1), pads[:spatial], attrs.get("output_padding", 0),
+                attrs.get("group", 1), attrs.get("dilations", 1))
+
+
+def _reduce(fn):
+    def run(inputs, attrs):
+        axes = attrs.get("axes", inputs[1] if len(inputs) > 1 and inputs[1] is not None else None)
+        keep = bool(attrs.get("keepdims", 1))
+        if axes is None:
+            return fn(inputs[0], dim=tuple(range(inputs[0].dim())), keepdim=keep)
+        return fn(inputs[0], dim=tuple(int(a) for a in axes), keepdim=keep)
+
+    return run
+
+
+def _resize(inputs, attrs):
+    x = inputs[0]
+    scales = inputs[2] if len(inputs) > 2 and inputs[2] is not None and inputs[2].numel() else None
+    sizes = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+    mode = attrs.get("mode", b"nearest")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    transform = attrs.get("coordinate_transformation_mode", b"half_pixel")
+    transform = transform.decode() if isinstance(transform, bytes) else transform
+    size = [int(v) for v in sizes[2:]] if sizes is not None else None
+    factor = None if size is not None else [float(v) for v in scales[2:]]
+    if mode == "nearest":
+        return F.interpolate(x, size=size, scale_factor=factor, mode="nearest")
+    if mode == "linear":
+        return F.interpolate(x, size=size, scale_factor=factor, mode="bilinear" if x.dim() == 4 else "linear",
+                             align_corners=transform == "align_corners")
+    raise DataFreeError(f"Resize mode '{mode}' is not supported by the graph runner", "use nearest or linear resizing")
+
+
+def _split(inputs, attrs):
+    x, axis = inputs[0], attrs.get("axis", 0)
+    sizes = attrs.get("split", inputs[1] if len(inputs) > 1 and inputs[1] is not None else None)
+    if sizes is None:
+        count = attrs["num_outputs"]
+        return torch.chunk(x, count, dim=axis)
+    return torch.split(x, [int(v) for v in sizes], dim=axis)
+
+
+def _gather(inputs, attrs):
+    x, index, axis = inputs[0], inputs[1], attrs.get("axis", 0)
+    index = index.long()
+    if index.dim() == 0:
+        return x.select(axis, int(index) % x.shape[axis])
+    return torch.index_select(x, axis, index.reshape(-1) % x.shape[axis]).reshape(
+        *x.shape[:axis], *index.shape, *x.shape[axis + 1:])
+
+
+def _layer_norm(inputs, attrs):
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = attrs.get("axis", -1) % x.dim()
+    return F.layer_norm(x, x.shape[axis:], scale, bias, attrs.get("epsilon", 1e-5))
+
+
 OPS: dict[str, Op] = {
     "Conv": _conv,
     "Relu": lambda i, a: F.relu(i[0]),
@@ -154,6 +223,23 @@ OPS: dict[str, Op] = {
     "MatMul": lambda i, a: i[0] @ i[1],
     "Gemm": _gemm,
     "Softmax": lambda i, a: torch.softmax(i[0], dim=a.get("axis", -1)),
+    "ConvTranspose": _conv_transpose,
+    "ReduceMean": _reduce(torch.mean),
+    "ReduceSum": _reduce(torch.sum),
+    "Pow": lambda i, a: torch.pow(i[0], i[1]),
+    "Sqrt": lambda i, a: torch.sqrt(i[0]),
+    "Exp": lambda i, a: torch.exp(i[0]),
+    "Log": lambda i, a: torch.log(i[0]),
+    "Neg": lambda i, a: -i[0],
+    "Abs": lambda i, a: torch.abs(i[0]),
+    "Erf": lambda i, a: torch.erf(i[0]),
+    "Reciprocal": lambda i, a: torch.reciprocal(i[0]),
+    "Max": lambda i, a: torch.stack(torch.broadcast_tensors(*i)).amax(0),
+    "Min": lambda i, a: torch.stack(torch.broadcast_tensors(*i)).amin(0),
+    "Resize": _resize,
+    "Split": _split,
+    "Gather": _gather,
+    "LayerNormalization": _layer_norm,
 }
 
 
@@ -164,16 +250,28 @@ class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
         pass
 
 
-class OnnxGraphModule(nn.Module):
-    """An ONNX graph run by torch ops; each BatchNormalization is a torch BatchNorm with its statistics."""
+# inputs that hold a layer's learned weights (by op: input positions); QAT trains these, nothing else
+WEIGHT_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,)}
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+TensorHook = Callable[[torch.Tensor], torch.Tensor]
+
+
+class OnnxGraphModule(nn.Module):
+    """An ONNX graph run by torch ops; each BatchNormalization is a torch BatchNorm with its statistics.
+
+    `trainable`: the initializers that hold Conv/ConvTranspose/Gemm/MatMul weights and biases become parameters
+    (`weights`, by initializer name); everything else stays constant. `tensor_hooks` (by tensor name) rewrite a
+    tensor where it is produced (a graph input too) and `weight_hooks` (by initializer name) a weight or constant
+    where it is read: quantization-aware training hangs its fake quantization there.
+    """
+
+    def __init__(self, model: onnx.ModelProto, trainable: bool = False) -> None:
         super().__init__()
         graph = model.graph
         unsupported = sorted({n.op_type for n in graph.node if n.op_type not in OPS and n.op_type not in ("Constant", "BatchNormalization")})
         if unsupported:
             raise DataFreeError(
-                f"the data-free graph runner does not know the ONNX op(s) {', '.join(unsupported)}",
+                f"the ONNX graph runner does not know the ONNX op(s) {', '.join(unsupported)}",
                 "pass the PyTorch model (--model package.module:factory --weights FILE), or calibrate with real data (--from)",
             )
         initializer_names = {t.name for t in graph.initializer}
@@ -181,6 +279,10 @@ class OnnxGraphModule(nn.Module):
         self.output_names = [o.name for o in graph.output]
         self.constants: dict[str, torch.Tensor] = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
         self.batchnorms = nn.ModuleDict()
+        self.weights = nn.ParameterDict()
+        self.weight_keys: dict[str, str] = {}  # initializer name -> key in `weights` (ParameterDict keys take no dots)
+        self.tensor_hooks: dict[str, TensorHook] = {}
+        self.weight_hooks: dict[str, TensorHook] = {}
         self.steps: list[tuple[onnx.NodeProto, dict]] = []
         for index, node in enumerate(graph.node):
             attrs = _attrs(node)
@@ -193,6 +295,21 @@ class OnnxGraphModule(nn.Module):
             self.steps.append((node, attrs))
         for parameter in self.parameters():
             parameter.requires_grad_(False)
+        if trainable:
+            self._make_weights_trainable(graph)
+
+    def _make_weights_trainable(self, graph: onnx.GraphProto) -> None:
+        for node, _ in self.steps:
+            for position in WEIGHT_INPUTS.get(node.op_type, ()):
+                name = node.input[position] if position < len(node.input) else ""
+                if name in self.constants and name not in self.weight_keys and self.constants[name].is_floating_point():
+                    key = f"w{len(self.weight_keys)}"
+                    self.weight_keys[name] = key
+                    self.weights[key] = nn.Parameter(self.constants.pop(name).float())
+
+    def weight(self, name: str) -> torch.Tensor:
+        """A trainable weight by its initializer name."""
+        return self.weights[self.weight_keys[name]]
 
     def _batchnorm(self, node: onnx.NodeProto, attrs: dict) -> GraphBatchNorm:
         scale, bias, mean, var = (self.constants[name] for name in node.input[1:5])
@@ -202,17 +319,36 @@ class OnnxGraphModule(nn.Module):
             layer.running_mean.copy_(mean), layer.running_var.copy_(var)
         return layer.eval()
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def _value(self, values: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
+        if not name:
+            return None
+        value = self.weight(name) if name in self.weight_keys else values[name]
+        hook = self.weight_hooks.get(name)
+        return hook(value) if hook is not None else value
+
+    def _store(self, values: dict[str, torch.Tensor], name: str, tensor: torch.Tensor) -> None:
+        hook = self.tensor_hooks.get(name)
+        values[name] = hook(tensor) if hook is not None else tensor
+
+    def run(self, *inputs: torch.Tensor, outputs: list[str] | None = None) -> list[torch.Tensor]:
+        """Every graph output in the graph's order, or the tensors named in `outputs`."""
         values: dict[str, torch.Tensor] = dict(self.constants)
-        values.update(zip(self.input_names, inputs))
+        for name, tensor in zip(self.input_names, inputs):
+            self._store(values, name, tensor)
         for node, attrs in self.steps:
-            args = [values[name] if name else None for name in node.input]
+            args = [self._value(values, name) for name in node.input]
             if node.op_type == "BatchNormalization":
                 result = self.batchnorms[attrs["module"]](args[0])
             else:
                 result = OPS[node.op_type](args, attrs)
-            values[node.output[0]] = result
-        return values[self.output_names[0]]
+            results = result if isinstance(result, (tuple, list)) else (result,)
+            for name, tensor in zip(node.output, results):
+                self._store(values, name, tensor)
+        return [values[name] for name in outputs or self.output_names]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The first output (a classifier's scores: what data-free synthesis steers)."""
+        return self.run(*inputs)[0]
 
 
 def onnx_graph_module(path: Path) -> OnnxGraphModule:

@@ -90,11 +90,14 @@ def build(
 
         load_private_key(sign, passphrase)  # a bad key fails before the build, not after it
     from edgecompress.core.config import load_config
-    from edgecompress.pipeline.pipeline import build as run_build
-    from edgecompress.core.progress import console, out_console
-    from edgecompress.pipeline.report import summary_table
+    from edgecompress.engines import checked_profiles
 
     build_config = load_config(config, overrides)
+    checked_profiles(build_config.target)  # a mistyped target fails in a second, before the pipeline imports torch
+    from edgecompress.core.progress import console, out_console
+    from edgecompress.pipeline.pipeline import build as run_build
+    from edgecompress.pipeline.report import summary_table
+
     reports = run_build(build_config)
     out_console.print(summary_table(reports, out_console.width))
     for report in reports:

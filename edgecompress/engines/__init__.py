@@ -43,6 +43,17 @@ def check_profile(profile: TargetProfile) -> None:
         check(profile)
 
 
+def checked_profiles(names: list[str]) -> list[TargetProfile]:
+    """The target profiles a build names, each engine's options validated: a typo in --target or in a profile
+    fails here, before any work (and, from the CLI, before torch is even imported)."""
+    from edgecompress.core.targets import load_profiles
+
+    profiles = load_profiles(names)
+    for profile in profiles:
+        check_profile(profile)
+    return profiles
+
+
 def build_place(builder: EngineBuilder, profile: TargetProfile) -> BuildPlace:
     """Whether `profile`'s engine is built (and measured) on this host or handed over as a device kit."""
     from edgecompress.quantize.isa import host_arch
@@ -58,6 +69,6 @@ def describe_profile(profile: TargetProfile) -> str:
 
 
 __all__ = [
-    "BuildPlace", "EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "build_place", "check_profile",
+    "BuildPlace", "EngineArtifact", "EngineBuilder", "Runner", "TensorSpec", "build_place", "check_profile", "checked_profiles",
     "describe_profile", "get_builder",
 ]

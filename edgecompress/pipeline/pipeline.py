@@ -23,7 +23,7 @@ from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_
 from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.core.config import BuildConfig
 from edgecompress.source.data import DigitsSplits as Splits
-from edgecompress.engines import EngineArtifact, build_place, check_profile, get_builder
+from edgecompress.engines import EngineArtifact, build_place, checked_profiles, get_builder
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.core.errors import BudgetNotMetError, CalibrationError, ConfigError
 from edgecompress.measure.evaluate import EvalSet, evaluate
@@ -118,9 +118,7 @@ BUILD_STEPS = (
 
 def build(config: BuildConfig) -> list[dict[str, Any]]:
     """Run the whole build; returns one report.json dict per target."""
-    profiles = load_profiles(config.target)  # a typo in --target fails before any work
-    for profile in profiles:
-        check_profile(profile)  # ...and so does a typo in a profile's engine options
+    profiles = checked_profiles(config.target)  # a typo in --target or in a profile's options fails before any work
     config.out.mkdir(parents=True, exist_ok=True)
     context = BuildContext(config)
     for step in BUILD_STEPS:

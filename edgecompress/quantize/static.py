@@ -144,21 +144,45 @@ def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe,
     correct_biases(model, quantized_weights, input_means(model, calibration.batches(16), inputs))
 
 
-def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
-    """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
-    check_exclusions(fp32_path, recipe.nodes_to_exclude)
-    extra_options = {
+def _extra_options(recipe: QuantRecipe) -> dict:
+    options = {
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "CalibMovingAverage": False,
         "QuantizeBias": recipe.quantize_bias,
     }
     if recipe.calibration_method == "percentile":
-        extra_options["CalibPercentile"] = recipe.percentile
+        options["CalibPercentile"] = recipe.percentile
+    return options
+
+
+def prepare_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
+    """The float graph `quantize_model` quantizes (pre-processed: BatchNorm folded, shapes inferred; then the
+    recipe's equalization and bias correction): what quantization-aware training trains."""
+    with onnxruntime_logs(), tempfile.TemporaryDirectory(prefix="edgecompress-prep-") as workdir:
+        prepared = Path(workdir) / "prepared.onnx"
+        _prepare(fp32_path, prepared, recipe, calibration, _extra_options(recipe))
+        with atomic_path(out_path) as tmp:
+            onnx.save(onnx.load(str(prepared)), str(tmp))
+    return Path(out_path)
+
+
+def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path,
+                   activation_ranges: dict[str, list[dict]] | None = None) -> Path:
+    """Static QDQ quantization with per-channel weights and the recipe's calibration method.
+
+    `activation_ranges` (ORT `TensorQuantOverrides`: scale and zero point, or rmin/rmax, per tensor) fix those
+    tensors' quantization instead of calibrating them: quantization-aware training hands over the ranges it
+    trained with, so the engine computes what the fine-tuning saw.
+    """
+    check_exclusions(fp32_path, recipe.nodes_to_exclude)
+    extra_options = _extra_options(recipe)
     with onnxruntime_logs(), tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
         prepared = Path(workdir) / "prepared.onnx"
         _prepare(fp32_path, prepared, recipe, calibration, extra_options)
-        if recipe.calibration_method == "entropy":
+        if activation_ranges:
+            extra_options["TensorQuantOverrides"] = activation_ranges
+        elif recipe.calibration_method == "entropy":
             from edgecompress.calib.ranges import entropy_overrides
 
             # one sample at a time: ORT's histogram collector stacks the batches, so unequal batch sizes fail there

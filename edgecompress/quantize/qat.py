@@ -1,0 +1,338 @@
+"""Quantization-aware fine-tuning (QAT) with distillation from the fp32 model, for PyTorch and ONNX-only models alike.
+
+What is trained is the float graph the quantizer quantizes (`static.prepare_model`: BatchNorm already folded into
+the convolutions, so no BatchNorm runs in train mode), run as a torch module (`calib/onnx_torch.py`). Fake
+quantization mirrors the post-training QDQ model of the same recipe exactly: every activation the QDQ model
+quantizes is quantized with that model's own scale and zero point (frozen: the ranges are calibrated once, as
+NVIDIA's and PyTorch's QAT recipes do), and every weight it quantizes is quantized per channel, symmetric, with the
+scale the quantizer will compute from the trained weight (max |w| / 127, or / 64 with reduce_range). Gradients pass
+straight through the rounding inside the range and stop outside it. Nodes the recipe keeps in float stay float.
+
+The loss is distillation from the fp32 graph (labels are optional): KL at a temperature on class scores and
+per-step KL on sequences, MSE (scaled by the reference's variance) on boxes, maps and values. The trained weights
+are written back into the same graph and quantized by the same quantizer with the ranges the training used, so the
+engine computes what the fine-tuning saw, by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch.nn import functional as F
+
+from edgecompress.calib.onnx_torch import OnnxGraphModule
+from edgecompress.core.errors import ConfigError
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.source.layout import BatchLayout
+
+LossKind = Literal["kl", "mse"]
+TYPE_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
+QUANTIZED_SUFFIX = "_quantized"  # ORT names a quantized weight initializer <weight>_quantized
+RENAMED_OUTPUT_SUFFIX = "_QuantizeLinear_Input"  # and a quantized graph output's producer output <output>_QuantizeLinear_Input
+
+
+@dataclass(frozen=True)
+class ActivationQuant:
+    """One activation tensor's quantization as the QDQ model does it."""
+
+    scale: float
+    zero_point: int
+    dtype: str  # "uint8" | "int8"
+
+
+@dataclass(frozen=True)
+class WeightQuant:
+    """One weight's quantization as the quantizer will compute it from the trained values."""
+
+    axis: int | None  # per-channel axis; None: per tensor
+    symmetric_max: int  # 127, or 64 with reduce_range: scale = max |w| / symmetric_max
+    dtype: str
+    dequantized: np.ndarray = field(compare=False, repr=False, default_factory=lambda: np.zeros(0))  # as the QDQ model has it
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Where the QDQ model quantizes, read from the model itself (never re-derived from the recipe's rules)."""
+
+    activations: dict[str, ActivationQuant]
+    weights: dict[str, WeightQuant]
+
+    def activation_ranges(self) -> dict[str, list[dict[str, Any]]]:
+        """ORT `TensorQuantOverrides` that make the quantizer use exactly these activation parameters."""
+        dtypes = {"uint8": np.uint8, "int8": np.int8}
+        return {name: [{"scale": np.array(q.scale, np.float32), "zero_point": np.array(q.zero_point, dtypes[q.dtype])}]
+                for name, q in self.activations.items()}
+
+
+def _dtype_name(tensor: onnx.TensorProto) -> str:
+    return {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}.get(tensor.data_type, "")
+
+
+def read_quant_plan(qdq: onnx.ModelProto, recipe: QuantRecipe) -> QuantPlan:
+    """The activation scales and zero points of a QDQ model, and which weights it quantizes along which axis."""
+    initializers = {t.name: t for t in qdq.graph.initializer}
+    activations: dict[str, ActivationQuant] = {}
+    weights: dict[str, WeightQuant] = {}
+    for node in qdq.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in initializers:
+            scale = numpy_helper.to_array(initializers[node.input[1]])
+            zero_point = initializers[node.input[2]]
+            activations[node.input[0].removesuffix(RENAMED_OUTPUT_SUFFIX)] = ActivationQuant(float(scale), int(numpy_helper.to_array(zero_point)),
+                                                        _dtype_name(zero_point))
+        elif node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+            quantized = initializers[node.input[0]]
+            dtype = _dtype_name(quantized)
+            if not dtype or not node.input[0].endswith(QUANTIZED_SUFFIX):
+                continue  # int32 biases: quantized with the input's and weight's scales, nothing to mirror
+            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+            per_channel = numpy_helper.to_array(initializers[node.input[1]]).size > 1
+            scale = numpy_helper.to_array(initializers[node.input[1]])
+            zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32)
+            values = numpy_helper.to_array(quantized).astype(np.float32)
+            if per_channel:
+                shape = [1] * values.ndim
+                shape[axis % values.ndim] = -1
+                scale, zero = scale.reshape(shape), zero.reshape(shape)
+            weights[node.input[0].removesuffix(QUANTIZED_SUFFIX)] = WeightQuant(
+                axis if per_channel else None, 64 if recipe.reduce_range else 127, dtype, (values - zero) * scale)
+    return QuantPlan(activations, weights)
+
+
+def _fake_quant_activation(quant: ActivationQuant):
+    low, high = TYPE_RANGES[quant.dtype]
+
+    def hook(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.fake_quantize_per_tensor_affine(tensor, quant.scale, quant.zero_point, low, high)
+
+    return hook
+
+
+def weight_scale(weight: torch.Tensor, quant: WeightQuant) -> torch.Tensor:
+    """max |w| per channel / symmetric_max, as ORT's compute_scale_zp (a zero channel gets scale 1)."""
+    if quant.axis is None:
+        absmax = weight.detach().abs().amax().reshape(1)
+    else:
+        axis = quant.axis % weight.dim()
+        absmax = weight.detach().abs().amax(dim=tuple(d for d in range(weight.dim()) if d != axis))
+    scale = absmax.double() / quant.symmetric_max
+    return torch.where(scale < torch.finfo(torch.float32).tiny, torch.ones_like(scale), scale).float()
+
+
+def _fake_quant_weight(quant: WeightQuant):
+    low, high = TYPE_RANGES[quant.dtype]
+
+    def hook(weight: torch.Tensor) -> torch.Tensor:
+        scale = weight_scale(weight, quant)
+        zero = torch.zeros_like(scale, dtype=torch.int32)
+        if quant.axis is None:
+            return torch.fake_quantize_per_tensor_affine(weight, float(scale), 0, low, high)
+        return torch.fake_quantize_per_channel_affine(weight, scale, zero, quant.axis % weight.dim(), low, high)
+
+    return hook
+
+
+def _fixed(value: np.ndarray):
+    fixed = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+
+    def hook(constant: torch.Tensor) -> torch.Tensor:
+        return fixed.reshape(constant.shape).to(constant.dtype)
+
+    return hook
+
+
+class FakeQuantGraph:
+    """The prepared float graph as a torch module with the QDQ model's quantization hooked on; `quantized`
+    switches the hooks off to run the same module as the fp32 teacher."""
+
+    def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan) -> None:
+        self.module = OnnxGraphModule(prepared, trainable=True).eval()  # BatchNorm (if any is left) keeps its statistics
+        missing = sorted(set(plan.weights) - set(self.module.weight_keys) - set(self.module.constants))
+        if missing:
+            raise ConfigError(f"the quantized model quantizes initializers the float graph lacks: {', '.join(missing[:5])}",
+                              "this is a bug in edgecompress: please report it with the model")
+        self._activation_hooks = {name: _fake_quant_activation(q) for name, q in plan.activations.items()}
+        # a trained weight is quantized as the quantizer will quantize it; a constant operand (the 3 of a hard-swish's
+        # x + 3) is not trained, so it takes the value the QDQ model holds
+        self._weight_hooks = {name: _fake_quant_weight(q) if name in self.module.weight_keys else _fixed(q.dequantized)
+                              for name, q in plan.weights.items()}
+        self.quantized(True)
+
+    def quantized(self, on: bool) -> None:
+        self.module.tensor_hooks = dict(self._activation_hooks) if on else {}
+        self.module.weight_hooks = dict(self._weight_hooks) if on else {}
+
+    def run(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
+        return self.module.run(*(inputs[name] for name in self.module.input_names), outputs=outputs)
+
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
+        self.quantized(False)
+        try:
+            with torch.no_grad():
+                return self.run(inputs, outputs)
+        finally:
+            self.quantized(True)
+
+
+def distillation_targets(model: onnx.ModelProto) -> list[str]:
+    """The tensor each output is distilled on: a Softmax output's input (its logits: int8 probabilities round the
+    small ones to 0, whose log has no gradient), else the output itself."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    targets = []
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        targets.append(node.input[0] if node is not None and node.op_type == "Softmax" else output.name)
+    return targets
+
+
+def write_weights(prepared: onnx.ModelProto, module: OnnxGraphModule, out_path: Path) -> Path:
+    """The prepared graph with the trained weights: same nodes, same names, new values."""
+    from edgecompress.core.artifacts import atomic_path
+
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared)
+    for tensor in model.graph.initializer:
+        if tensor.name in module.weight_keys:
+            trained = module.weight(tensor.name).detach().cpu().numpy().astype(numpy_helper.to_array(tensor).dtype)
+            tensor.CopyFrom(numpy_helper.from_array(trained, tensor.name))
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+    return Path(out_path)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: LossKind, temperature: float) -> torch.Tensor:
+    """KL at `temperature` over the last axis (class scores, per step for sequences), T² scaled; or MSE relative to
+    the teacher's variance, so outputs in pixels and in [0, 1] weigh alike."""
+    if kind == "kl":
+        student_log = F.log_softmax(student.reshape(-1, student.shape[-1]) / temperature, dim=-1)
+        teacher_log = F.log_softmax(teacher.reshape(-1, teacher.shape[-1]) / temperature, dim=-1)
+        return F.kl_div(student_log, teacher_log, reduction="batchmean", log_target=True) * temperature**2
+    return F.mse_loss(student, teacher) / teacher.var().clamp_min(1e-12)
+
+
+def loss_kind_for(output: np.ndarray) -> LossKind:
+    """Class scores ([N, C], or [N, T, C] per step) distil by KL; everything else by MSE."""
+    return "kl" if output.ndim in (2, 3) and output.shape[-1] > 1 else "mse"
+
+
+@dataclass(frozen=True)
+class QatOptions:
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 1e-5  # Adam; NNCF's MobileNetV2 recipe: 1e-5, ModelOpt's CNN example: 1e-4 (SGD)
+    temperature: float = 2.0
+    max_seconds: float = 600.0  # a time limit too: the ladder moves on rather than wait
+    validation_fraction: float = 0.1  # held back from the training inputs to keep the best weights
+    validate_every: int = 25
+    seed: int = 0
+    loss_kinds: tuple[LossKind, ...] = ()  # per output; empty: from each output's shape (loss_kind_for)
+
+    def __post_init__(self) -> None:
+        for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("validate_every", self.validate_every)):
+            if value < 1:
+                raise ConfigError(f"QAT {name} must be at least 1, not {value}", f"set {name} to a positive whole number")
+        if not 0 < self.lr < 1 or self.temperature <= 0 or self.max_seconds <= 0:
+            raise ConfigError("QAT lr must be in (0, 1), temperature and max_seconds positive",
+                              "e.g. lr 1e-5, temperature 2, max_seconds 600")
+
+
+@dataclass
+class QatResult:
+    model_path: Path  # the prepared fp32 graph with the fine-tuned weights
+    plan: QuantPlan
+    steps: int
+    seconds: float
+    samples: int  # training inputs used (validation ones excluded)
+    stopped: str  # why training ended
+    curve: list[dict[str, float]] = field(default_factory=list)  # step, training loss, validation loss
+    validation_loss_before: float = 0.0
+    validation_loss_after: float = 0.0
+
+
+def _take(arrays: dict[str, np.ndarray], layout: BatchLayout, indices: np.ndarray) -> dict[str, torch.Tensor]:
+    picked = {}
+    for name, array in arrays.items():
+        axis = layout.axis(name, array)
+        picked[name] = torch.from_numpy(np.ascontiguousarray(array if axis is None else np.take(array, indices, axis=axis)))
+    return picked
+
+
+def _split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng(seed).permutation(count)
+    held = int(round(count * fraction)) if count >= 10 else 0
+    return order[held:], order[:held]
+
+
+def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], layout: BatchLayout, recipe: QuantRecipe,
+             options: QatOptions, out_path: Path, progress=None) -> QatResult:
+    """Fine-tune the prepared graph under the QDQ model's fake quantization, distilled from its own fp32 outputs;
+    keep the weights with the lowest validation loss; write them to `out_path`."""
+    torch.manual_seed(options.seed)
+    prepared = onnx.load(str(prepared_path))
+    plan = read_quant_plan(onnx.load(str(qdq_path)), recipe)
+    graph = FakeQuantGraph(prepared, plan)
+    count = layout.count(inputs)
+    train_index, val_index = _split(count, options.validation_fraction, options.seed)
+    if len(train_index) == 0:
+        raise ConfigError("quantization-aware training got no training inputs", "pass --data with inputs, or a larger --calib set")
+    targets = distillation_targets(prepared)
+    val_inputs = _take(inputs, layout, val_index if len(val_index) else train_index[: options.batch_size])
+    val_teacher = graph.teacher_outputs(val_inputs, targets)
+    kinds = options.loss_kinds or tuple(loss_kind_for(t.numpy()) for t in val_teacher)
+
+    def loss_of(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+        return sum((distillation_loss(s, t, kind, options.temperature) for s, t, kind in zip(student, teacher, kinds)),
+                   start=torch.zeros(()))
+
+    def validation_loss() -> float:
+        with torch.no_grad():
+            return float(loss_of(graph.run(val_inputs, targets), val_teacher))
+
+    parameters = list(graph.module.weights.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=options.lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
+    rng = np.random.default_rng(options.seed)
+    best_loss = before = validation_loss()
+    best_state = {k: v.detach().clone() for k, v in graph.module.weights.items()}
+    curve: list[dict[str, float]] = [{"step": 0, "validation_loss": before}]
+    started, step, stopped = time.perf_counter(), 0, f"{options.steps} steps"
+    order = rng.permutation(train_index)
+    cursor = 0
+    task = progress.add_task("QAT", total=options.steps) if progress is not None else None
+    with torch.enable_grad():
+        while step < options.steps:
+            if time.perf_counter() - started > options.max_seconds:
+                stopped = f"time limit {options.max_seconds:.0f} s after {step} steps"
+                break
+            if cursor + options.batch_size > len(order):
+                order, cursor = rng.permutation(train_index), 0
+            batch = _take(inputs, layout, order[cursor: cursor + options.batch_size])
+            cursor += options.batch_size
+            loss = loss_of(graph.run(batch, targets), graph.teacher_outputs(batch, targets))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            entry: dict[str, float] = {"step": step, "loss": float(loss.detach())}
+            if step % options.validate_every == 0 or step == options.steps:
+                entry["validation_loss"] = validation_loss()
+                if entry["validation_loss"] < best_loss:
+                    best_loss = entry["validation_loss"]
+                    best_state = {k: v.detach().clone() for k, v in graph.module.weights.items()}
+            curve.append(entry)
+            if progress is not None:
+                progress.update(task, advance=1, description=(
+                    f"QAT step {step} loss {entry['loss']:.4f} validation {best_loss:.4f} (before {before:.4f})"))
+    with torch.no_grad():
+        for key, value in best_state.items():
+            graph.module.weights[key].copy_(value)
+    write_weights(prepared, graph.module, out_path)
+    return QatResult(Path(out_path), plan, step, round(time.perf_counter() - started, 1), len(train_index), stopped,
+                     curve, before, best_loss)
