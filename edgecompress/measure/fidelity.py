@@ -210,13 +210,17 @@ class DetectionOptions:
     max_candidates: int = 3000  # best-scoring boxes kept before NMS, as detectors' own post-processing does
 
 
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    """Area of x1,y1,x2,y2 boxes (last axis); an inverted box has none."""
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+
+
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one x1,y1,x2,y2 box with each of `boxes`."""
     width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     intersection = width * height
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-    union = area(box) + area(boxes) - intersection
+    union = _box_area(box) + _box_area(boxes) - intersection
     return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
 
 
