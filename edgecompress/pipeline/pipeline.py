@@ -398,11 +398,11 @@ SAMPLE_COUNT = 8
 
 def samples_stage(eval_set: EvalSet, target_dir: Path) -> SampleInputs:
     """Keep a few held-out inputs beside the engine: bundles carry them for the device self-test."""
-    from edgecompress.core.artifacts import atomic_path
+    from edgecompress.core.artifacts import atomic_path, save_npz
 
     path = target_dir / "samples.npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **{name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
+    with atomic_path(path) as tmp:
+        save_npz(tmp, {name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
     return SampleInputs(path.name, min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), eval_set.description)
 
 
