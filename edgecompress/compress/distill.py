@@ -49,6 +49,9 @@ def kd_loss(
     """Hinton's distillation loss; the T^2 keeps soft-target gradients on the scale of the hard ones."""
     loss = student_logits.new_zeros(())
     if alpha > 0:
+        if labels is None:
+            raise DistillationError("the hard-label part of distillation (alpha > 0) needs labels",
+                                    "pass labelled data, or set distill_alpha to 0 to learn from the teacher alone")
         loss = loss + alpha * F.cross_entropy(student_logits, labels)
     if alpha < 1:
         soft = F.kl_div(
