@@ -160,6 +160,12 @@ OPS: dict[str, Op] = {
 class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
     """ONNX BatchNormalization: per-channel on axis 1 for any rank, so the data-free hooks find it."""
 
+    # always affine with running statistics (the defaults): ONNX's BatchNormalization carries all four
+    weight: nn.Parameter
+    bias: nn.Parameter
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def _check_input_dim(self, input: torch.Tensor) -> None:
         pass
 

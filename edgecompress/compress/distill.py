@@ -147,7 +147,7 @@ class DistillationLoss:
             student_feature = adapter(self.student_tap.outputs[s_name])
             teacher_feature = self.teacher_tap.outputs[t_name]
             if student_feature.dim() == 4 and student_feature.shape[2:] != teacher_feature.shape[2:]:
-                student_feature = F.adaptive_avg_pool2d(student_feature, teacher_feature.shape[2:])
+                student_feature = F.adaptive_avg_pool2d(student_feature, (teacher_feature.shape[2], teacher_feature.shape[3]))
             loss = loss + self.config.feature_weight * F.mse_loss(student_feature, teacher_feature)
         return loss
 

@@ -88,7 +88,8 @@ def _result(metric: Metric, value: float, **details: float) -> FidelityResult:
 class Comparator(Protocol):
     """Compares the engine's outputs of one model output with fp32's, over all samples (batch on axis 0)."""
 
-    task: str
+    @property
+    def task(self) -> str: ...  # read-only: comparators are frozen dataclasses
 
     def compare(self, reference: np.ndarray, engine: np.ndarray, labels: np.ndarray | None = None) -> FidelityResult: ...
 
@@ -279,7 +280,7 @@ def match_detections(reference: Detections, engine: Detections, match_iou: float
     return int(matched.sum()), ious
 
 
-def mean_average_precision(found: Sequence[Detections], truths: Sequence[np.ndarray], match_iou: float) -> float:
+def mean_average_precision(found: Sequence[Detections], truths: Sequence[np.ndarray] | np.ndarray, match_iou: float) -> float:
     """mAP at `match_iou` against labelled boxes, [K, 5] rows of class, x1, y1, x2, y2 per image (class < 0: padding).
 
     Per class, detections of all images ranked by score, each true box matched at most once; AP is the area under
@@ -534,14 +535,18 @@ class Judgement:
 class Evaluated(Protocol):
     """What the budget judges: an evaluation's per-output fidelity (edgecompress.evaluate.Evaluation)."""
 
-    fidelity: tuple[OutputFidelity, ...]
+    @property
+    def fidelity(self) -> tuple[OutputFidelity, ...]: ...
 
 
 class Labelled(Protocol):
     """What the budget checks before anything runs: whether evaluation data has labels (evaluate.EvalSet)."""
 
-    labels: np.ndarray | None
-    description: str
+    @property
+    def labels(self) -> np.ndarray | None: ...
+
+    @property
+    def description(self) -> str: ...
 
 
 @dataclass(frozen=True)

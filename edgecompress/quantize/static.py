@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -147,7 +148,7 @@ def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe,
 def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRecipe, out_path: Path) -> Path:
     """Static QDQ quantization with per-channel weights and the recipe's calibration method."""
     check_exclusions(fp32_path, recipe.nodes_to_exclude)
-    extra_options = {
+    extra_options: dict[str, Any] = {
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "CalibMovingAverage": False,
