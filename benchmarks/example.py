@@ -33,11 +33,11 @@ sys.path.insert(0, str(REPO))
 
 from edgecompress.measure.bench import benchmark  # noqa: E402
 from edgecompress.source.data import digits_splits  # noqa: E402
-from edgecompress.source.specs import TensorSpec
+from edgecompress.source.specs import TensorSpec  # noqa: E402
 from edgecompress.engines.ort_cpu import OrtRunner  # noqa: E402
 from edgecompress.measure.evaluate import run_batched, top1_accuracy  # noqa: E402
 from edgecompress.presets.example import EXAMPLE_MODEL, example_teacher  # noqa: E402
-from edgecompress.export.torch_export import export_torch
+from edgecompress.export.torch_export import export_torch  # noqa: E402
 
 
 class TorchEagerRunner:

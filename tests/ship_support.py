@@ -268,7 +268,7 @@ def start_sshd(workdir: Path, chroot: Path | None = None) -> SshDevice:
                 break
         except OSError:
             if process.poll() is not None:
-                raise RuntimeError((workdir / "sshd.log").read_text())
+                raise RuntimeError((workdir / "sshd.log").read_text()) from None
             time.sleep(0.05)
     return SshDevice("127.0.0.1", port, user, user_key, known_hosts, root, process)
 

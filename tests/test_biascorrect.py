@@ -99,7 +99,7 @@ def test_corrected_biases_cancel_each_layers_mean_weight_error(padded_case) -> N
                     (module.weight, original_bias), (weight_q, original_bias), (weight_q, torch.from_numpy(corrected[name]))))
                 dims = (0,)
             else:
-                conv = lambda w, b: F.conv2d(x, w, b, module.stride, module.padding, groups=module.groups)  # noqa: E731
+                conv = lambda w, b: F.conv2d(x, w, b, module.stride, module.padding, groups=module.groups)  # noqa: E731, B023 - used in this iteration only
                 fp32, plain, fixed = conv(module.weight, original_bias), conv(weight_q, original_bias), conv(weight_q, torch.from_numpy(corrected[name]))
                 dims = (0, 2, 3)
         shift_before = (plain - fp32).mean(dims).abs().max().item()
@@ -149,7 +149,7 @@ def test_quantized_model_biases_move_by_each_layers_mean_weight_error(padded_cas
             if isinstance(module, nn.Linear):
                 mean_error = (F.linear(x, int8_weights[name]) - F.linear(x, module.weight)).mean(0)
             else:
-                conv = lambda w: F.conv2d(x, w, None, module.stride, module.padding, groups=module.groups)  # noqa: E731
+                conv = lambda w: F.conv2d(x, w, None, module.stride, module.padding, groups=module.groups)  # noqa: E731, B023 - used in this iteration only
                 mean_error = (conv(int8_weights[name]) - conv(module.weight)).mean((0, 2, 3))
         before = plain[name] if plain[name] is not None else np.zeros_like(corrected[name])
         np.testing.assert_allclose(corrected[name] - before, -mean_error.numpy(), rtol=1e-3, atol=1e-6, err_msg=name)

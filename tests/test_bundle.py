@@ -243,6 +243,21 @@ def run_py(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "run.py", *args], cwd=root, env=env, capture_output=True, text=True, timeout=120)
 
 
+def test_bundled_runner_refuses_a_trusted_key_of_another_type(target_dir: Path, tmp_path: Path, keys) -> None:
+    """An RSA key given to the device as the trusted one is another key, said so (it used to raise AttributeError)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_public = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    rsa_path = tmp_path / "rsa.pub"
+    rsa_path.write_bytes(rsa_public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    bundle = build_bundle(target_dir, tmp_path / "b.tar.gz", BundleOptions(sign_key=keys.private_path))
+    root = verify_bundle(bundle.path, keys.public_path, extract_to=tmp_path / "device").root
+    result = run_py(root, "--verify", "--key", str(rsa_path))
+    assert result.returncode != 0 and f"signed by key {keys.key_id}, not by {rsa_path}" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bundled_runner_verifies_selftests_and_classifies(target_dir: Path, tmp_path: Path, keys) -> None:
     bundle = build_bundle(target_dir, tmp_path / "b.tar.gz", BundleOptions(sign_key=keys.private_path))
     root = verify_bundle(bundle.path, keys.public_path, extract_to=tmp_path / "device").root

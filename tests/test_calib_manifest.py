@@ -30,6 +30,16 @@ def test_checksum_is_of_the_arrays_not_the_zip_container(tmp_path):
     assert verify_manifest(first, {"x": x})["sha256"] == verify_manifest(second, {"x": x})["sha256"]
 
 
+def test_inputs_named_like_numpy_savez_keywords_are_written_as_arrays(tmp_path):
+    """ONNX input names are anyone's: `np.savez(f, **arrays)` raised for `file` and dropped `allow_pickle`."""
+    arrays = {"file": np.ones((2, 3), np.float32), "allow_pickle": np.zeros((2, 1), np.int64)}
+    path, _ = write_set(tmp_path / "set.npz", arrays, {"format": MANIFEST_FORMAT, "sha256": arrays_sha256(arrays)})
+    with np.load(path) as stored:
+        assert set(stored.files) == {"file", "allow_pickle"}
+        np.testing.assert_array_equal(stored["allow_pickle"], arrays["allow_pickle"])
+    assert verify_manifest(path, arrays)["sha256"] == arrays_sha256(arrays)
+
+
 def test_loading_a_set_with_a_manifest_verifies_it_and_keeps_its_sha256(tmp_path):
     x = np.ones((2, 2, 3), np.float32)
     path = written(tmp_path, x)

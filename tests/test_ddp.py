@@ -35,3 +35,22 @@ def test_two_torchrun_processes_distil_the_same_student_as_one(tmp_path):
     assert any(not torch.equal(initial[k], single[k]) for k in single if k.endswith("weight"))  # it trained
     for name, tensor in single.items():
         torch.testing.assert_close(parallel[name].float(), tensor.float(), atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_cross_rank_batch_norm_keeps_torch_running_statistics_with_cumulative_momentum(monkeypatch):
+    """momentum=None (a cumulative average) used to fail with `1 - None` once statistics were shared across ranks."""
+    import torch.distributed.nn.functional as distributed_functional
+
+    from edgecompress.compress import parallel
+
+    monkeypatch.setattr(parallel, "world", lambda: (0, 2))  # two ranks...
+    monkeypatch.setattr(distributed_functional, "all_reduce", lambda totals: totals)  # ...the other one adds nothing
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 4, 4) for _ in range(3)]
+    shared, plain = torch.nn.BatchNorm2d(3, momentum=None), torch.nn.BatchNorm2d(3, momentum=None)
+    with parallel._cross_rank_batchnorms(shared):
+        for batch in batches:
+            torch.testing.assert_close(shared(batch), plain(batch))
+    torch.testing.assert_close(shared.running_mean, plain.running_mean)
+    torch.testing.assert_close(shared.running_var, plain.running_var)
+    assert int(shared.num_batches_tracked) == int(plain.num_batches_tracked) == 3

@@ -213,3 +213,10 @@ def test_training_inside_torch_no_grad_trains_as_it_does_outside():
     assert result.history == expected.history and expected.history[-1]["loss"] < expected.history[0]["loss"]
     for name, value in plain.state_dict().items():
         assert torch.equal(guarded.state_dict()[name], value), name
+
+
+def test_hard_label_distillation_without_labels_is_refused_with_the_fix():
+    logits = torch.zeros(4, 10)
+    with pytest.raises(DistillationError, match="needs labels"):
+        kd_loss(logits, logits, None, alpha=0.5, temperature=2.0)
+    assert float(kd_loss(logits, logits, None, alpha=0.0, temperature=2.0)) == 0.0  # the teacher alone needs none

@@ -148,8 +148,13 @@ def test_detector_repair_tries_the_decode_tail_in_fp32_first(digits_files, tmp_p
     fp32 = export(TinyDetector(), tmp_path / "detector.onnx", "head")
     inputs, _ = model_io(read_onnx(fp32))
     calibration = calibration_set_from_arrays({"input": np.load(digits_files / "calib.npz")["input"]}, inputs, "digits train")
-    quantize = lambda recipe: quantize_model(fp32, calibration, recipe, tmp_path / f"{len(list(tmp_path.iterdir()))}.onnx")
-    load = lambda path: OrtRunner(path, threads=1)
+
+    def quantize(recipe):
+        return quantize_model(fp32, calibration, recipe, tmp_path / f"{len(list(tmp_path.iterdir()))}.onnx")
+
+    def load(path):
+        return OrtRunner(path, threads=1)
+
     session = RepairSession(
         fp32, EvalSet({"input": np.load(digits_files / "eval.npz")["input"]}, None, "digits test"), quantize, load, load(fp32),
         Budget(limits=((None, 1.01),)),  # F1 above 1: unreachable, so every step runs

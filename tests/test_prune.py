@@ -74,3 +74,11 @@ def test_a_ratio_outside_zero_to_one_is_refused(ratio):
 def test_taylor_without_data_is_refused():
     with pytest.raises(PruningError, match="labelled data"):
         prune_unstructured(tiny_cnn(), 0.5, "taylor")
+
+
+def test_taylor_gives_a_layer_forward_never_uses_no_importance():
+    """Its weights have no gradient, and removing them changes no loss (it used to fail with `Tensor * None`)."""
+    model, splits = tiny_cnn(), tiny_splits()
+    model.unused_head = torch.nn.Linear(4, 2)  # registered, never called by forward()
+    scores = taylor_scores(model, splits.train)
+    assert float(scores[model.unused_head].abs().sum()) == 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
     def hook_for(name: str):
         def hook(module: nn.modules.batchnorm._BatchNorm, inputs: tuple[torch.Tensor, ...], _output) -> None:
             x = inputs[0]
+            assert module.running_mean is not None and module.running_var is not None  # batchnorm_layers keeps only these
             running_mean, running_var = module.running_mean.detach(), module.running_var.detach()
             # two plain means of the input centred on the stored mean (which keeps E[x²] - E[x]² accurate in
             # float32): with their backward, a step of EfficientNet-Lite0 (32×3×112×112, channels-last) took
@@ -74,5 +75,5 @@ def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
 
 def batchnorm_loss(records: list[BatchNormStats], slack: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Mean over layers of each layer's statistic distance (the quantity synthesis minimizes)."""
-    margins = slack or [0.0] * len(records)
+    margins: Sequence[torch.Tensor | float] = slack or [0.0] * len(records)
     return torch.stack([record.loss(margin) for record, margin in zip(records, margins)]).mean()

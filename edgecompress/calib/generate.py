@@ -116,12 +116,13 @@ def stratified_order(labels: list[str | None], seed: int) -> list[int]:
     members: dict[str | None, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):
         members[label].append(index)
-    order, positions = [], []
+    order: list[int] = []
+    positions: list[float] = []
     for indices in members.values():
         order.extend(int(i) for i in rng.permutation(indices))
         positions.extend((np.arange(len(indices)) + 0.5) / len(indices))
     ties = rng.random(len(order))
-    return [order[i] for i in np.lexsort((ties, positions))]
+    return [order[i] for i in np.lexsort((ties, np.asarray(positions)))]
 
 
 def draw_samples(source: Source, count: int, seed: int) -> Draw:

@@ -93,7 +93,7 @@ def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: s
     for spec in inputs:
         array = arrays[spec.name]
         axis = layout.axis(spec.name, array) if spec.shape else None
-        if spec.shape and (array.ndim == 0 or array.shape[axis] == 0):
+        if spec.shape and (axis is None or array.shape[axis] == 0):  # axis None: a 0-d array
             raise CalibrationError(f"{where}: input '{spec.name}' has no samples (empty set)", MAKE_A_SET)
         if array.ndim != len(spec.shape):
             raise CalibrationError(

@@ -14,13 +14,13 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edgecompress.core.artifacts import atomic_path
+from edgecompress.core.artifacts import atomic_path, save_npz
 from edgecompress.core.errors import CalibrationChecksumError, CalibrationError
 
 MANIFEST_FORMAT = "edgecompress-calibration/1"
 
 
-def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+def arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
     """Content hash over names, dtypes, shapes and bytes: the identity of a set."""
     digest = hashlib.sha256()
     for name in sorted(arrays):
@@ -44,8 +44,7 @@ def write_set(npz_path: Path, arrays: Mapping[str, np.ndarray], manifest: dict[s
     npz_path = check_out_path(npz_path)
     json_path = manifest_path(npz_path)
     with atomic_path(npz_path) as npz_tmp, atomic_path(json_path) as json_tmp:
-        with open(npz_tmp, "wb") as handle:  # a handle: np.savez would append .npz to a path
-            np.savez(handle, **arrays)
+        save_npz(npz_tmp, arrays)
         json_tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return npz_path, json_path
 

@@ -157,8 +157,10 @@ def _resize(inputs, attrs):
     mode = mode.decode() if isinstance(mode, bytes) else mode
     transform = attrs.get("coordinate_transformation_mode", b"half_pixel")
     transform = transform.decode() if isinstance(transform, bytes) else transform
+    if sizes is None and scales is None:
+        raise DataFreeError("Resize without scales or sizes is not supported by the graph runner", "re-export the model")
     size = [int(v) for v in sizes[2:]] if sizes is not None else None
-    factor = None if size is not None else [float(v) for v in scales[2:]]
+    factor = None if sizes is not None or scales is None else [float(v) for v in scales[2:]]
     if mode == "nearest":
         return F.interpolate(x, size=size, scale_factor=factor, mode="nearest")
     if mode == "linear":
@@ -245,6 +247,12 @@ OPS: dict[str, Op] = {
 
 class GraphBatchNorm(nn.modules.batchnorm._BatchNorm):
     """ONNX BatchNormalization: per-channel on axis 1 for any rank, so the data-free hooks find it."""
+
+    # always affine with running statistics (the defaults): ONNX's BatchNormalization carries all four
+    weight: nn.Parameter
+    bias: nn.Parameter
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         pass

@@ -96,7 +96,8 @@ class HostProgress:
     """Per-host progress bars fed from worker threads."""
 
     def __init__(self, progress) -> None:
-        self.progress, self.tasks, self.lock = progress, {}, threading.Lock()
+        self.progress, self.lock = progress, threading.Lock()
+        self.tasks: dict[str, int] = {}  # host -> rich TaskID
 
     def __call__(self, host: str, done: int, total: int, stage: str) -> None:
         with self.lock:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.fx
@@ -53,6 +53,7 @@ class Segment:
 
 
 Layout = tuple[Segment, ...]
+Resizable = nn.modules.conv._ConvNd | nn.Linear  # what produces channels, and whose size attributes follow its weight
 
 
 @dataclass
@@ -73,7 +74,7 @@ class ChannelGroup:
 class _ModuleUse:
     """How one module's weights are indexed: by input layout, by output layout."""
 
-    module: nn.Module
+    module: Resizable | nn.modules.batchnorm._BatchNorm
     in_layout: Layout | None
     out_layout: Layout | None
 
@@ -85,11 +86,14 @@ def _refuse(node: torch.fx.Node, what: str) -> PruningError:
     )
 
 
+_OPERATOR_NAMES: dict[object, str] = {operator.add: "add", operator.iadd: "iadd", operator.mul: "mul", operator.sub: "sub",
+                                     operator.truediv: "truediv", operator.getitem: "getitem"}
+
+
 def _call_name(node: torch.fx.Node) -> str:
     if node.op == "call_method":
         return str(node.target)
-    return {operator.add: "add", operator.iadd: "iadd", operator.mul: "mul", operator.sub: "sub",
-            operator.truediv: "truediv", operator.getitem: "getitem"}.get(node.target, getattr(node.target, "__name__", str(node.target)))
+    return _OPERATOR_NAMES.get(node.target) or str(getattr(node.target, "__name__", node.target))
 
 
 class _Tracer:
@@ -168,12 +172,20 @@ class _Tracer:
     def tensor_inputs(self, node: torch.fx.Node) -> list[torch.fx.Node]:
         return [arg for arg in node.all_input_nodes if self.layouts.get(arg) is not None]
 
+    def layout(self, node: torch.fx.Node) -> Layout:
+        """The layout of a value `tensor_inputs` returned."""
+        layout = self.layouts.get(node)
+        if layout is None:
+            raise _refuse(node, "a value without channels")
+        return layout
+
     def visit_module(self, node: torch.fx.Node) -> Layout | None:
         module, name = self.modules[node.target], str(node.target)
-        (source,) = node.all_input_nodes[:1] or (None,)
-        layout = self.layouts.get(source)
+        sources = node.all_input_nodes[:1]
+        layout = self.layouts.get(sources[0]) if sources else None
         if layout is None:
             raise _refuse(node, f"{type(module).__name__} on a value without channels")
+        source = sources[0]
         if name in self.uses:
             raise _refuse(node, f"module '{name}' called more than once")
         if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
@@ -213,14 +225,14 @@ class _Tracer:
         inputs = self.tensor_inputs(node)
         if not inputs:
             return None
-        first = self.layouts[inputs[0]]
+        first = self.layout(inputs[0])
         if name in SHAPE_CALLS:
             return None
         if name in PASS_THROUGH_CALLS:
             return first
         if name in ELEMENTWISE_CALLS:
             if len(inputs) == 2 and len(self.shape(inputs[0]) or ()) == len(self.shape(inputs[1]) or ()):
-                return self.merge(node, first, self.layouts[inputs[1]])
+                return self.merge(node, first, self.layout(inputs[1]))
             if len(inputs) == 1:
                 return first
             raise _refuse(node, f"'{name}' with broadcasting across channel layouts")
@@ -238,8 +250,8 @@ class _Tracer:
         if name in REDUCE_CALLS:
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             rank = len(self.shape(inputs[0]) or ())
-            dims = [dims] if isinstance(dims, int) else list(dims or [])
-            if dims and all(d % rank >= 2 for d in dims):
+            dim_list = [dims] if isinstance(dims, int) else list(dims) if isinstance(dims, (list, tuple)) else []
+            if dim_list and all(isinstance(d, int) and d % rank >= 2 for d in dim_list):
                 return first
             raise _refuse(node, f"'{name}' over the channel or batch dimension")
         raise _refuse(node, f"operation '{name}'")
@@ -247,12 +259,14 @@ class _Tracer:
     def concatenate(self, node: torch.fx.Node, inputs: list[torch.fx.Node]) -> Layout:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         rank = len(self.shape(inputs[0]) or ())
+        if not isinstance(dim, int):
+            raise _refuse(node, "cat along a computed dimension")
         if dim % rank == 1:
-            return tuple(segment for source in inputs for segment in self.layouts[source])
+            return tuple(segment for source in inputs for segment in self.layout(source))
         if dim % rank >= 2:
-            merged = self.layouts[inputs[0]]
+            merged = self.layout(inputs[0])
             for source in inputs[1:]:
-                merged = self.merge(node, merged, self.layouts[source])
+                merged = self.merge(node, merged, self.layout(source))
             return merged
         raise _refuse(node, "cat along the batch dimension")
 
@@ -265,7 +279,8 @@ class ChannelPlan:
     groups: dict[int, ChannelGroup]
 
     def indices(self, layout: Layout) -> torch.Tensor:
-        positions, offset = [], 0
+        positions: list[int] = []
+        offset = 0
         for segment in layout:
             keep = self.groups[self.tracer.root(segment.group)].keep
             for channel in keep if keep is not None else range(segment.size):
@@ -287,7 +302,7 @@ def channels_to_keep(size: int, ratio: float) -> int:
 
 
 def _channel_scores(module: nn.Module, taylor: dict[nn.Module, torch.Tensor] | None) -> torch.Tensor:
-    weight = taylor[module] if taylor is not None else module.weight.detach().abs()
+    weight = taylor[module] if taylor is not None else cast(Resizable, module).weight.detach().abs()  # a producer
     score = weight.flatten(1).sum(1)
     return score / (score.max() + 1e-12)  # each producer votes on the same scale
 
@@ -311,7 +326,7 @@ def plan_channel_pruning(
         if group.frozen is not None or not group.producers:
             group.frozen = group.frozen or "no producing layer"
             continue
-        score = sum(_channel_scores(tracer.uses[name].module, taylor) for name in group.producers)
+        score = torch.stack([_channel_scores(tracer.uses[name].module, taylor) for name in group.producers]).sum(0)
         keep = torch.topk(score, channels_to_keep(group.size, ratio)).indices
         group.keep = sorted(keep.tolist())
     return ChannelPlan(tracer, groups)
@@ -321,9 +336,13 @@ def _slice(tensor: torch.Tensor | None, dim: int, index: torch.Tensor) -> Any:
     return None if tensor is None else tensor.detach().index_select(dim, index).clone()
 
 
-def _shrink(module: nn.Module, out_index: torch.Tensor | None, in_index: torch.Tensor | None) -> None:
+def _shrink(
+    module: Resizable | nn.modules.batchnorm._BatchNorm, out_index: torch.Tensor | None, in_index: torch.Tensor | None
+) -> None:
     """Slice one module's parameters and buffers to the kept channels and fix its size attributes."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if out_index is None:  # a batch norm's channels are its input's: none known, none to cut
+            return
         for attr in ("weight", "bias"):
             if getattr(module, attr) is not None:
                 setattr(module, attr, nn.Parameter(_slice(getattr(module, attr), 0, out_index)))
@@ -343,7 +362,7 @@ def _shrink(module: nn.Module, out_index: torch.Tensor | None, in_index: torch.T
     _set_size_attributes(module)
 
 
-def _set_size_attributes(module: nn.Module) -> None:
+def _set_size_attributes(module: Resizable) -> None:
     """Make a Conv/Linear's size attributes agree with its (sliced) weight."""
     weight = module.weight
     if isinstance(module, nn.Linear):

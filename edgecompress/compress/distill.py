@@ -49,6 +49,9 @@ def kd_loss(
     """Hinton's distillation loss; the T^2 keeps soft-target gradients on the scale of the hard ones."""
     loss = student_logits.new_zeros(())
     if alpha > 0:
+        if labels is None:
+            raise DistillationError("the hard-label part of distillation (alpha > 0) needs labels",
+                                    "pass labelled data, or set distill_alpha to 0 to learn from the teacher alone")
         loss = loss + alpha * F.cross_entropy(student_logits, labels)
     if alpha < 1:
         soft = F.kl_div(
@@ -144,7 +147,7 @@ class DistillationLoss:
             student_feature = adapter(self.student_tap.outputs[s_name])
             teacher_feature = self.teacher_tap.outputs[t_name]
             if student_feature.dim() == 4 and student_feature.shape[2:] != teacher_feature.shape[2:]:
-                student_feature = F.adaptive_avg_pool2d(student_feature, teacher_feature.shape[2:])
+                student_feature = F.adaptive_avg_pool2d(student_feature, (teacher_feature.shape[2], teacher_feature.shape[3]))
             loss = loss + self.config.feature_weight * F.mse_loss(student_feature, teacher_feature)
         return loss
 

@@ -90,7 +90,7 @@ def _prune_step(model: nn.Module, config: GateConfig, step: int, splits: Splits,
         # each step removes the same fraction of what is left, so the product reaches the target
         per_step = 1.0 - (1.0 - config.target_ratio) ** (1.0 / config.steps)
         prune_channels(model, example, per_step, config.channel_importance, splits.train)
-    else:
+    elif config.method != "none":  # compress_with_gate stops before any step for "none"
         prune_unstructured(model, step_ratio(config, step), config.method, "global", splits.train)
 
 

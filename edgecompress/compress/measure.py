@@ -35,7 +35,7 @@ def count_flops(model: nn.Module, example: torch.Tensor) -> int:
         per_sample_outputs = output[0].numel()
         if isinstance(module, nn.Linear):
             total += 2 * per_sample_outputs * module.in_features
-        else:
+        elif isinstance(module, nn.modules.conv._ConvNd):
             kernel = module.weight[0].numel()  # in_channels / groups x kernel area
             total += 2 * per_sample_outputs * kernel
 

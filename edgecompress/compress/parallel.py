@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.distributed as dist
@@ -48,7 +48,13 @@ def local_batches(data: LabelledArrays, order: torch.Tensor, batch_size: int) ->
         yield Batch(x_all[share], y_all[share], share), weight
 
 
-class _CrossRankBatchNorm:
+if TYPE_CHECKING:  # the mixin only ever sits in front of a batch norm: check it against one
+    _MixinBase = nn.modules.batchnorm._BatchNorm
+else:
+    _MixinBase = object
+
+
+class _CrossRankBatchNorm(_MixinBase):
     """Batch-norm forward whose batch statistics are summed over all ranks (CPU-capable).
 
     torch's SyncBatchNorm only runs on GPUs; this mixin is swapped onto the existing
@@ -56,9 +62,9 @@ class _CrossRankBatchNorm:
     state_dict keys stay exactly those of the user's model.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world()[1] > 1):
-            return super().forward(x)  # type: ignore[misc]
+            return super().forward(x)
         from torch.distributed.nn.functional import all_reduce  # differentiable, unlike dist.all_reduce
 
         dims = [d for d in range(x.dim()) if d != 1]
@@ -70,11 +76,14 @@ class _CrossRankBatchNorm:
         n = totals[-1]
         mean = totals[:channels] / n
         var = totals[channels : 2 * channels] / n - mean * mean
-        if self.track_running_stats:
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        if self.track_running_stats and running_mean is not None and running_var is not None and tracked is not None:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var * n / (n - 1))
+                tracked.add_(1)
+                # momentum None keeps a cumulative average, as torch's own batch norm does
+                factor = self.momentum if self.momentum is not None else 1.0 / float(tracked)
+                running_mean.mul_(1 - factor).add_(factor * mean)
+                running_var.mul_(1 - factor).add_(factor * var * n / (n - 1))
         shape = [1, channels] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:

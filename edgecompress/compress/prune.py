@@ -20,6 +20,7 @@ from edgecompress.source.data import LabelledArrays
 from edgecompress.core.errors import PruningError
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
+PrunableLayer = nn.Conv2d | nn.Linear
 Importance = Literal["magnitude", "taylor"]
 Scope = Literal["global", "layer"]
 
@@ -30,16 +31,18 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def prunable_layers(model: nn.Module) -> list[tuple[str, PrunableLayer]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE)]
 
 
-def taylor_scores(model: nn.Module, data: LabelledArrays, batches: int = 4, batch_size: int = 64) -> dict[nn.Module, torch.Tensor]:
+def taylor_scores(
+    model: nn.Module, data: LabelledArrays | None, batches: int = 4, batch_size: int = 64
+) -> dict[nn.Module, torch.Tensor]:
     """|w * dL/dw| per weight, summed over a few labelled batches (first-order loss change of removing w)."""
     if data is None or len(data) == 0:
         raise PruningError("Taylor importance needs labelled data", "pass training data, or use magnitude importance")
     layers = [module for _, module in prunable_layers(model)]
-    scores = {module: torch.zeros_like(module.weight) for module in layers}
+    scores: dict[nn.Module, torch.Tensor] = {module: torch.zeros_like(module.weight) for module in layers}
     was_training = model.training
     model.eval()  # frozen batch statistics: scores describe the model as it will run
     for start in range(0, min(len(data), batches * batch_size), batch_size):
@@ -47,7 +50,8 @@ def taylor_scores(model: nn.Module, data: LabelledArrays, batches: int = 4, batc
         x = torch.from_numpy(data.x[start : start + batch_size])
         nn.functional.cross_entropy(model(x), torch.from_numpy(data.y[start : start + batch_size])).backward()
         for module in layers:
-            scores[module] += (module.weight.detach() * module.weight.grad).abs()
+            if module.weight.grad is not None:  # None: a layer forward() does not use; removing it costs no loss
+                scores[module] += (module.weight.detach() * module.weight.grad).abs()
     model.zero_grad()
     model.train(was_training)
     return scores

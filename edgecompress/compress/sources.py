@@ -65,7 +65,8 @@ def _load_image_folder(root: Path, preprocess: PreprocessSpec | None) -> tuple[n
     if preprocess is None:
         raise TrainingDataError(f"image folder {root} needs a preprocessing spec", "set the [preprocess] config section")
     images = [image for image in list_image_folder(root) if image.label is not None]
-    classes = sorted({image.label for image in images})
+    labels = [image.label for image in images if image.label is not None]  # all of them, typed as present
+    classes = sorted(set(labels))
     if len(classes) < 2 or len(images) < 10:
         raise TrainingDataError(
             f"{root} holds {len(classes)} class folders and {len(images)} images", "use DIR/<class>/<image> with >= 2 classes"
@@ -75,7 +76,7 @@ def _load_image_folder(root: Path, preprocess: PreprocessSpec | None) -> tuple[n
     except UnreadableImage as exc:
         raise TrainingDataError(f"cannot read training image {exc}", "remove or replace the file") from None
     index = {name: position for position, name in enumerate(classes)}
-    return x, np.array([index[image.label] for image in images], dtype=np.int64)
+    return x, np.array([index[label] for label in labels], dtype=np.int64)
 
 
 def load_labelled_data(source: str, preprocess: PreprocessSpec | None = None, seed: int = 0) -> Splits:

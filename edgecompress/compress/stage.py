@@ -23,7 +23,7 @@ from edgecompress.core.artifacts import atomic_path
 from edgecompress.core.cache import cached_artifact, module_hash
 from edgecompress.compress.distill import DistillConfig, distill, predict, teacher_labels
 from edgecompress.compress.channels import load_resized
-from edgecompress.compress.gate import GateConfig, compress_with_gate
+from edgecompress.compress.gate import GateConfig, PruneMethod, compress_with_gate
 from edgecompress.compress.measure import model_stats
 from edgecompress.compress.sources import Splits, has_labels, load_labelled_data, load_model, parse_feature_pairs
 from edgecompress.compress.trainer import TrainConfig, accuracy
@@ -45,7 +45,7 @@ class Compression:
     record: dict[str, Any]
 
 
-def resolved_choices(config: BuildConfig) -> tuple[str | None, str]:
+def resolved_choices(config: BuildConfig) -> tuple[str | None, PruneMethod]:
     """(student spec or None, prune method): unset means none (the built-in example sets both, as a preset)."""
     student = None if config.student in (None, "none") else config.student
     return student, config.prune or "none"
@@ -96,7 +96,7 @@ def _data_source(config: BuildConfig, source: SourceModel) -> Splits:
 def data_preprocess(source: SourceModel) -> PreprocessSpec | None:
     """How image folders become this model's inputs: resized to its input size, RGB for 3 channels."""
     shape = next(iter(source.input_shapes.values()))
-    return PreprocessSpec(resize=tuple(shape[2:4]), color="rgb" if shape[1] == 3 else "grayscale") if len(shape) == 4 else None
+    return PreprocessSpec(resize=(shape[2], shape[3]), color="rgb" if shape[1] == 3 else "grayscale") if len(shape) == 4 else None
 
 
 def _with_labels(splits: Splits, teacher: nn.Module, alpha: float) -> Splits:
@@ -170,7 +170,7 @@ def _distill_step(teacher: _Teacher, student_spec: str, splits: Splits, config: 
 FINETUNE_LR = 3e-3
 
 
-def _gate_step(student: nn.Module, teacher: _Teacher, method: str, splits: Splits, config: BuildConfig, out: Path,
+def _gate_step(student: nn.Module, teacher: _Teacher, method: PruneMethod, splits: Splits, config: BuildConfig, out: Path,
                data_hash: str) -> tuple[nn.Module, dict[str, Any]]:
     budget = 1.0 if config.max_accuracy_drop is None else config.max_accuracy_drop
     gate = GateConfig(method, config.prune_ratio, config.prune_steps, budget, config.channel_importance,

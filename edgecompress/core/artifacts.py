@@ -12,8 +12,11 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Iterator, Mapping
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -68,6 +71,15 @@ def write_text_atomic(path: Path, text: str) -> Path:
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def save_npz(file: Path | IO[bytes], arrays: Mapping[str, np.ndarray]) -> None:
+    """What `np.savez(file, **arrays)` writes, without its keywords: there an input named `file` raised and one named
+    `allow_pickle` was silently dropped, and ONNX input names are anyone's. A path is written as given (no .npz added)."""
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=True)
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:

@@ -187,7 +187,7 @@ class BuildConfig(BaseModel):
 def describe(key: str) -> str:
     """Help text for a config key: its description and its default."""
     field = BuildConfig.model_fields[key]
-    default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+    default = field.get_default(call_default_factory=True)
     if default is None:
         shown = "unset"
     elif isinstance(default, list):

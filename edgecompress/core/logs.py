@@ -21,7 +21,7 @@ DEFAULT_LEVEL = "warning"
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of the record (tests and embedding apps replace it)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):
         return sys.stderr
 

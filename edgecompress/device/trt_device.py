@@ -185,9 +185,10 @@ class PlanRunner:
         import numpy as np
         import tensorrt as trt
 
-        self._np, self._cudart = np, cuda_runtime()
-        if self._cudart is None:
+        cudart = cuda_runtime()
+        if cudart is None:
             raise RuntimeError("running a TensorRT plan from Python needs cuda-python (pip install cuda-python)")
+        self._np, self._cudart = np, cudart
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
         if self._engine is None:

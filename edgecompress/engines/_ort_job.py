@@ -26,7 +26,7 @@ def main(job: Path) -> None:
     for label, name in settings["engines"].items():
         sessions[label] = ort.InferenceSession(str(job / name), options, providers=["CPUExecutionProvider"])
         np.savez(job / f"outputs-{label}.npz", *sessions[label].run(None, feeds))
-    latencies = {label: [] for label in sessions}
+    latencies: dict[str, list[float]] = {label: [] for label in sessions}
     for _ in range(int(settings.get("repeats", 10))):
         for label, session in sessions.items():
             start = time.perf_counter()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.engines import _ort_job
+from edgecompress.core.artifacts import save_npz
 from edgecompress.core.errors import EngineBuildError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "arm64-emulated.sh"
@@ -80,7 +81,7 @@ def run_emulated(engines: dict[str, Path], feeds: dict[str, np.ndarray], repeats
         for label, engine in engines.items():
             shutil.copyfile(engine, job / f"{label}.ort")
         shutil.copyfile(_ort_job.__file__, job / "job.py")
-        np.savez(job / "feeds.npz", **feeds)
+        save_npz(job / "feeds.npz", feeds)
         settings = {"engines": {label: f"{label}.ort" for label in engines}, "repeats": repeats, "threads": threads}
         (job / "settings.json").write_text(json.dumps(settings))
         _script("run", str(root), str(job))

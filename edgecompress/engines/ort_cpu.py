@@ -88,6 +88,8 @@ class OrtCpuBuilder:
         )
 
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> OrtRunner:
+        if artifact.path is None:
+            raise EngineBuildError(f"no ONNX Runtime engine was built for '{profile.name}'", "build the target first")
         settings = artifact.metadata.get("session_options", {})
         return OrtRunner(
             artifact.path,

@@ -103,7 +103,8 @@ def input_shapes(model: onnx.ModelProto, profile: TargetProfile) -> dict[str, li
             )
         batch = profile.batch
         sizes = (batch.min, batch.opt, batch.max) if not dims or dims[0] is None else (dims[0],) * 3
-        shapes[graph_input.name] = [[size, *dims[1:]] for size in sizes]
+        fixed_dims = [d for d in dims[1:] if d is not None]  # all of them: dynamic ones were refused above
+        shapes[graph_input.name] = [[size, *fixed_dims] for size in sizes]
     return shapes
 
 

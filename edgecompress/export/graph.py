@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from edgecompress.core.artifacts import atomic_path
+from edgecompress.source.layout import BatchLayout
 from edgecompress.source.specs import TensorSpec
 from edgecompress.core.errors import InputShapeError, ModelLoadError
 
@@ -31,7 +32,7 @@ class OnnxModelInfo:
     outputs: list[TensorSpec]
     opset: int
     export_max_abs_diff: float | None = None  # ORT vs PyTorch, for torch exports
-    layout: "BatchLayout | None" = None  # batch axis per input (calib/layout.py); None: axis 0 everywhere  # noqa: F821
+    layout: BatchLayout | None = None  # batch axis per input (source/layout.py); None: axis 0 everywhere
 
 
 def _specs(values, initializer_names: set[str]) -> list[TensorSpec]:
@@ -166,7 +167,7 @@ def _fix_input_dims(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, .
         for axis, dim in enumerate(tensor_type.shape.dim):
             if axis == batch_axis and spec.shape[axis] is None:
                 dim.dim_param = BATCH_DIM  # keep the batch dynamic for batch ranges
-            elif spec.shape[axis] is None:
+            elif spec.shape[axis] is None and wanted is not None:  # an open axis without a wanted size was refused above
                 dim.dim_value = wanted[axis]
 
 

@@ -8,6 +8,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -47,7 +48,7 @@ def _run_exporter(module, examples, names: list[str], path: Path, opset: int, ex
     import torch
 
     dynamic_axes = {name: {0: BATCH_DIM} for name in names} | {"output": {0: BATCH_DIM}}
-    common = dict(input_names=names, output_names=["output"], opset_version=opset, dynamic_axes=dynamic_axes)
+    common: dict[str, Any] = dict(input_names=names, output_names=["output"], opset_version=opset, dynamic_axes=dynamic_axes)
     use_dynamo = exporter == "dynamo" and not isinstance(module, torch.jit.ScriptModule)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

@@ -89,7 +89,8 @@ def _result(metric: Metric, value: float, **details: float) -> FidelityResult:
 class Comparator(Protocol):
     """Compares the engine's outputs of one model output with fp32's, over all samples (batch on axis 0)."""
 
-    task: str
+    @property
+    def task(self) -> str: ...  # read-only: comparators are frozen dataclasses
 
     def compare(self, reference: np.ndarray, engine: np.ndarray, labels: np.ndarray | None = None) -> FidelityResult: ...
 
@@ -211,13 +212,17 @@ class DetectionOptions:
     max_candidates: int = 3000  # best-scoring boxes kept before NMS, as detectors' own post-processing does
 
 
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    """Area of x1,y1,x2,y2 boxes (last axis); an inverted box has none."""
+    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+
+
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one x1,y1,x2,y2 box with each of `boxes`."""
     width = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
     height = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     intersection = width * height
-    area = lambda b: np.clip(b[..., 2] - b[..., 0], 0, None) * np.clip(b[..., 3] - b[..., 1], 0, None)
-    union = area(box) + area(boxes) - intersection
+    union = _box_area(box) + _box_area(boxes) - intersection
     return np.where(union > 0, intersection / np.where(union > 0, union, 1.0), 0.0)
 
 
@@ -276,7 +281,7 @@ def match_detections(reference: Detections, engine: Detections, match_iou: float
     return int(matched.sum()), ious
 
 
-def mean_average_precision(found: Sequence[Detections], truths: Sequence[np.ndarray], match_iou: float) -> float:
+def mean_average_precision(found: Sequence[Detections], truths: Sequence[np.ndarray] | np.ndarray, match_iou: float) -> float:
     """mAP at `match_iou` against labelled boxes, [K, 5] rows of class, x1, y1, x2, y2 per image (class < 0: padding).
 
     Per class, detections of all images ranked by score, each true box matched at most once; AP is the area under
@@ -531,14 +536,18 @@ class Judgement:
 class Evaluated(Protocol):
     """What the budget judges: an evaluation's per-output fidelity (edgecompress.evaluate.Evaluation)."""
 
-    fidelity: tuple[OutputFidelity, ...]
+    @property
+    def fidelity(self) -> tuple[OutputFidelity, ...]: ...
 
 
 class Labelled(Protocol):
     """What the budget checks before anything runs: whether evaluation data has labels (evaluate.EvalSet)."""
 
-    labels: np.ndarray | None
-    description: str
+    @property
+    def labels(self) -> np.ndarray | None: ...
+
+    @property
+    def description(self) -> str: ...
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecompress.core.artifacts import save_npz
 from edgecompress.engines.base import EngineArtifact
 from edgecompress.core.targets import TargetProfile
 
@@ -31,7 +32,7 @@ def peak_memory_mb(artifact: EngineArtifact, profile: TargetProfile, feeds: dict
     """Peak RSS growth (MiB) of loading `artifact` and running it `runs` times; None if the probe fails."""
     with tempfile.TemporaryDirectory(prefix="edgecompress-mem-") as scratch:
         request = Path(scratch) / "request.json"
-        np.savez(Path(scratch) / "feeds.npz", **feeds)
+        save_npz(Path(scratch) / "feeds.npz", feeds)
         request.write_text(json.dumps({"artifact": artifact.to_dict(), "profile": profile.model_dump(mode="json"), "runs": runs}))
         try:
             completed = subprocess.run(

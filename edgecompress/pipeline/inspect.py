@@ -23,8 +23,8 @@ def _yes(flag: bool) -> str:
 def layer_rows(quant: dict[str, Any], top: int) -> list[list[str]]:
     """Most damaging layers first (SQNR lost across the node)."""
     layers = sorted(quant.get("layers", []), key=lambda layer: -layer["lost_db"])[:top]
-    return [[l["node"], l["op_type"], _num(l["output_sqnr_db"], ".1f"), _num(l["output_cosine"], ".4f"),
-             _num(l["weight_sqnr_db"], ".1f"), _num(l["lost_db"], ".1f")] for l in layers]
+    return [[layer["node"], layer["op_type"], _num(layer["output_sqnr_db"], ".1f"), _num(layer["output_cosine"], ".4f"),
+             _num(layer["weight_sqnr_db"], ".1f"), _num(layer["lost_db"], ".1f")] for layer in layers]
 
 
 def _fidelity(by_output: dict[str, dict[str, float]] | None) -> str:

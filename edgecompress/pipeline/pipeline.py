@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from edgecompress.pipeline.report_types import (
     Accuracy, Agreement, BuildFacts, BuildReport, CalibrationFacts, EngineFacts, Fidelity, Int8ModelCheck, LatencyFigures,
     MeasuredOn, MemoryFigures, ModelFacts, QuantizationFacts, ReferenceFacts, SampleInputs, SimulatedAccuracy,
 )
-from edgecompress.core.targets import TargetProfile, load_profiles
+from edgecompress.core.targets import TargetProfile
 from edgecompress.source.layout import batch_layout, parse_batch_axes
 from edgecompress.quantize.recipe_exclusions import with_structural_exclusions
 
@@ -64,6 +64,34 @@ class BuildContext:
     labelled: Splits | None = None  # the compression data, else --data's splits: calibration and evaluation draw from it
 
 
+_Filled = TypeVar("_Filled")
+
+
+def _filled(value: _Filled | None, step: str) -> _Filled:
+    """A BuildContext field that `step` fills: None here is a bug in the order of BUILD_STEPS, not a user error."""
+    if value is None:
+        raise RuntimeError(f"build step '{step}' has not run yet")
+    return value
+
+
+@dataclass(frozen=True)
+class TargetContext:
+    """The BuildContext once every BUILD_STEPS step has run: what each target's build reads, nothing missing."""
+
+    config: BuildConfig
+    source: SourceModel
+    fp32: OnnxModelInfo
+    calibration: CalibrationSet
+    eval_set: EvalSet
+    compression: Compression | None
+
+    @classmethod
+    def after_steps(cls, context: BuildContext) -> TargetContext:
+        return cls(context.config, _filled(context.source, "load model"), _filled(context.fp32, "export fp32 ONNX"),
+                   _filled(context.calibration, "calibration set"), _filled(context.eval_set, "evaluation set"),
+                   context.compression)
+
+
 @dataclass(frozen=True)
 class Step:
     """One step of the build: a function from the artifacts so far to the same with its own added.
@@ -83,26 +111,30 @@ def load_step(context: BuildContext) -> BuildContext:
 
 
 def compress_step(context: BuildContext) -> BuildContext:
-    compression = compress_stage(context.source, context.config)
+    source = _filled(context.source, "load model")
+    compression = compress_stage(source, context.config)
     if compression is None:
         return context
     # the compressed student is exported in the source model's place
-    student = replace(context.source, module=compression.module, content_hash=module_hash(compression.module))
+    student = replace(source, module=compression.module, content_hash=module_hash(compression.module))
     return replace(context, source=student, compression=compression, labelled=compression.splits)
 
 
 def export_step(context: BuildContext) -> BuildContext:
-    return replace(context, fp32=export_stage(context.source, context.config))
+    return replace(context, fp32=export_stage(_filled(context.source, "load model"), context.config))
 
 
 def calibration_step(context: BuildContext) -> BuildContext:
-    labelled = _labelled_data(context.source, context.config, context.labelled)
-    calibration = calibration_stage(context.source, context.fp32, context.config, labelled)
+    source, fp32 = _filled(context.source, "load model"), _filled(context.fp32, "export fp32 ONNX")
+    labelled = _labelled_data(source, context.config, context.labelled)
+    calibration = calibration_stage(source, fp32, context.config, labelled)
     return replace(context, labelled=labelled, calibration=calibration)
 
 
 def eval_step(context: BuildContext) -> BuildContext:
-    return replace(context, eval_set=eval_stage(context.source, context.fp32, context.calibration, context.config, context.labelled))
+    source, fp32 = _filled(context.source, "load model"), _filled(context.fp32, "export fp32 ONNX")
+    calibration = _filled(context.calibration, "calibration set")
+    return replace(context, eval_set=eval_stage(source, fp32, calibration, context.config, context.labelled))
 
 
 # The build, shared by every target; then build_target runs per target: quantize (repair within the budget) and
@@ -110,7 +142,7 @@ def eval_step(context: BuildContext) -> BuildContext:
 BUILD_STEPS = (
     Step("load model", load_step),
     Step("compress (distill, prune)", compress_step),
-    Step("export fp32 ONNX", export_step, lambda context: export_key(context.source, context.config)),
+    Step("export fp32 ONNX", export_step, lambda context: export_key(_filled(context.source, "load model"), context.config)),
     Step("calibration set", calibration_step),
     Step("evaluation set", eval_step),
 )
@@ -123,7 +155,8 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
     context = BuildContext(config)
     for step in BUILD_STEPS:
         context = step.run(context)
-    return [build_target(context, profile).to_dict() for profile in profiles]
+    ready = TargetContext.after_steps(context)
+    return [build_target(ready, profile).to_dict() for profile in profiles]
 
 
 def export_key(source: SourceModel, config: BuildConfig) -> dict[str, Any]:
@@ -142,8 +175,9 @@ def export_key(source: SourceModel, config: BuildConfig) -> dict[str, Any]:
 
 def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
     path = config.out / "model.fp32.onnx"
-    if source.is_onnx:
-        produce = lambda out: _record(prepare_onnx(source.onnx_path, out, source.input_shapes, source.batch_axes))  # noqa: E731
+    onnx_path = source.onnx_path
+    if onnx_path is not None:
+        produce = lambda out: _record(prepare_onnx(onnx_path, out, source.input_shapes, source.batch_axes))  # noqa: E731
     else:
         produce = lambda out: _record(  # noqa: E731
             export_torch(source.module, source.input_shapes, out, config.opset, config.exporter, config.export_tolerance)
@@ -221,7 +255,7 @@ def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path |
     return recipe if fp32_path is None else with_structural_exclusions(recipe, fp32_path)
 
 
-def quantize_key(context: BuildContext, recipe: QuantRecipe) -> dict[str, Any]:
+def quantize_key(context: TargetContext, recipe: QuantRecipe) -> dict[str, Any]:
     """What an int8 model depends on: the fp32 model's bytes, the calibration arrays, the recipe and the runtime."""
     import onnxruntime
 
@@ -233,16 +267,20 @@ def quantize_key(context: BuildContext, recipe: QuantRecipe) -> dict[str, Any]:
     }
 
 
-def quantize_stage(context: BuildContext, recipe: QuantRecipe) -> Path:
+def quantize_stage(context: TargetContext, recipe: QuantRecipe) -> Path:
     """int8 models are shared by targets whose recipes agree (cached by content)."""
     key = quantize_key(context, recipe)
     path = context.config.out / "int8" / f"model.int8.{sha256_json(key)[:12]}.onnx"
-    _, reused = cached_artifact(path, key, lambda out: quantize_model(context.fp32.path, context.calibration, recipe, out) and None)
+
+    def produce(out: Path) -> None:
+        quantize_model(context.fp32.path, context.calibration, recipe, out)
+
+    _, reused = cached_artifact(path, key, produce)
     info(f"quantize: {'reused' if reused else 'wrote'} {path} ({recipe.label})")
     return path
 
 
-def _batch_size(context: BuildContext, wanted: int) -> int:
+def _batch_size(context: TargetContext, wanted: int) -> int:
     fixed = context.fp32.inputs[0].shape[0]
     return fixed if isinstance(fixed, int) else wanted
 
@@ -267,6 +305,7 @@ def fidelity_options(config: BuildConfig) -> FidelityOptions:
 
 def over_budget_error(report: BuildReport) -> BudgetNotMetError:
     fidelity = report.fidelity
+    assert fidelity is not None, "only a report whose measured fidelity missed the budget is over it"
     return BudgetNotMetError(
         f"{report.target}: {fidelity.metric} {fidelity.value:.4g} misses the budget ({fidelity.budget}), "
         f"measured on {fidelity.validated_on}",
@@ -274,7 +313,7 @@ def over_budget_error(report: BuildReport) -> BudgetNotMetError:
     )
 
 
-def build_target(context: BuildContext, profile: TargetProfile) -> BuildReport:
+def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
     """Quantize and choose the precision, build the engine, measure it once, check int8 as the device computes it,
     and write the report: each step returns its part, and the BuildReport is assembled once from them."""
     started = time.perf_counter()
@@ -302,30 +341,32 @@ def build_target(context: BuildContext, profile: TargetProfile) -> BuildReport:
     engine = engine_facts(artifact)
     reference_size = context.fp32.path.stat().st_size
     decisions = {} if chosen is None else chosen.report_fields(target_dir)
+    build_facts = BuildFacts(datetime.now(timezone.utc).isoformat(timespec="seconds"), config.model_dump(mode="json"))
     report = BuildReport(
         target=profile.name,
         model=model_facts(context),
         preprocess=_preprocess_spec(config),
         profile=profile.summary(),
         engine=engine,
-        reference=ReferenceFacts(str(context.fp32.path), "fp32", reference_size, latency=measured and measured.reference_latency),
+        reference=ReferenceFacts(str(context.fp32.path), "fp32", reference_size,
+                                 latency=measured.reference_latency if measured else None),
         size_ratio_vs_fp32=reference_size / engine.size_bytes if engine.size_bytes else None,
         quantization=QuantizationFacts(recipe.to_dict(), str(model_path), calibration_facts(context.calibration),
                                        {k: v for k, v in decisions.items() if k not in ("recipe", "model_path")}),
         accuracy=measured.accuracy if measured else Accuracy(None, None, context.eval_set.description),
-        agreement=measured and measured.agreement,
-        latency=measured and measured.latency,
-        throughput_per_s=measured and measured.latency.throughput_per_s,
-        memory=measured and measured.memory,
+        agreement=measured.agreement if measured else None,
+        latency=measured.latency if measured else None,
+        throughput_per_s=measured.latency.throughput_per_s if measured else None,
+        memory=measured.memory if measured else None,
         versions=versions(),
-        build=BuildFacts(datetime.now(timezone.utc).isoformat(timespec="seconds"), config.model_dump(mode="json")),
+        build=build_facts,
         samples=samples,
-        fidelity=measured.fidelity if measured else check and check.fidelity,
-        speedup_vs_fp32=measured and measured.speedup_vs_fp32,
-        measured_on=measured and measured.measured_on,
+        fidelity=measured.fidelity if measured else check.fidelity if check else None,
+        speedup_vs_fp32=measured.speedup_vs_fp32 if measured else None,
+        measured_on=measured.measured_on if measured else None,
         compression=None if context.compression is None else compression_report(
             context.compression.record, profile.name, f"{engine.kind} {engine.precision}",
-            measured.accuracy.engine if measured else None, engine.size_bytes, measured and measured.latency.p50),
+            measured.accuracy.engine if measured else None, engine.size_bytes, measured.latency.p50 if measured else None),
         int8_model_check=check,
     )
     verdict = verdicts(report, config.max_accuracy_drop) + (chosen.choice.summary if chosen is not None else [])
@@ -334,7 +375,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> BuildReport:
     over_budget = fidelity_over if report.fidelity else chosen is not None and not chosen.repair.met
     if over_budget and config.allow_over_budget:
         verdict.append("WARNING: the engine is OVER the budget and ships only because --allow-over-budget is set.")
-    report = replace(report, verdict=verdict, build=replace(report.build, seconds=round(time.perf_counter() - started, 2)))
+    report = replace(report, verdict=verdict, build=replace(build_facts, seconds=round(time.perf_counter() - started, 2)))
     report = write_report(report, target_dir, measured.latency_samples if measured else {})
     for line in report.verdict:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
@@ -345,7 +386,7 @@ def build_target(context: BuildContext, profile: TargetProfile) -> BuildReport:
     return report
 
 
-def quantize_target_stage(context: BuildContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path):
+def quantize_target_stage(context: TargetContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path):
     """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
     from edgecompress.pipeline.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
     from edgecompress.pipeline.repair import RepairOptions
@@ -396,11 +437,11 @@ SAMPLE_COUNT = 8
 
 def samples_stage(eval_set: EvalSet, target_dir: Path) -> SampleInputs:
     """Keep a few held-out inputs beside the engine: bundles carry them for the device self-test."""
-    from edgecompress.core.artifacts import atomic_path
+    from edgecompress.core.artifacts import atomic_path, save_npz
 
     path = target_dir / "samples.npz"
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **{name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
+    with atomic_path(path) as tmp:
+        save_npz(tmp, {name: array[:SAMPLE_COUNT] for name, array in eval_set.inputs.items()})
     return SampleInputs(path.name, min(SAMPLE_COUNT, *(len(a) for a in eval_set.inputs.values())), eval_set.description)
 
 
@@ -419,7 +460,7 @@ class EngineMeasurements:
     latency_samples: dict[str, list[float]]  # per-run times of the engine and the fp32 reference, for latency.png
 
 
-def engine_measurements(context: BuildContext, profile: TargetProfile, artifact: EngineArtifact, choice) -> EngineMeasurements:
+def engine_measurements(context: TargetContext, profile: TargetProfile, artifact: EngineArtifact, choice) -> EngineMeasurements:
     """The report's accuracy and latency are the precision choice's own measurements (one evaluation per candidate,
     one interleaved timing run with fp32): nothing is measured twice. Peak memory comes from fresh processes."""
     from edgecompress.measure.memory import peak_memory_mb
@@ -462,7 +503,7 @@ def measured_on_facts(profile: TargetProfile, artifact: EngineArtifact) -> Measu
                                             session_settings(profile.threads) if ort_engine else None))
 
 
-def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: Path) -> Int8ModelCheck:
+def check_int8_model(context: TargetContext, profile: TargetProfile, int8_path: Path) -> Int8ModelCheck:
     """What int8 does to the model on the device's arithmetic, when this host cannot run the device's engine.
 
     With graph optimizations off, ONNX Runtime computes Q/DQ in float: exact int8 rounding
@@ -486,7 +527,7 @@ def check_int8_model(context: BuildContext, profile: TargetProfile, int8_path: P
     )
 
 
-def model_facts(context: BuildContext) -> ModelFacts:
+def model_facts(context: TargetContext) -> ModelFacts:
     return ModelFacts(
         name=context.source.name,
         source=context.config.model or "built-in digits example",

@@ -144,10 +144,16 @@ def _slower_sentence(int8: Candidate, fp32: Candidate, where: str = "on this mac
 SPEED_TIE_MARGIN = 0.10
 
 
+def _p50(candidate: Candidate) -> float:
+    """A timed candidate's p50 (choose_precision times them all before anything reads one)."""
+    assert candidate.latency is not None, f"candidate {candidate.name} has not been timed"
+    return candidate.latency.p50
+
+
 def _fastest_with_margin(eligible: list[Candidate]) -> Candidate:
-    fastest = min(c.latency.p50 for c in eligible)
-    tied = [c for c in eligible if c.latency.p50 <= fastest * (1.0 + SPEED_TIE_MARGIN)]
-    return min(tied, key=lambda c: (c.model_path.stat().st_size, c.latency.p50))
+    fastest = min(_p50(c) for c in eligible)
+    tied = [c for c in eligible if _p50(c) <= fastest * (1.0 + SPEED_TIE_MARGIN)]
+    return min(tied, key=lambda c: (c.model_path.stat().st_size, _p50(c)))
 
 
 def choose_precision(
@@ -170,10 +176,10 @@ def choose_precision(
     summary = []
     if fp32 is not None:
         summary += [line for c in candidates if c.name.startswith("int8") and (line := _slower_sentence(c, fp32, where))]
-    speed = "" if fp32 is None or chosen is fp32 else f", {fp32.latency.p50 / chosen.latency.p50:.2f}x vs fp32 {fp32.latency.p50:.3f} ms"
+    speed = "" if fp32 is None or chosen is fp32 else f", {_p50(fp32) / _p50(chosen):.2f}x vs fp32 {_p50(fp32):.3f} ms"
     summary.append(
         f"Shipping {chosen.name}: the smallest candidate within the budget and within "
-        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({chosen.latency.p50:.3f} ms p50{speed}, {where})."
+        f"{SPEED_TIE_MARGIN:.0%} of the fastest ({_p50(chosen):.3f} ms p50{speed}, {where})."
     )
     return PrecisionChoice(chosen, candidates, summary, latency_samples)
 

@@ -37,7 +37,7 @@ def _json_key(f: Any) -> str:
     return f.metadata.get("key") or f.name
 
 
-def _section_type(hint: Any) -> type | None:
+def _section_type(hint: Any) -> type[_Section] | None:
     """The section class in `Foo` or `Foo | None`, else None (a plain value)."""
     for candidate in (hint, *get_args(hint)):
         # get_args: a generic alias such as dict[str, Any] passes isinstance(..., type) on Python 3.10

@@ -72,7 +72,7 @@ class QuantPlan:
 
 
 def _dtype_name(tensor: onnx.TensorProto) -> str:
-    return {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}.get(tensor.data_type, "")
+    return {int(onnx.TensorProto.UINT8): "uint8", int(onnx.TensorProto.INT8): "int8"}.get(tensor.data_type, "")
 
 
 def read_quant_plan(qdq: onnx.ModelProto, recipe: QuantRecipe) -> QuantPlan:
@@ -91,7 +91,7 @@ def read_quant_plan(qdq: onnx.ModelProto, recipe: QuantRecipe) -> QuantPlan:
             dtype = _dtype_name(quantized)
             if not dtype or not node.input[0].endswith(QUANTIZED_SUFFIX):
                 continue  # int32 biases: quantized with the input's and weight's scales, nothing to mirror
-            axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)  # DequantizeLinear's default axis
             per_channel = numpy_helper.to_array(initializers[node.input[1]]).size > 1
             scale = numpy_helper.to_array(initializers[node.input[1]])
             zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float32)

@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -144,8 +145,8 @@ def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe,
     correct_biases(model, quantized_weights, input_means(model, calibration.batches(16), inputs))
 
 
-def _extra_options(recipe: QuantRecipe) -> dict:
-    options = {
+def _extra_options(recipe: QuantRecipe) -> dict[str, Any]:
+    options: dict[str, Any] = {
         "ActivationSymmetric": recipe.symmetric_activations,
         "WeightSymmetric": True,
         "CalibMovingAverage": False,

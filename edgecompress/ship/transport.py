@@ -128,7 +128,8 @@ def load_ssh_key(path: Path, passphrase: str | None) -> paramiko.PKey:
     """Load the SSH identity up front so a bad key fails once, clearly, before any host is tried."""
     path = Path(path)
     try:
-        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)
+        # the stubs say str, but paramiko hands it to cryptography's key loaders, which take bytes
+        return paramiko.PKey.from_path(path, passphrase.encode() if passphrase else None)  # type: ignore[arg-type]
     except FileNotFoundError:
         raise SigningKeyError(f"SSH key {path} does not exist", "pass the private key your devices trust (--key)") from None
     except (PermissionError, IsADirectoryError) as exc:
@@ -170,7 +171,9 @@ class Connection:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self.client.close()
             raise HostFailure(f"{dest.host}:{dest.port} has no SFTP service ({exc}); enable the sftp subsystem") from None
-        self.sftp.get_channel().settimeout(ssh.timeout)
+        channel = self.sftp.get_channel()
+        if channel is not None:  # an SFTP session opened over SSH always has one
+            channel.settimeout(ssh.timeout)
 
     def _save_host_keys(self) -> None:
         with _KNOWN_HOSTS_LOCK:

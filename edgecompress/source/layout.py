@@ -89,7 +89,7 @@ def batch_layout(inputs: dict[str, list[int | str | None]], overrides: dict[str,
             axes[name] = dims.index(shared[0])
         else:
             axes[name] = 0
-    fixed = [dims[axis] for name, dims in inputs.items() if (axis := axes[name]) is not None and isinstance(dims[axis], int)]
+    fixed = [dim for name, dims in inputs.items() if (axis := axes[name]) is not None and isinstance(dim := dims[axis], int)]
     return BatchLayout(axes, fixed[0] if fixed else None)
 
 
