@@ -69,6 +69,7 @@ def test_targets_lists_the_cpu_profile():
     assert result.returncode == 0 and "cpu" in result.stdout and "ort-cpu" in result.stdout
 
 
+@pytest.mark.slow  # trains, distils, prunes and builds the example (~1-2 min)
 def test_builtin_example_ships_a_verified_int8_engine_within_a_point_of_its_teacher(tmp_path):
     out = tmp_path / "build"
     result = edgecompress("build", "--out", str(out), "--bench-runs", "20")  # precision auto: the build chooses
@@ -120,6 +121,7 @@ def _third_party_onnx(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # a whole build in a subprocess
 def test_third_party_onnx_builds_with_input_shape(tmp_path, tiny_calib):
     model = _third_party_onnx(tmp_path / "other.onnx")
     out = tmp_path / "build"
@@ -131,6 +133,7 @@ def test_third_party_onnx_builds_with_input_shape(tmp_path, tiny_calib):
     assert report["agreement"]["top1"] > 0.9
 
 
+@pytest.mark.slow  # a whole build in a subprocess
 def test_factory_model_with_weights(tmp_path, tiny_calib):
     from tests.conftest import make_tiny_net
 
@@ -185,6 +188,7 @@ def test_unknown_target_lists_known_ones(tmp_path):
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # three builds in subprocesses up to the calibration check
 @pytest.mark.parametrize("array, phrase", [
     (np.zeros((4, 3, 8, 8), np.float32), "size 3 on axis 1"),
     (np.full((4, 1, 8, 8), np.inf, np.float32), "NaN/Inf"),

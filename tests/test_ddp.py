@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.compress_fixtures import tiny_cnn, tiny_splits
@@ -23,6 +24,7 @@ def run(args: list[str]) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
 
 
+@pytest.mark.slow  # two torchrun processes distil a student
 def test_two_torchrun_processes_distil_the_same_student_as_one(tmp_path):
     splits = tiny_splits(160)
     np.savez(tmp_path / "data.npz", x=np.concatenate([splits.train.x, splits.val.x, splits.test.x]),

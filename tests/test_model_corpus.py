@@ -28,6 +28,8 @@ from tests.model_corpus import (
     CORPUS, CTC_RECOGNIZER, PADDLE_CLASSIFIER, TEXT_DETECTOR, VOICE_ACTIVITY, YOLO_DETECTOR, CorpusModel, CorpusModelMissing,
 )
 
+pytestmark = pytest.mark.slow  # real pretrained models, each built for two targets (~15 min in all)
+
 TARGETS = ["cpu", "raspberry-pi-5"]
 
 

@@ -79,6 +79,7 @@ def test_ship_installs_and_self_tests_on_the_device(device, bundles) -> None:
     assert not [p for p in (root / "releases").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow  # two full ships and a rollback over SSH
 def test_two_releases_then_rollback(device, bundles) -> None:
     root, dest = fresh_destination(device, "rollback")
     options, key = quick(device), bundles["keys"].public_path
@@ -371,6 +372,7 @@ def test_ship_without_a_trusted_key_refuses_before_touching_a_device(device, bun
     assert not root.exists()
 
 
+@pytest.mark.slow  # three ships over SSH
 def test_trust_on_first_use_pins_the_signer_and_the_device_refuses_another(device, bundles) -> None:
     root, dest = fresh_destination(device, "tofu")
     options = ssh_options(device)

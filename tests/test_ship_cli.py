@@ -24,6 +24,7 @@ def ssh_args(device) -> list[str]:
             "--remote-python", sys.executable]
 
 
+@pytest.mark.slow  # the whole CLI journey against a loopback sshd
 def test_keygen_bundle_verify_ship_rollback(device, tmp_path: Path) -> None:
     target = copy_build(tmp_path / "run")
     assert cli("keygen", "--out", str(tmp_path / "release-key")).returncode == 0
@@ -74,6 +75,7 @@ def test_bad_input_is_one_line_and_nonzero(args, message) -> None:
     assert message in result.stderr
 
 
+@pytest.mark.slow  # a whole build, bundle and signature in a subprocess
 def test_build_bundle_sign_writes_a_signed_bundle(tmp_path: Path) -> None:
     run = cached_build_run()
     assert cli("keygen", "--out", str(tmp_path / "k")).returncode == 0
