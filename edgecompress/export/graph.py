@@ -97,8 +97,27 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Give each node without a name, or with a name an earlier node already has, one of its own
+    (`<op_type>_<index>`), once, here: exclusions, diagnosis, bias correction and repair find nodes by name.
+    Returns how many were named."""
+    taken = {node.name for node in model.graph.node if node.name}
+    seen: set[str] = set()
+    renamed = 0
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            name, suffix = f"{node.op_type}_{index}", 1
+            while name in taken:
+                name, suffix = f"{node.op_type}_{index}_{suffix}", suffix + 1
+            node.name = name
+            taken.add(name)
+            renamed += 1
+        seen.add(node.name)
+    return renamed
+
+
 def finalize_model(model: onnx.ModelProto, out_path: Path) -> onnx.ModelProto:
-    """Shape-infer, simplify, check and write atomically."""
+    """Shape-infer, simplify, name every node, check and write atomically."""
     import onnxslim
 
     del model.graph.value_info[:]
@@ -108,6 +127,7 @@ def finalize_model(model: onnx.ModelProto, out_path: Path) -> onnx.ModelProto:
     except Exception as exc:  # simplification is an optimisation, never a reason to fail
         logging.getLogger(__name__).warning("onnxslim could not simplify the model: %s", exc)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    name_nodes(model)
     onnx.checker.check_model(model)
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))

@@ -162,7 +162,7 @@ def build(config: BuildConfig) -> list[dict[str, Any]]:
 def export_key(source: SourceModel, config: BuildConfig) -> dict[str, Any]:
     """What the fp32 ONNX depends on: the model's content, its input shapes and the export settings."""
     if source.is_onnx:
-        return {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v2"}
+        return {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v3"}
     return {
         "module": module_hash(source.module),
         "input_shapes": source.input_shapes,
