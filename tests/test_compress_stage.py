@@ -118,3 +118,17 @@ def test_the_cli_refuses_bad_compression_options_in_one_line(tmp_path):
     )
     assert completed.returncode == 2 and "Traceback" not in completed.stderr
     assert "'prune'" in completed.stderr and "'prune_ratio'" in completed.stderr
+
+
+def test_an_unlabelled_data_set_is_judged_by_agreement_never_by_its_placeholder_labels(tmp_path):
+    """--data with x only stores -1 as every label: scoring those gave 'top-1 0.00% vs fp32 0.00%, within budget'."""
+    from edgecompress.pipeline.pipeline import build
+
+    path = tmp_path / "x_only.npz"
+    np.savez(path, x=tiny_splits(200).train.x)
+    config = make_config({}, {"model": FACTORY, "input_shape": ["1,1,32,32"], "data": str(path), "out": tmp_path / "b",
+                              "bench_runs": 10, "bench_warmup": 1})
+    (report,) = build(config)
+    assert report["accuracy"]["fp32"] is None and report["accuracy"]["engine"] is None
+    assert report["fidelity"]["metric"] == "top-1 agreement" and "unlabelled" in report["accuracy"]["data"]
+    assert not any("Top-1" in line and "0.00%" in line for line in report["verdict"])
