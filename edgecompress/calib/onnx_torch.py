@@ -315,6 +315,13 @@ class OnnxGraphModule(nn.Module):
                     self.weight_keys[name] = key
                     self.weights[key] = nn.Parameter(self.constants.pop(name).float())
 
+    def train(self, mode: bool = True) -> "OnnxGraphModule":
+        """Train mode never reaches the BatchNorm layers: their statistics are the model's data (quantization-aware
+        training must not re-estimate them from a few batches, the most reported QAT failure)."""
+        super().train(mode)
+        self.batchnorms.eval()
+        return self
+
     def weight(self, name: str) -> torch.Tensor:
         """A trainable weight by its initializer name."""
         return self.weights[self.weight_keys[name]]

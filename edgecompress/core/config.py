@@ -122,6 +122,13 @@ class BuildConfig(BaseModel):
         "(reduce_range or per-tensor), where it measured to help, and repair tries the other setting; off = never"
     )
     diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
+    qat: Literal["auto", "on", "off"] = Field(
+        "auto", description="quantization-aware fine-tuning, distilled from the fp32 model; auto = when repaired int8 "
+        "misses the budget, on --data's inputs (labels optional), else the calibration set's; on = always try it"
+    )
+    qat_steps: int = Field(300, ge=1, le=100_000, description="most fine-tuning steps of quantization-aware training")
+    qat_minutes: float = Field(10.0, gt=0, description="time limit of quantization-aware fine-tuning per target")
+    qat_lr: float = Field(1e-5, gt=0, lt=1, description="Adam learning rate of quantization-aware fine-tuning")
     seed: int = Field(0, description="seed for every random choice")
     # compression (PyTorch models only): distillation, pruning and the accuracy gate
     data: str | None = Field(

@@ -84,12 +84,13 @@ class TargetContext:
     calibration: CalibrationSet
     eval_set: EvalSet
     compression: Compression | None
+    labelled: Splits | None = None  # --data (or the compression data): quantization-aware training's inputs
 
     @classmethod
     def after_steps(cls, context: BuildContext) -> TargetContext:
         return cls(context.config, _filled(context.source, "load model"), _filled(context.fp32, "export fp32 ONNX"),
                    _filled(context.calibration, "calibration set"), _filled(context.eval_set, "evaluation set"),
-                   context.compression)
+                   context.compression, context.labelled)
 
 
 @dataclass(frozen=True)

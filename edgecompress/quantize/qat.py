@@ -148,11 +148,13 @@ def _fixed(value: np.ndarray):
 
 
 class FakeQuantGraph:
-    """The prepared float graph as a torch module with the QDQ model's quantization hooked on; `quantized`
-    switches the hooks off to run the same module as the fp32 teacher."""
+    """The prepared float graph as a torch module with the QDQ model's quantization hooked on, and the same graph
+    frozen, without quantization, as the fp32 teacher (a teacher that shared the trained weights would drift with
+    the student, and nothing would hold the student to the model it should stay)."""
 
     def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan) -> None:
         self.module = OnnxGraphModule(prepared, trainable=True).eval()  # BatchNorm (if any is left) keeps its statistics
+        self.teacher = OnnxGraphModule(prepared).eval()
         missing = sorted(set(plan.weights) - set(self.module.weight_keys) - set(self.module.constants))
         if missing:
             raise ConfigError(f"the quantized model quantizes initializers the float graph lacks: {', '.join(missing[:5])}",
@@ -172,12 +174,8 @@ class FakeQuantGraph:
         return self.module.run(*(inputs[name] for name in self.module.input_names), outputs=outputs)
 
     def teacher_outputs(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
-        self.quantized(False)
-        try:
-            with torch.no_grad():
-                return self.run(inputs, outputs)
-        finally:
-            self.quantized(True)
+        with torch.no_grad():
+            return self.teacher.run(*(inputs[name] for name in self.teacher.input_names), outputs=outputs)
 
 
 def distillation_targets(model: onnx.ModelProto) -> list[str]:

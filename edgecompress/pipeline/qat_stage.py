@@ -1,0 +1,109 @@
+"""The ladder's quantization-aware rung: fine-tune where post-training int8 and repair missed the budget.
+
+The fine-tuning itself is quantize/qat.py; this stage picks its inputs (--data's, labels not needed, else the
+calibration set's), caches the result by content (the fp32 model, the calibration and training arrays, the recipe,
+the options and the runtimes), and quantizes the fine-tuned graph with the ranges the training used. The caller
+judges the result by the one budget, like every other candidate.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.core.artifacts import sha256_file, sha256_json
+from edgecompress.core.cache import cached_artifact
+from edgecompress.core.progress import info, progress_bar, warn
+from edgecompress.quantize.qat import ActivationQuant, QatOptions, QuantPlan, finetune
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.quantize.static import prepare_model, quantize_model
+from edgecompress.source.layout import BatchLayout
+
+if TYPE_CHECKING:
+    from edgecompress.pipeline.pipeline import TargetContext
+
+FEW_TRAINING_INPUTS = 256  # below this, say that the fine-tuning sees little data
+
+
+@dataclass(frozen=True)
+class QatOutcome:
+    model_path: Path  # the int8 QDQ model of the fine-tuned weights, quantized with the training's ranges
+    record: dict[str, Any]  # report.json's quantization.qat (before the verdict on it)
+
+
+def qat_options(context: TargetContext) -> QatOptions:
+    config = context.config
+    return QatOptions(steps=config.qat_steps, lr=config.qat_lr, max_seconds=60.0 * config.qat_minutes, seed=config.seed)
+
+
+def training_inputs(context: TargetContext) -> tuple[dict[str, np.ndarray], BatchLayout, str]:
+    """--data's training split for a one-input model (its labels are not used: the loss is distillation), else the
+    calibration set."""
+    if context.labelled is not None and len(context.fp32.inputs) == 1 and len(context.labelled.train):
+        x = context.labelled.train.x
+        return {context.fp32.inputs[0].name: x}, BatchLayout({}), f"{context.config.data} train split ({len(x)} inputs)"
+    calibration = context.calibration
+    if len(calibration) < FEW_TRAINING_INPUTS:
+        warn(f"quantization-aware training uses the calibration set's {len(calibration)} inputs: few for fine-tuning; "
+             "pass --data with more inputs of the kind the model sees (labels optional)")
+    return calibration.arrays, calibration.batch_layout, f"{calibration.source} (the calibration set, {len(calibration)} inputs)"
+
+
+def _plan_record(plan: QuantPlan) -> dict[str, list]:
+    return {name: [q.scale, q.zero_point, q.dtype] for name, q in plan.activations.items()}
+
+
+def _plan_from_record(record: dict[str, list]) -> QuantPlan:
+    return QuantPlan({name: ActivationQuant(float(scale), int(zero), str(dtype)) for name, (scale, zero, dtype) in record.items()}, {})
+
+
+def qat_stage(context: TargetContext, recipe: QuantRecipe, post_training_int8: Path) -> QatOutcome:
+    """Fine-tune under `recipe`'s fake quantization (mirroring `post_training_int8`, its QDQ model) and quantize the
+    result with the same ranges; both cached by content."""
+    import onnxruntime
+    import torch
+
+    config = context.config
+    options = qat_options(context)
+    inputs, layout, described = training_inputs(context)
+    key = {
+        "fp32": sha256_file(context.fp32.path), "calibration": context.calibration.sha256, "training": arrays_sha256(inputs),
+        "recipe": recipe.cache_key(), "options": asdict(options), "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__, "stage": "qat-v1",
+    }
+    name = sha256_json(key)[:12]
+    trained_path = config.out / "qat" / f"model.qat.{name}.onnx"
+
+    def fine_tune(out: Path) -> dict[str, Any]:
+        info(f"quantization-aware training: up to {options.steps} steps or {config.qat_minutes:g} min on {described}")
+        with tempfile.TemporaryDirectory(prefix="edgecompress-qat-") as workdir, progress_bar() as progress:
+            prepared = prepare_model(context.fp32.path, context.calibration, recipe, Path(workdir) / "prepared.onnx")
+            result = finetune(prepared, post_training_int8, inputs, layout, recipe, options, out, progress)
+        return {
+            "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped, "data": described,
+            "training_inputs": result.samples, "lr": options.lr, "batch_size": options.batch_size,
+            "temperature": options.temperature, "loss": "distillation from the fp32 model (KL on class scores, MSE otherwise)",
+            "validation_loss_before": round(result.validation_loss_before, 6),
+            "validation_loss_after": round(result.validation_loss_after, 6),
+            "curve": [{k: round(v, 6) for k, v in entry.items()} for entry in result.curve],
+            "activations": _plan_record(result.plan),
+        }
+
+    record, reused = cached_artifact(trained_path, key, fine_tune)
+    int8_path = config.out / "int8" / f"model.int8.qat.{name}.onnx"
+    ranges = _plan_from_record(record["activations"]).activation_ranges()
+    # the fine-tuned graph already has the recipe's equalization and bias correction in its weights
+    baked = replace(recipe, equalize=False, bias_correction=False)
+
+    def quantize(out: Path) -> None:
+        quantize_model(trained_path, context.calibration, baked, out, ranges)
+
+    cached_artifact(int8_path, {**key, "quantized": baked.cache_key()}, quantize)
+    info(f"quantization-aware training: {'reused' if reused else 'wrote'} {int8_path} "
+         f"({record['steps']} steps, {record['seconds']} s, {record['stopped']})")
+    return QatOutcome(int8_path, {k: v for k, v in record.items() if k != "activations"} | {"reused": reused})

@@ -1,0 +1,178 @@
+"""Quantization-aware fine-tuning: fake quantization mirrors the QDQ model, gradients pass straight through,
+the trained weights go back into the same graph, and the engine computes what the fine-tuning saw."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgecompress.engines.ort_cpu import OrtRunner
+from edgecompress.quantize.qat import (
+    ActivationQuant, FakeQuantGraph, QatOptions, WeightQuant, distillation_targets, finetune, read_quant_plan,
+    weight_scale, write_weights,
+)
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.quantize.static import prepare_model, quantize_model
+from edgecompress.source.layout import BatchLayout
+from tests.quant_models import digits_case  # noqa: F401 - fixture
+
+RECIPES = {"cpu": QuantRecipe(), "arm / TensorRT": QuantRecipe(activation_type="int8", symmetric_activations=True)}
+
+
+@pytest.fixture(scope="module", params=list(RECIPES))
+def quantized(request, digits_case, tmp_path_factory):  # noqa: F811
+    recipe = RECIPES[request.param]
+    root = tmp_path_factory.mktemp("qat")
+    prepared = prepare_model(digits_case.clean, digits_case.calibration, recipe, root / "prepared.onnx")
+    qdq = quantize_model(digits_case.clean, digits_case.calibration, recipe, root / "ptq.onnx")
+    return recipe, prepared, qdq, root
+
+
+def _simulated(path, inputs: np.ndarray) -> np.ndarray:
+    """The QDQ model with Q/DQ computed in float (no fused int8 kernels): what fake quantization mirrors."""
+    return OrtRunner(path, threads=1, level="disable").run({"input": inputs})[0]
+
+
+def test_the_plan_is_read_from_the_qdq_model(quantized):
+    recipe, _, qdq, _ = quantized
+    plan = read_quant_plan(onnx.load(str(qdq)), recipe)
+    assert set(plan.weights) == {"conv1.weight", "conv2.weight", "head.weight"}
+    assert all(q.axis == 0 and q.symmetric_max == 127 and q.dtype == "int8" for q in plan.weights.values())
+    assert {"input", "logits"} <= set(plan.activations)  # the graph output too, by its own name
+    assert {q.dtype for q in plan.activations.values()} == {recipe.activation_type}
+
+
+def test_fake_quantization_computes_what_the_qdq_model_computes(quantized, digits_case):  # noqa: F811
+    recipe, prepared, qdq, _ = quantized
+    graph = FakeQuantGraph(onnx.load(str(prepared)), read_quant_plan(onnx.load(str(qdq)), recipe))
+    x = digits_case.eval_set.inputs["input"][:200]
+    with torch.no_grad():
+        fake = graph.run({"input": torch.from_numpy(x)})[0].numpy()
+    simulated = _simulated(qdq, x)
+    output_step = graph.module.tensor_hooks and read_quant_plan(onnx.load(str(qdq)), recipe).activations["logits"].scale
+    # Stated tolerance: torch's and ORT's float convolutions round differently in the last bit, which can move a
+    # value across a rounding boundary: at most 2 output steps anywhere, and the same top-1 for 99% of samples.
+    assert np.abs(fake - simulated).max() <= 2 * output_step + 1e-6
+    assert np.mean(fake.argmax(1) == simulated.argmax(1)) >= 0.99
+
+
+def test_gradients_pass_straight_through_inside_the_range_and_stop_outside():
+    quant = ActivationQuant(scale=0.1, zero_point=0, dtype="uint8")  # represents [0, 25.5]
+    from edgecompress.quantize.qat import _fake_quant_activation
+
+    x = torch.tensor([-1.0, 0.04, 3.33, 30.0], requires_grad=True)
+    y = _fake_quant_activation(quant)(x)
+    y.sum().backward()
+    assert torch.allclose(y.detach(), torch.tensor([0.0, 0.0, 3.3, 25.5]))
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]
+
+
+def test_weight_scale_is_the_quantizers_per_channel_max_over_127():
+    weight = torch.tensor([[0.5, -1.27], [0.0, 0.0], [2.54, 1.0]])
+    scale = weight_scale(weight, WeightQuant(axis=0, symmetric_max=127, dtype="int8"))
+    assert torch.allclose(scale, torch.tensor([0.01, 1.0, 0.02]))  # an all-zero channel gets scale 1, as in ORT
+    assert torch.allclose(weight_scale(weight, WeightQuant(None, 64, "int8")), torch.tensor([2.54 / 64]))
+
+
+def test_the_logits_before_a_softmax_output_are_what_is_distilled(tmp_path):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["scores"]), helper.make_node("Softmax", ["scores"], ["probabilities"], axis=-1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4])],
+    )
+    assert distillation_targets(helper.make_model(graph)) == ["scores", "scores"]
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(quantized, digits_case):  # noqa: F811
+    recipe, prepared, qdq, root = quantized
+    train = {"input": digits_case.calibration.arrays["input"]}
+    result = finetune(prepared, qdq, train, BatchLayout({}), recipe, QatOptions(steps=12, batch_size=16, lr=1e-3,
+                                                                               validate_every=4), root / "qat.onnx")
+    requantized = quantize_model(result.model_path, digits_case.calibration, replace(recipe, equalize=False, bias_correction=False),
+                                 root / "qat.int8.onnx", activation_ranges=result.plan.activation_ranges())
+    return recipe, prepared, result, requantized
+
+
+def test_trained_weights_go_back_into_the_same_graph(quantized, tmp_path):
+    recipe, prepared, qdq, _ = quantized
+    graph = FakeQuantGraph(onnx.load(str(prepared)), read_quant_plan(onnx.load(str(qdq)), recipe))
+    with torch.no_grad():
+        graph.module.weight("conv1.weight").add_(0.01)  # what a training step does
+    written = write_weights(onnx.load(str(prepared)), graph.module, tmp_path / "trained.onnx")
+    before, after = onnx.load(str(prepared)), onnx.load(str(written))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in before.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in after.graph.node]
+    weights_before = {t.name: onnx.numpy_helper.to_array(t) for t in before.graph.initializer}
+    weights_after = {t.name: onnx.numpy_helper.to_array(t) for t in after.graph.initializer}
+    assert weights_before.keys() == weights_after.keys()
+    assert all(weights_before[k].shape == weights_after[k].shape for k in weights_before)
+    assert np.allclose(weights_after["conv1.weight"], weights_before["conv1.weight"] + 0.01)  # new values
+    assert all(np.array_equal(weights_before[k], weights_after[k]) for k in weights_before if k != "conv1.weight")
+
+
+def test_the_requantized_model_uses_the_ranges_and_weight_scales_the_training_used(fine_tuned):
+    recipe, _, result, requantized = fine_tuned
+    plan = read_quant_plan(onnx.load(str(requantized)), recipe)
+    assert plan.activations == result.plan.activations  # the very scales and zero points the fine-tuning saw
+    trained = FakeQuantGraph(onnx.load(str(result.model_path)), result.plan).module
+    for name, quant in plan.weights.items():
+        expected = weight_scale(trained.weight(name), quant).numpy()
+        stored = next(onnx.numpy_helper.to_array(t) for t in onnx.load(str(requantized)).graph.initializer
+                      if t.name == f"{name}_scale")
+        assert np.allclose(stored, expected, rtol=1e-6), name
+
+
+def test_the_engine_computes_what_the_fine_tuning_saw(fine_tuned, digits_case):  # noqa: F811
+    recipe, _, result, requantized = fine_tuned
+    graph = FakeQuantGraph(onnx.load(str(result.model_path)), result.plan)
+    x = digits_case.eval_set.inputs["input"][:200]
+    with torch.no_grad():
+        fake = graph.run({"input": torch.from_numpy(x)})[0].numpy()
+    engine = OrtRunner(requantized, threads=1).run({"input": x})[0]  # the optimized int8 engine itself
+    step = result.plan.activations["logits"].scale
+    # Stated tolerance, as for the QDQ model: 2 output steps, top-1 the same for 99% of samples
+    assert np.abs(fake - engine).max() <= 2 * step + 1e-6
+    assert np.mean(fake.argmax(1) == engine.argmax(1)) >= 0.99
+
+
+def test_fine_tuning_keeps_its_best_weights_and_records_its_curve(fine_tuned):
+    _, _, result, _ = fine_tuned
+    assert result.steps == 12 and result.stopped == "12 steps" and result.samples > 0
+    assert result.validation_loss_after <= result.validation_loss_before
+    assert [entry["step"] for entry in result.curve if "validation_loss" in entry] == [0, 4, 8, 12]
+
+
+def test_batchnorm_left_in_the_graph_keeps_its_statistics(tmp_path):
+    from tests.calib_fixtures import bn_training_data, export_tiny_onnx
+    from edgecompress.calib.load import calibration_set_from_arrays
+    from edgecompress.export.graph import model_io, read_onnx
+
+    path = export_tiny_onnx(tmp_path / "bn.onnx")  # the torchscript export keeps BatchNormalization
+    graph = FakeQuantGraph(onnx.load(str(path)), read_quant_plan(onnx.load(str(path)), QuantRecipe()))
+    before = {k: v.clone() for k, v in graph.module.batchnorms.state_dict().items()}
+    x = torch.from_numpy(bn_training_data())
+    with torch.enable_grad():
+        graph.module.train()  # even asked to train, the graph's BatchNorm stays in inference mode
+        graph.run({"input": x})[0].sum().backward()
+    assert all(torch.equal(before[k], v) for k, v in graph.module.batchnorms.state_dict().items())
+    inputs, _ = model_io(read_onnx(path))
+    calibration_set_from_arrays({"input": bn_training_data()}, inputs, "bn")  # the fixture's data fits the model
+
+
+def test_bad_options_are_refused_with_the_fix():
+    from edgecompress.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="steps"):
+        QatOptions(steps=0)
+    with pytest.raises(ConfigError, match="lr"):
+        QatOptions(lr=2.0)
+
+
