@@ -119,7 +119,9 @@ class PrecisionLabel:
             return self.name
         total = sum(self.layers.values())
         floats = ", ".join(f"{count} {kind}" for kind, count in self.layers.items() if kind != "int8")
-        return f"mixed ({floats} of {total} compute layers)"
+        # int8 with its other layers in fp16 is what a TensorRT engine built with --int8 --fp16 runs
+        kind = "int8+fp16" if set(self.layers) == {"int8", "fp16"} else "mixed"
+        return f"{kind} ({floats} of {total} compute layers)"
 
     @property
     def builder_flags(self) -> tuple[str, ...]:
@@ -146,8 +148,11 @@ def graph_precision(model: onnx.ModelProto) -> PrecisionLabel:
     """The precision label of an ONNX graph, from its compute layers (see PrecisionLabel)."""
     import onnx
 
+    from edgecompress.quantize.float16 import float_layers_precision
+
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     types = _float_types(model)
+    float_kind = float_layers_precision(model)  # fp16 where the engine is told to run float layers in fp16
     counts = {"int8": 0, "fp16": 0, "fp32": 0}
     for node in model.graph.node:
         if node.op_type in INT8_COMPUTE_OPS:
@@ -158,7 +163,7 @@ def graph_precision(model: onnx.ModelProto) -> PrecisionLabel:
                 counts["int8"] += 1
             else:
                 fp16 = any(types.get(name) == onnx.TensorProto.FLOAT16 for name in operands)
-                counts["fp16" if fp16 else "fp32"] += 1
+                counts["fp16" if fp16 else float_kind] += 1
     present = {kind: count for kind, count in counts.items() if count}
     if not present:  # no compute layers: name the graph by its quantization nodes and weights
         quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
