@@ -199,6 +199,7 @@ class TensorRTBuilder:
 
     kind = "tensorrt"
     needs_device_arch = True  # a plan runs only on the GPU and TensorRT that built it: an x86 GPU cannot build a Jetson's
+    runs_float_layers_in_fp16 = True  # --int8 --fp16: layers outside Q/DQ in fp16 (quantize/float16.py marks the model)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("tensorrt") is None:
