@@ -176,7 +176,7 @@ class DeviceSimulation:
     def validated_on(self, model_path: Path) -> str:
         label = onnx_precision(model_path)
         if label.layers.get("int8") or label.name == "int8":
-            fp16 = " with the layers outside Q/DQ rounded to fp16 (as --int8 --fp16 runs them)" if label.layers.get("fp16") else ""
+            fp16 = "; layers outside Q/DQ rounded to fp16, as --int8 --fp16 runs them" if label.layers.get("fp16") else ""
             return f"this host's ONNX Runtime simulation of the int8 model (Q/DQ in float{fp16}), not the device"
         if label.name == "fp16":
             return "this host's ONNX Runtime simulation of the fp16 model (fp16 tensors and weights), not the device"
@@ -267,6 +267,20 @@ def choose_precision(
     return PrecisionChoice(chosen, candidates, summary, latency_samples)
 
 
+def _fp16_layers_sentence(candidate: Candidate) -> str:
+    """Which layers run in fp16 in an int8+fp16 engine, and why they are not int8."""
+    import onnx
+
+    from edgecompress.engines.base import compute_layer_precisions
+
+    layers = [name for name, kind in compute_layer_precisions(onnx.load(str(candidate.model_path), load_external_data=False)).items()
+              if kind == "fp16"]
+    shown = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
+    return (f"int8+fp16: {len(layers)} compute layer(s) that int8 leaves out run in fp16, not fp32 ({shown}); they are out "
+            "of int8 by the recipe's structural exclusions or by repair (quantization.recipe.reason, quantization.repair), "
+            "and their fp16 simulation keeps the model within the budget.")
+
+
 def choose_by_profile(candidates: list[Candidate], precisions: list[str], where: str) -> PrecisionChoice:
     """Without timings (a device kit): the profile's first precision with a candidate within the budget.
 
@@ -280,6 +294,8 @@ def choose_by_profile(candidates: list[Candidate], precisions: list[str], where:
             if candidate.within_budget:
                 summary = [f"Shipping {candidate.name}: the profile's first precision ({', '.join(precisions)}) with a "
                            f"candidate within the budget, judged {where}."]
+                if candidate.name == "int8+fp16":
+                    summary.insert(0, _fp16_layers_sentence(candidate))
                 return PrecisionChoice(candidate, candidates, summary)
     best_int8 = by_precision["int8"][0] if by_precision["int8"] else candidates[0]
     return PrecisionChoice(best_int8, candidates, [f"Shipping {best_int8.name}: no precision the profile lists "
