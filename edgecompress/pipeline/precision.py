@@ -396,9 +396,9 @@ def quantize_for_target(
     """Repair within the budget (the user's, else each task metric's stated default), diagnose, then pick the precision."""
     from edgecompress.quantize.detect_tail import detector_tail_nodes
 
-    reference = RememberedOutputs(models.load(fp32_path))
+    reference = RememberedOutputs(models.load(fp32_path))  # evaluated against, never timed: tries time models.load's
     session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair,
-                            settings.fidelity, detector_tail_nodes)
+                            settings.fidelity, detector_tail_nodes, timing_reference=models.load(fp32_path))
     result = repair(session, recipe)
     best: RepairTry = result.best
     diagnosis = result.diagnosis
