@@ -70,8 +70,8 @@ def build_targets(model: Path, files: Path, out: Path, targets: tuple[str, ...],
 
 def part1(model: Path, files: Path, out: Path) -> list[str]:
     code, reports, seconds = build_targets(model, files, out, TARGETS)
-    lines = [f"`build --target {' --target '.join(TARGETS)}` with the defaults: exit {code}, {seconds:.0f} s for both "
-             "(export, calibration and int8 models shared; each target runs its own ladder).", "",
+    lines = [(f"`build --target {' --target '.join(TARGETS)}` with the defaults: exit {code}, {seconds:.0f} s for both "
+              "(export, calibration and int8 models shared; each target runs its own ladder)."), "",
              "| target | shipped | label | kit vs fp32 | detection F1 vs fp32 (sim) | layers int8 / fp16 / fp32 | ladder (F1 per rung) | target s |",
              "|---|---|---|---|---|---|---|---|"]
     from edgecompress.pipeline.report import precision_text
@@ -136,9 +136,9 @@ def part3(model: Path, files: Path, out: Path) -> list[str]:
     report = reports[0]
     fidelity = report["fidelity"]
     shipping = next(line for line in report["verdict"] if "hipping" in line)
-    return [f"`--fidelity-budget 0.97 --max-excluded-layers 0` for {TARGETS[0]}: exit {code}, {seconds:.0f} s; shipped "
-            f"{report['engine']['precision']} ({report['size_ratio_vs_fp32']:.2f}x smaller than fp32), detection F1 "
-            f"{fidelity['value']:.3f} on {fidelity['validated_on']}.", "", f"> {shipping}", "",
+    return [(f"`--fidelity-budget 0.97 --max-excluded-layers 0` for {TARGETS[0]}: exit {code}, {seconds:.0f} s; shipped "
+             f"{report['engine']['precision']} ({report['size_ratio_vs_fp32']:.2f}x smaller than fp32), detection F1 "
+             f"{fidelity['value']:.3f} on {fidelity['validated_on']}."), "", f"> {shipping}", "",
             f"Ladder: {ladder_text(report)}."]
 
 
@@ -157,8 +157,8 @@ def main() -> None:
         out = files / "build"
         started = time.perf_counter()
         lines = [f"# Jetson kits for a YOLOv8s detector ({YOLO_DETECTOR.distribution} {YOLO_DETECTOR.version}, 640 px)", "",
-                 f"Host: {host()}. {args.calib} calibration and {args.eval} held-out letterboxed photos. "
-                 "F1: detections after NMS vs fp32's (same class, IoU >= 0.5), on this host's simulation.", ""]
+                 (f"Host: {host()}. {args.calib} calibration and {args.eval} held-out letterboxed photos. "
+                  "F1: detections after NMS vs fp32's (same class, IoU >= 0.5), on this host's simulation."), ""]
         lines += part1(model, files, out) + [""]
         if not args.skip_rules:
             lines += part2(model, files, out) + [""]

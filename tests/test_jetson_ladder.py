@@ -103,6 +103,7 @@ def test_kit_runs_the_layers_int8_leaves_out_in_fp16_and_says_int8_fp16(mixed_ki
     assert engine["metadata"]["build_settings"]["label"] == "mixed"
     assert report["quantization"]["precision"]["chosen"] == "int8+fp16"
     assert any("Shipping int8+fp16" in line for line in report["verdict"])
+    assert any(line.startswith("int8+fp16: 1 compute layer(s)") and "/dfl/Conv" in line for line in report["verdict"])
     assert "rounded to fp16" in report["fidelity"]["validated_on"] and report["fidelity"]["met"]
     summary = (Path(report["engine"]["files"][0]).parent.parent / "report.md").read_text()
     assert "int8+fp16 (1 fp16 of 6 compute layers)" in summary

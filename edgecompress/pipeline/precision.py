@@ -292,14 +292,12 @@ def choose_by_profile(candidates: list[Candidate], precisions: list[str], where:
     for precision in precisions:
         for candidate in by_precision.get(precision, []):
             if candidate.within_budget:
-                summary = [f"Shipping {candidate.name}: the profile's first precision ({', '.join(precisions)}) with a "
-                           f"candidate within the budget, judged {where}."]
-                if candidate.name == "int8+fp16":
-                    summary.insert(0, _fp16_layers_sentence(candidate))
-                return PrecisionChoice(candidate, candidates, summary)
+                summary = (f"Shipping {candidate.name}: the profile's first precision ({', '.join(precisions)}) with a "
+                           f"candidate within the budget, judged {where}.")
+                return PrecisionChoice(candidate, candidates, [summary])
     best_int8 = by_precision["int8"][0] if by_precision["int8"] else candidates[0]
-    return PrecisionChoice(best_int8, candidates, [f"Shipping {best_int8.name}: no precision the profile lists "
-                                                   f"({', '.join(precisions)}) is within the budget."])
+    summary = f"Shipping {best_int8.name}: no precision the profile lists ({', '.join(precisions)}) is within the budget."
+    return PrecisionChoice(best_int8, candidates, [summary])
 
 
 @dataclass
@@ -434,4 +432,6 @@ def quantize_for_target(
         else:
             choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
             choice.summary[-1] = f"WARNING: {missed}; best int8 kept."
+    if choice.chosen.name == "int8+fp16":
+        choice.summary.insert(0, _fp16_layers_sentence(choice.chosen))
     return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)
