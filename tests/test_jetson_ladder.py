@@ -156,8 +156,9 @@ def test_kit_ladder_repairs_when_the_first_int8_misses(monkeypatch, files, tmp_p
     assert code == 0 and report["fidelity"]["met"]  # some rung of the ladder met it, and that is what ships
 
 
-def test_kit_is_fp16_when_int8_cannot_meet_the_budget_and_says_so(monkeypatch, files, tmp_path):
-    code, report = build(monkeypatch, files, tmp_path, "jetson-orin-nano", "--task", "regress",
+@pytest.mark.parametrize("target", ["jetson-orin-nano", "jetson-agx-orin"])  # the GPU, and DLA core 0
+def test_kit_is_fp16_when_int8_cannot_meet_the_budget_and_says_so(monkeypatch, files, tmp_path, target):
+    code, report = build(monkeypatch, files, tmp_path, target, "--task", "regress",
                          "--fidelity-budget", "70", "--max-excluded-layers", "1")
     assert code == 0
     assert report["engine"]["precision"] == "fp16" and report["quantization"]["precision"]["chosen"] == "fp16"
