@@ -9,8 +9,10 @@ Part 1: `build` with the defaults for jetson-orin-nano and jetson-agx-orin: ship
 vs fp32, detection F1 vs fp32, layers per precision, the ladder's rungs, wall time.
 Part 2: Q/DQ placement rules, one at a time (minmax, the recipe's types): F1 and layers left out of int8.
 Part 3 (--fp16-demo): a budget int8 cannot meet (F1 >= 0.97, no layers excluded): the kit is fp16, exit 0.
+Part 4 (--budget-095): --fidelity-budget 0.95, where the ladder goes on to keep layers out of int8.
 
-    python benchmarks/jetson_detector.py [--calib 16] [--eval 24] [--fp16-demo]   # writes benchmarks/jetson_detector.md
+    python benchmarks/jetson_detector.py [--calib 16] [--eval 24] [--fp16-demo] [--budget-095] [--workdir DIR]
+    # writes benchmarks/jetson_detector.md
 """
 
 from __future__ import annotations
@@ -93,34 +95,49 @@ def part2(model: Path, files: Path, workdir: Path) -> list[str]:
     from edgecompress.core.targets import load_profile
     from edgecompress.engines.base import onnx_precision
     from edgecompress.engines.ort_cpu import OrtRunner
-    from edgecompress.export.graph import model_io, read_onnx
+    from edgecompress.export.graph import input_dims, model_io, read_onnx
+    from edgecompress.source.layout import batch_layout
     from edgecompress.measure.evaluate import EvalSet, evaluate
     from edgecompress.quantize.detect_tail import detector_tail_nodes
     from edgecompress.quantize.isa import recipe_for_target
     from edgecompress.quantize.static import quantize_model
 
     fp32 = workdir / "model.fp32.onnx"  # the build's prepared fp32 model
-    inputs, _ = model_io(read_onnx(fp32))
-    calibration = load_calibration_set(files / "calib.npz", inputs)
-    held_out = load_calibration_set(files / "eval.npz", inputs)
+    graph = read_onnx(fp32)
+    inputs, _ = model_io(graph)
+    layout = batch_layout(input_dims(graph))  # batch 1 fixed in this export: calibrated one image at a time
+    calibration = load_calibration_set(files / "calib.npz", inputs, layout)
+    held_out = load_calibration_set(files / "eval.npz", inputs, layout)
     eval_set = EvalSet(held_out.arrays, None, "held-out photos", held_out.layout)
     reference = OrtRunner(fp32)
     recipe = recipe_for_target(load_profile("jetson-orin-nano"))
     tail = tuple(detector_tail_nodes(fp32))
+    ort, trt = recipe.with_options(placement="onnxruntime"), recipe
     rules = [
-        ("ONNX Runtime's placement, decode tail in int8", recipe.with_options(placement="onnxruntime")),
-        ("ONNX Runtime's placement, decode tail kept out", recipe.with_options(placement="onnxruntime", nodes_to_exclude=tail)),
-        ("TensorRT placement (Conv/Gemm/MatMul inputs, both Add inputs), tail in int8", recipe),
-        ("TensorRT placement, decode tail kept out (the default)", recipe.with_options(nodes_to_exclude=tail)),
+        ("ONNX Runtime's placement, decode tail in int8", ort, None),
+        ("ONNX Runtime's placement, decode tail kept out", ort.with_options(nodes_to_exclude=tail), None),
+        ("TensorRT: Q/DQ on Conv/Gemm/MatMul inputs only, tail kept out", trt.with_options(nodes_to_exclude=tail),
+         ("Conv", "ConvTranspose", "Gemm", "MatMul")),
+        ("TensorRT: + both inputs of each Add, tail in int8", trt, None),
+        ("TensorRT: + both inputs of each Add, tail kept out (the default)", trt.with_options(nodes_to_exclude=tail), None),
+        ("ONNX Runtime's placement, tail kept out, percentile", ort.with_options(nodes_to_exclude=tail, calibration_method="percentile"), None),
+        ("TensorRT default, percentile (what the ladder ships)", trt.with_options(nodes_to_exclude=tail, calibration_method="percentile"), None),
     ]
-    lines = ["| Q/DQ placement (minmax) | detection F1 vs fp32 (sim) | compute layers int8 / float | Q/DQ pairs | quantize + eval s |",
+    lines = ["| Q/DQ placement (minmax unless said) | detection F1 vs fp32 (sim) | compute layers int8 / float | Q/DQ pairs | quantize + eval s |",
              "|---|---|---|---|---|"]
     from edgecompress.pipeline.precision import RememberedOutputs
 
     reference = RememberedOutputs(reference)  # fp32 runs once for the four variants
-    for name, variant in rules:
+    from edgecompress.quantize import recipe as recipe_module
+
+    for name, variant, quantized_ops in rules:
         started = time.perf_counter()
-        path = quantize_model(fp32, calibration, variant, workdir / f"rule-{len(lines)}.onnx")
+        default_ops = recipe_module.TENSORRT_QUANTIZED_OPS
+        recipe_module.TENSORRT_QUANTIZED_OPS = quantized_ops or default_ops  # one rule at a time (this benchmark only)
+        try:
+            path = quantize_model(fp32, calibration, variant, workdir / f"rule-{len(lines)}.onnx")
+        finally:
+            recipe_module.TENSORRT_QUANTIZED_OPS = default_ops
         runner = OrtRunner(path, level="disable")
         evaluation = evaluate(runner, reference, eval_set)
         layers = onnx_precision(path).layers
@@ -142,16 +159,31 @@ def part3(model: Path, files: Path, out: Path) -> list[str]:
             f"Ladder: {ladder_text(report)}."]
 
 
+def part4(model: Path, files: Path, out: Path) -> list[str]:
+    code, reports, seconds = build_targets(model, files, out, TARGETS[:1], fidelity_budget="0.95")
+    report = reports[0]
+    fidelity = report["fidelity"]
+    from edgecompress.pipeline.report import precision_text
+
+    return [(f"`--fidelity-budget 0.95` for {TARGETS[0]}: exit {code}, {seconds:.0f} s; shipped "
+             f"{report['quantization']['precision']['chosen']} ({precision_text(report['engine'])}, "
+             f"{report['size_ratio_vs_fp32']:.2f}x smaller than fp32), detection F1 {fidelity['value']:.3f}."), "",
+            f"Ladder: {ladder_text(report)}; {report['quantization']['repair']['stop_reason']}."]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calib", type=int, default=16, help="calibration photos")
     parser.add_argument("--eval", type=int, default=24, help="held-out photos the F1 is measured on")
     parser.add_argument("--fp16-demo", action="store_true", help="part 3: a budget int8 cannot meet")
     parser.add_argument("--skip-rules", action="store_true", help="skip part 2")
+    parser.add_argument("--budget-095", action="store_true", help="part 4: the same build with --fidelity-budget 0.95")
+    parser.add_argument("--workdir", type=Path, help="keep the photos and builds here (default: a temporary folder)")
     args = parser.parse_args()
     model = YOLO_DETECTOR.locate()
     with tempfile.TemporaryDirectory(prefix="jetson-detector-") as tmp:
-        files = Path(tmp)
+        files = Path(args.workdir or tmp)
+        files.mkdir(parents=True, exist_ok=True)
         np.savez(files / "calib.npz", images=make.letterboxed_photos(args.calib, seed=1))
         np.savez(files / "eval.npz", images=make.letterboxed_photos(args.eval, seed=2))
         out = files / "build"
@@ -160,10 +192,13 @@ def main() -> None:
                  (f"Host: {host()}. {args.calib} calibration and {args.eval} held-out letterboxed photos. "
                   "F1: detections after NMS vs fp32's (same class, IoU >= 0.5), on this host's simulation."), ""]
         lines += part1(model, files, out) + [""]
+        print("\n".join(lines), flush=True)  # part 1's table, before the longer parts
         if not args.skip_rules:
             lines += part2(model, files, out) + [""]
         if args.fp16_demo:
             lines += part3(model, files, out) + [""]  # same folder: the int8 models of part 1 are reused
+        if args.budget_095:
+            lines += part4(model, files, out) + [""]
         lines.append(f"Total wall time: {time.perf_counter() - started:.0f} s.")
     text = "\n".join(lines) + "\n"
     print(text)
