@@ -119,7 +119,9 @@ class PrecisionLabel:
             return self.name
         total = sum(self.layers.values())
         floats = ", ".join(f"{count} {kind}" for kind, count in self.layers.items() if kind != "int8")
-        return f"mixed ({floats} of {total} compute layers)"
+        # int8 with its other layers in fp16 is what a TensorRT engine built with --int8 --fp16 runs
+        kind = "int8+fp16" if set(self.layers) == {"int8", "fp16"} else "mixed"
+        return f"{kind} ({floats} of {total} compute layers)"
 
     @property
     def builder_flags(self) -> tuple[str, ...]:
@@ -142,24 +144,36 @@ def _float_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def compute_layer_precisions(model: onnx.ModelProto) -> dict[str, str]:
+    """Each compute layer's name (or op type) and what it computes in: int8 (both operands dequantized), fp16, fp32."""
+    import onnx
+
+    from edgecompress.quantize.float16 import float_layers_precision
+
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    types = _float_types(model)
+    float_kind = float_layers_precision(model)  # fp16 where the engine is told to run float layers in fp16
+    kinds = {}
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        if node.op_type in INT8_COMPUTE_OPS:
+            kinds[name] = "int8"
+        elif node.op_type in COMPUTE_OPS:
+            operands = [name for name in node.input[:2] if name]
+            if operands and all(operand in dequantized for operand in operands):
+                kinds[name] = "int8"
+            else:
+                fp16 = any(types.get(operand) == onnx.TensorProto.FLOAT16 for operand in operands)
+                kinds[name] = "fp16" if fp16 else float_kind
+    return kinds
+
+
 def graph_precision(model: onnx.ModelProto) -> PrecisionLabel:
     """The precision label of an ONNX graph, from its compute layers (see PrecisionLabel)."""
     import onnx
 
-    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    types = _float_types(model)
-    counts = {"int8": 0, "fp16": 0, "fp32": 0}
-    for node in model.graph.node:
-        if node.op_type in INT8_COMPUTE_OPS:
-            counts["int8"] += 1
-        elif node.op_type in COMPUTE_OPS:
-            operands = [name for name in node.input[:2] if name]
-            if operands and all(name in dequantized for name in operands):
-                counts["int8"] += 1
-            else:
-                fp16 = any(types.get(name) == onnx.TensorProto.FLOAT16 for name in operands)
-                counts["fp16" if fp16 else "fp32"] += 1
-    present = {kind: count for kind, count in counts.items() if count}
+    kinds = list(compute_layer_precisions(model).values())
+    present = {kind: kinds.count(kind) for kind in ("int8", "fp16", "fp32") if kinds.count(kind)}
     if not present:  # no compute layers: name the graph by its quantization nodes and weights
         quantized = any(node.op_type == "QuantizeLinear" for node in model.graph.node)
         fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)

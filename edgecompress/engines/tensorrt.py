@@ -79,7 +79,11 @@ def _has_qdq(model: onnx.ModelProto) -> bool:
 
 
 def _check_int8_scales(model: onnx.ModelProto, profile: TargetProfile, options: TensorRTOptions) -> None:
-    """int8 needs scales: edgecompress gives them as Q/DQ nodes (explicit quantization)."""
+    """int8 needs scales: edgecompress gives them as Q/DQ nodes (explicit quantization).
+
+    An fp16 graph is not an int8 model without scales: it is the fp16 kit the ladder ships when int8 misses the budget."""
+    if graph_precision(model).name == "fp16":
+        return
     if "int8" in profile.precisions and options.dla_core is not None and not _has_qdq(model):
         raise EngineBuildError(
             f"target '{profile.name}' asks for int8 on DLA, but the model has no QuantizeLinear/DequantizeLinear "
@@ -200,6 +204,7 @@ class TensorRTBuilder:
 
     kind = "tensorrt"
     needs_device_arch = True  # a plan runs only on the GPU and TensorRT that built it: an x86 GPU cannot build a Jetson's
+    runs_float_layers_in_fp16 = True  # --int8 --fp16: layers outside Q/DQ in fp16 (quantize/float16.py marks the model)
 
     def available(self) -> str | None:
         if importlib.util.find_spec("tensorrt") is None:

@@ -327,25 +327,28 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
     recipe = target_recipe(profile, config, context.fp32.path)
     target_dir = config.out / profile.name
     target_dir.mkdir(parents=True, exist_ok=True)
-    chosen = None
     place = build_place(builder, profile)  # asked once: TensorRT probes for a GPU
-    if place.here:
-        # every candidate engine is built and measured once; the one that ships is moved into target_dir
-        chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir)
-        recipe, model_path = chosen.recipe, chosen.model_path
-        artifact = models.promote(model_path, target_dir)
-    else:
-        info(f"{profile.name}: the engine is built on the device ({place.reason}); this host quantizes and validates")
-        model_path = quantize_stage(context, recipe)
-        artifact = builder.build(model_path, profile, target_dir)
+    if not place.here:
+        info(f"{profile.name}: the engine is built on the device ({place.reason}); this host runs the same ladder "
+             "on its simulation of the device's numerics and writes the kit")
+    # the one ladder (repair, precision): candidates are built engines here, or simulations of the device for a kit;
+    # the one that ships is moved into target_dir (an engine) or written there as the device kit
+    chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir, here=place.here)
+    recipe, model_path = chosen.recipe, chosen.model_path
+    artifact = models.promote(model_path, target_dir)
     samples = samples_stage(context.eval_set, target_dir)
-    measured = None if chosen is None else engine_measurements(context, profile, artifact, chosen.choice)
-    check = None
-    if artifact.precision in ("int8", "mixed") and (not artifact.runnable_here or profile.arch != host_arch()):
+    measured = engine_measurements(context, profile, artifact, chosen.choice) if place.here else None
+    check, simulated = None, None
+    if not place.here:  # a kit: its figures are the ladder's, on this host's simulation of the device
+        simulated = simulated_check(context, chosen.choice.chosen.evaluation, models.validated_on(model_path),
+                                    "int8" if artifact.precision == "mixed" else artifact.precision)
+        check = simulated if artifact.precision in ("int8", "mixed") else None
+    elif artifact.precision in ("int8", "mixed") and profile.arch != host_arch():
         check = check_int8_model(context, profile, model_path)
     engine = engine_facts(artifact)
     reference_size = context.fp32.path.stat().st_size
-    decisions = {} if chosen is None else chosen.report_fields(target_dir)
+    decisions = chosen.report_fields(target_dir)
+    simulation = simulated or check  # without a measurement here: what the simulation of the device says
     build_facts = BuildFacts(datetime.now(timezone.utc).isoformat(timespec="seconds"), config.model_dump(mode="json"))
     report = BuildReport(
         target=profile.name,
@@ -366,7 +369,7 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
         versions=versions(),
         build=build_facts,
         samples=samples,
-        fidelity=measured.fidelity if measured else check.fidelity if check else None,
+        fidelity=measured.fidelity if measured else simulation.fidelity if simulation else None,
         speedup_vs_fp32=measured.speedup_vs_fp32 if measured else None,
         measured_on=measured.measured_on if measured else None,
         compression=None if context.compression is None else compression_report(
@@ -374,26 +377,29 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
             measured.accuracy.engine if measured else None, engine.size_bytes, measured.latency.p50 if measured else None),
         int8_model_check=check,
     )
-    verdict = verdicts(report, config.max_accuracy_drop) + (chosen.choice.summary if chosen is not None else [])
+    verdict = verdicts(report, config.max_accuracy_drop) + chosen.choice.summary
     fidelity_over = report.fidelity is not None and not report.fidelity.met
-    # the shipped engine's own measurement decides; without one (nothing ran here), the repair's
-    over_budget = fidelity_over if report.fidelity else chosen is not None and not chosen.repair.met
+    # the shipped engine's own measurement (or, for a kit, its simulation's) decides; without one, the repair's
+    over_budget = fidelity_over if report.fidelity else not chosen.repair.met
     if over_budget and config.allow_over_budget:
         verdict.append("WARNING: the engine is OVER the budget and ships only because --allow-over-budget is set.")
     report = replace(report, verdict=verdict, build=replace(build_facts, seconds=round(time.perf_counter() - started, 2)))
     report = write_report(report, target_dir, measured.latency_samples if measured else {})
     for line in report.verdict:
         (warn if line.startswith("WARNING") else info)(f"{profile.name}: {line.removeprefix('WARNING: ')}")
-    if chosen is not None and chosen.choice.chosen.name.startswith("int8"):  # fp32/fp16 shipped within budget: no error
+    shipped = chosen.choice.chosen
+    if shipped.name.startswith("int8") and not shipped.within_budget:  # fp32/fp16/int8+fp16 within budget: no error
         chosen.repair.raise_if_unmet(config.allow_over_budget)
     if fidelity_over and not config.allow_over_budget:
         raise over_budget_error(report)
     return report
 
 
-def quantize_target_stage(context: TargetContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path):
-    """Repair within the budget and pick the fastest precision on the target's runner (precision.py)."""
-    from edgecompress.pipeline.precision import PrecisionSettings, TargetModels, fp16_model, quantize_for_target
+def quantize_target_stage(context: TargetContext, profile: TargetProfile, builder, recipe: QuantRecipe, target_dir: Path,
+                          here: bool = True):
+    """Repair within the budget and pick the precision (precision.py): the fastest on the target's runner when the
+    engine is built here, else the profile's first precision within the budget on this host's simulation."""
+    from edgecompress.pipeline.precision import DeviceSimulation, PrecisionSettings, TargetModels, fp16_model, quantize_for_target
     from edgecompress.pipeline.repair import RepairOptions
 
     config = context.config
@@ -405,7 +411,7 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
             "use --precision auto or one of the target's precisions",
         )
     prefer = None
-    if config.precision == "auto" and profile.arch != host_arch():
+    if config.precision == "auto" and profile.arch != host_arch() and here:
         # timing on this host says nothing about the device's speed: the profile's first precision, if in budget
         prefer = profile.precisions[0]
         info(f"{profile.name}: precision {prefer} from the profile when within the budget (this {host_arch()} host "
@@ -425,12 +431,14 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
         bench_max_seconds=config.bench_max_seconds,
         bench_warmup=config.bench_warmup,
         fidelity=fidelity_options(config),
+        precisions=tuple(profile.precisions),
+        fp16_float_layers=getattr(builder, "runs_float_layers_in_fp16", False),
     )
     fp16 = None
     if "fp16" in profile.precisions:
         fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
     feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
-    models = TargetModels(builder, profile, target_dir / ".candidates")
+    models = (TargetModels if here else DeviceSimulation)(builder, profile, target_dir / ".candidates")
     quantization = quantize_for_target(
         context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r), models, feeds, settings, fp16,
     )
@@ -529,6 +537,19 @@ def check_int8_model(context: TargetContext, profile: TargetProfile, int8_path: 
         fidelity=Fidelity.from_dict(fidelity_report(
             build_budget(context.config), evaluation,
             "this host's ONNX Runtime simulation of the int8 model (Q/DQ in float), not the device")),
+    )
+
+
+def simulated_check(context: TargetContext, evaluation, validated_on: str, precision: str) -> Int8ModelCheck:
+    """A device kit's figures: the shipped candidate's own evaluation on this host's simulation (precision.py's
+    DeviceSimulation), taken from the ladder; nothing is evaluated twice."""
+    how = (f"simulated {precision}: {validated_on}; the engine's fusions and kernel choices are not simulated, and the device "
+           "engine itself is measured on the device")
+    return Int8ModelCheck(
+        how=how,
+        accuracy=SimulatedAccuracy(evaluation.accuracy_reference, evaluation.accuracy_engine, evaluation.data),
+        agreement=Agreement(**vars(evaluation.agreement)),
+        fidelity=Fidelity.from_dict(fidelity_report(build_budget(context.config), evaluation, validated_on)),
     )
 
 

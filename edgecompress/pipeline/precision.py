@@ -1,5 +1,11 @@
 """Per target: repair int8 within the budget, then ship the fastest precision that meets it.
 
+One ladder for both places an engine is built. Where it is built here (TargetModels), every
+candidate is the built engine, judged and timed on the target's runner. Where the device builds
+it (a kit: DeviceSimulation), every candidate is judged on this host's simulation of the device's
+numerics (int8: Q/DQ in float; fp16: fp16 tensors), and the profile's order of precisions chooses,
+because nothing here can time the device.
+
 int8 is not always faster: on a 2-core AVX2 host without VNNI a small depthwise model
 ran slower in int8 than in fp32 (benchmarks/quant_variants.py). So the candidates —
 fp32, int8 as the target's recipe makes it, int8 with nodes kept in fp32, and fp16
@@ -31,7 +37,7 @@ from edgecompress.core.targets import TargetProfile
 
 @dataclass
 class Candidate:
-    name: str  # "fp32" | "int8" | "int8+fp32 nodes" | "fp16"
+    name: str  # "fp32" | "int8" | "int8 repaired" | "int8+fp16" | "fp16"
     model_path: Path
     within_budget: bool
     evaluation: Evaluation | None = None  # vs the fp32 reference (fp32's own: vs ONNX Runtime's fp32)
@@ -67,9 +73,34 @@ class PrecisionChoice:
         return {"chosen": self.chosen.name, "summary": self.summary, "candidates": [c.to_dict() for c in self.candidates]}
 
 
+class RememberedOutputs:
+    """A runner that remembers its outputs per input content: the fp32 reference of every repair try and
+    candidate is the same model on the same held-out inputs, so it runs once (a YOLOv8s on 2 cores: ~1 s an image)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._outputs: dict[str, list[np.ndarray]] = {}
+        self.inputs, self.outputs = runner.inputs, runner.outputs
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name in sorted(feeds):
+            array = np.ascontiguousarray(feeds[name])
+            digest.update(f"{name}{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        key = digest.hexdigest()
+        if key not in self._outputs:
+            self._outputs[key] = self._runner.run(feeds)
+        return self._outputs[key]
+
+
 class TargetModels:
     """Builds each candidate model once as an engine on the target's runner, in `workdir`, and keeps it:
     the candidate that ships is promoted into the target's folder, never built a second time."""
+
+    timed = True  # candidates run on the target's own runner: timings choose among them
 
     def __init__(self, builder: EngineBuilder, profile: TargetProfile, workdir: Path) -> None:
         self._builder, self._profile, self._workdir = builder, profile, Path(workdir)
@@ -88,6 +119,9 @@ class TargetModels:
         from edgecompress.engines.ort_cpu import OrtRunner
 
         return OrtRunner(fp32_path, threads=self._profile.threads)
+
+    def validated_on(self, model_path: Path) -> str:
+        return f"the {onnx_precision(model_path).name} engine on this machine"
 
     def load(self, model_path: Path) -> Runner:
         if model_path not in self._runners:
@@ -114,6 +148,62 @@ class TargetModels:
         shutil.rmtree(self._workdir, ignore_errors=True)
         return replace(artifact, path=moved.get(artifact.path) if artifact.path else None,
                        files=[moved[f] for f in artifact.files])
+
+
+class DeviceSimulation:
+    """A device kit's candidates, run on this host as the device computes them; the one that ships becomes the kit.
+
+    int8 QDQ: ONNX Runtime with graph optimizations off computes Q/DQ in float (exact int8 rounding, int32-exact
+    sums: TensorRT's symmetric int8 arithmetic without its fusions); with the float layers marked fp16
+    (quantize/float16.py), their tensors and weights are rounded to fp16 too. fp16 models run as ONNX Runtime
+    computes an fp16 graph (fp16 tensors; fp32 arithmetic where its CPU kernels lack fp16). fp32: ONNX Runtime.
+    """
+
+    timed = False  # this host is not the device: the profile's order of precisions chooses
+
+    def __init__(self, builder: EngineBuilder, profile: TargetProfile, workdir: Path) -> None:
+        self._builder, self._profile, self._workdir = builder, profile, Path(workdir)
+        self._runners: dict[Path, Runner] = {}
+
+    @property
+    def where(self) -> str:
+        return "on this host's simulation of the device (not timed: this host is not the device)"
+
+    def onnx_reference(self, fp32_path: Path) -> Runner:
+        from edgecompress.engines.ort_cpu import OrtRunner
+
+        return OrtRunner(fp32_path, threads=self._profile.threads)
+
+    def validated_on(self, model_path: Path) -> str:
+        label = onnx_precision(model_path)
+        if label.layers.get("int8") or label.name == "int8":
+            fp16 = "; layers outside Q/DQ rounded to fp16, as --int8 --fp16 runs them" if label.layers.get("fp16") else ""
+            return f"this host's ONNX Runtime simulation of the int8 model (Q/DQ in float{fp16}), not the device"
+        if label.name == "fp16":
+            return "this host's ONNX Runtime simulation of the fp16 model (fp16 tensors and weights), not the device"
+        return "this host's ONNX Runtime run of the fp32 model (TensorRT fp32 without TF32 computes the same), not the device"
+
+    def load(self, model_path: Path) -> Runner:
+        from edgecompress.engines.ort_cpu import OrtRunner
+        from edgecompress.quantize.float16 import write_fp16_rounded
+
+        if model_path not in self._runners:
+            label = onnx_precision(model_path)
+            if label.layers.get("int8") or label.name == "int8":
+                simulated = model_path
+                if label.layers.get("fp16"):
+                    self._workdir.mkdir(parents=True, exist_ok=True)
+                    simulated = write_fp16_rounded(model_path, self._workdir / f"{sha256_file(model_path)[:16]}.fp16-rounded.onnx")
+                self._runners[model_path] = OrtRunner(simulated, threads=self._profile.threads, level="disable")
+            else:
+                self._runners[model_path] = OrtRunner(model_path, threads=self._profile.threads)
+        return self._runners[model_path]
+
+    def promote(self, model_path: Path, target_dir: Path) -> EngineArtifact:
+        """The chosen candidate becomes the device kit."""
+        self._runners.clear()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        return self._builder.build(model_path, self._profile, target_dir)
 
 
 def fp16_model(fp32_path: Path, out_path: Path) -> Path:
@@ -184,6 +274,39 @@ def choose_precision(
     return PrecisionChoice(chosen, candidates, summary, latency_samples)
 
 
+def _fp16_layers_sentence(candidate: Candidate) -> str:
+    """Which layers run in fp16 in an int8+fp16 engine, and why they are not int8."""
+    import onnx
+
+    from edgecompress.engines.base import compute_layer_precisions
+
+    layers = [name for name, kind in compute_layer_precisions(onnx.load(str(candidate.model_path), load_external_data=False)).items()
+              if kind == "fp16"]
+    shown = ", ".join(layers[:8]) + (f" and {len(layers) - 8} more" if len(layers) > 8 else "")
+    return (f"int8+fp16: {len(layers)} compute layer(s) that int8 leaves out run in fp16, not fp32 ({shown}); they are out "
+            "of int8 by the recipe's structural exclusions or by repair (quantization.recipe.reason, quantization.repair), "
+            "and their fp16 simulation keeps the model within the budget.")
+
+
+def choose_by_profile(candidates: list[Candidate], precisions: list[str], where: str) -> PrecisionChoice:
+    """Without timings (a device kit): the profile's first precision with a candidate within the budget.
+
+    "int8" is any int8 candidate: the one with its other layers in fp16 first (what practitioners build on
+    a Jetson), then the repaired int8, then int8 as the recipe made it."""
+    by_precision = {"int8": [c for c in reversed(candidates) if c.name.startswith("int8")]}
+    for candidate in candidates:
+        by_precision.setdefault(candidate.name, [candidate])
+    for precision in precisions:
+        for candidate in by_precision.get(precision, []):
+            if candidate.within_budget:
+                summary = (f"Shipping {candidate.name}: the profile's first precision ({', '.join(precisions)}) with a "
+                           f"candidate within the budget, judged {where}.")
+                return PrecisionChoice(candidate, candidates, [summary])
+    best_int8 = by_precision["int8"][0] if by_precision["int8"] else candidates[0]
+    summary = f"Shipping {best_int8.name}: no precision the profile lists ({', '.join(precisions)}) is within the budget."
+    return PrecisionChoice(best_int8, candidates, [summary])
+
+
 @dataclass
 class TargetQuantization:
     """Everything the quantize stage decided for one target, for the engine and the report."""
@@ -217,6 +340,8 @@ class PrecisionSettings:
     repair: RepairOptions
     precision: str = "auto"  # auto | int8 | fp32 | fp16
     prefer: str | None = None  # auto on another architecture: the profile's first precision, when within budget
+    precisions: tuple[str, ...] = ("int8", "fp16", "fp32")  # the profile's, in its order: an untimed choice follows it
+    fp16_float_layers: bool = False  # the engine can run int8's float layers in fp16 (TensorRT --int8 --fp16)
     allow_over_budget: bool = False
     diagnose: bool = True
     bench_runs: int = 100
@@ -225,11 +350,24 @@ class PrecisionSettings:
     fidelity: FidelityOptions = FidelityOptions()
 
 
+def _int8_fp16_candidate(best: RepairTry, settings: PrecisionSettings,
+                         evaluate_model: Callable[[Path], Evaluation]) -> Candidate | None:
+    """The best int8 with the layers it leaves in float run in fp16 (TensorRT --int8 --fp16), when there are any."""
+    from edgecompress.quantize.float16 import mark_float_layers
+
+    if not settings.fp16_float_layers or "fp16" not in settings.precisions or not onnx_precision(best.model_path).layers.get("fp32"):
+        return None
+    marked = mark_float_layers(best.model_path, best.model_path.with_name(best.model_path.stem + ".fp16-layers.onnx"))
+    evaluation = evaluate_model(marked)
+    return Candidate("int8+fp16", marked, settings.budget.met(evaluation), evaluation)
+
+
 def _candidates(
     result: RepairResult, fp32_path: Path, fp16_path: Path | None, settings: PrecisionSettings,
-    evaluate_model: Callable[[Path], Evaluation], fp32_evaluation: Evaluation,
+    evaluate_model: Callable[[Path], Evaluation], fp32_evaluation: Callable[[], Evaluation],
 ) -> list[Candidate]:
-    """int8 as the recipe made it, the repaired int8 (when repair changed it), fp32, and fp16 when listed.
+    """int8 as the recipe made it, the repaired int8 (when repair changed it), int8 with its float layers in fp16
+    (where the engine can), fp32, and fp16 when listed.
 
     Every candidate carries its own evaluation: the fp32 one too, as the target's runner built it
     (a TensorRT fp32 plan is not the ONNX model), against ONNX Runtime's fp32.
@@ -239,7 +377,11 @@ def _candidates(
     if best is not first:
         candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
     candidates[-1].within_budget = candidates[-1].within_budget or settings.allow_over_budget
-    candidates.append(Candidate("fp32", fp32_path, settings.budget.met(fp32_evaluation), fp32_evaluation))
+    mixed = _int8_fp16_candidate(best, settings, evaluate_model)
+    if mixed is not None:
+        candidates.append(mixed)
+    fp32_eval = fp32_evaluation()
+    candidates.append(Candidate("fp32", fp32_path, settings.budget.met(fp32_eval), fp32_eval))
     if fp16_path is not None:
         fp16_eval = evaluate_model(fp16_path)
         candidates.append(Candidate("fp16", fp16_path, settings.budget.met(fp16_eval), fp16_eval))
@@ -251,7 +393,7 @@ def quantize_for_target(
     eval_set: EvalSet,
     recipe: QuantRecipe,
     quantize: Callable[[QuantRecipe], Path],
-    models: TargetModels,
+    models: TargetModels | DeviceSimulation,
     feeds: dict[str, np.ndarray],
     settings: PrecisionSettings,
     fp16_path: Path | None = None,
@@ -259,9 +401,9 @@ def quantize_for_target(
     """Repair within the budget (the user's, else each task metric's stated default), diagnose, then pick the precision."""
     from edgecompress.quantize.detect_tail import detector_tail_nodes
 
-    reference = models.load(fp32_path)
+    reference = RememberedOutputs(models.load(fp32_path))  # evaluated against, never timed: tries time models.load's
     session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair,
-                            settings.fidelity, detector_tail_nodes)
+                            settings.fidelity, detector_tail_nodes, timing_reference=models.load(fp32_path))
     result = repair(session, recipe)
     best: RepairTry = result.best
     diagnosis = result.diagnosis
@@ -270,27 +412,33 @@ def quantize_for_target(
     candidates = _candidates(
         result, fp32_path, fp16_path, settings,
         lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity),
-        evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity),
+        lambda: evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity),
     )
-    best_int8 = next(c for c in reversed(candidates) if c.name.startswith("int8"))
-    choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds,
-                              settings.bench_warmup, models.where)
+    int8s = [c for c in reversed(candidates) if c.name.startswith("int8")]
+    best_int8 = next((c for c in int8s if c.within_budget), int8s[0])
+    if models.timed:
+        choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds,
+                                  settings.bench_warmup, models.where)
+    else:
+        choice = choose_by_profile(candidates, list(settings.precisions), models.where)
     wanted = {"int8": best_int8.name}
     if settings.precision != "auto":
         choice.chosen = next((c for c in candidates if c.name == wanted.get(settings.precision, settings.precision)),
                              choice.chosen)
         choice.summary[-1] = f"Shipping {choice.chosen.name} as requested (precision = {settings.precision})."
-    elif settings.prefer is not None:  # another architecture: the profile's order decides among candidates in budget
+    elif settings.prefer is not None and models.timed:  # another architecture: the profile's order decides among candidates in budget
         preferred = next((c for c in candidates if c.name == wanted.get(settings.prefer, settings.prefer)), None)
         if preferred is not None and preferred.within_budget:
             choice.chosen = preferred
             choice.summary[-1] = (f"Shipping {preferred.name}: the profile's first precision, within the budget "
                                   "(this host's timings cannot choose for the device).")
-    if not result.met and not settings.allow_over_budget:
+    if not result.met and not settings.allow_over_budget and not best_int8.within_budget:
         missed = f"int8 misses the budget ({settings.budget.describe(best.evaluation)}): {result.stop_reason}"
         if settings.precision == "auto" and choice.chosen.within_budget and not choice.chosen.name.startswith("int8"):
             choice.summary[-1] = f"WARNING: {missed}; shipping {choice.chosen.name}, which meets it."
         else:
             choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
             choice.summary[-1] = f"WARNING: {missed}; best int8 kept."
+    if choice.chosen.name == "int8+fp16":
+        choice.summary.insert(0, _fp16_layers_sentence(choice.chosen))
     return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)

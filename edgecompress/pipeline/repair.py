@@ -97,6 +97,7 @@ class RepairSession:
     fidelity: FidelityOptions = FidelityOptions()
     # fp32 nodes a detector's first repair try keeps out of int8 (the decode tail); replaceable by a better finder
     detector_tail: Callable[[Path], list[str]] | None = None
+    timing_reference: Runner | None = None  # the fp32 runner timed beside each try, when `reference` replays outputs
     tries: list[RepairTry] = field(default_factory=list)
 
     def attempt(self, step: str, recipe: QuantRecipe) -> RepairTry:
@@ -109,7 +110,8 @@ class RepairSession:
         if self.options.latency_runs and self.bench_feeds is not None:
             from edgecompress.measure.bench import benchmark
 
-            stats, _ = benchmark({"try": runner, "fp32": self.reference}, self.bench_feeds, runs=self.options.latency_runs, warmup=3)
+            fp32 = self.timing_reference or self.reference
+            stats, _ = benchmark({"try": runner, "fp32": fp32}, self.bench_feeds, runs=self.options.latency_runs, warmup=3)
             result.latency_ms, result.fp32_latency_ms = stats["try"].p50, stats["fp32"].p50
         self.tries.append(result)
         headline = self.budget.headline(evaluation)

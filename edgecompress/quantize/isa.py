@@ -103,8 +103,9 @@ def recipe_for_target(profile: TargetProfile) -> "QuantRecipe":
     isa = target_isa(profile)
     if profile.engine == "tensorrt":
         return QuantRecipe(activation_type="int8", weight_type="int8", per_channel=True, reduce_range=False,
-                           symmetric_activations=True, quantize_bias=False,
-                           reason="TensorRT explicit quantization: symmetric s8s8 per-channel, float biases")
+                           symmetric_activations=True, quantize_bias=False, placement="tensorrt",
+                           reason="TensorRT explicit quantization: symmetric s8s8 per-channel, float biases; Q/DQ on "
+                                  "the inputs of Conv/Gemm/MatMul and both inputs of Add (NVIDIA's placement)")
     if isa.arch == "aarch64":
         return QuantRecipe(activation_type="int8", weight_type="int8", per_channel=True, reduce_range=False,
                            reason=f"aarch64 ({isa.label}): int32 accumulation does not saturate; s8s8 per-channel")

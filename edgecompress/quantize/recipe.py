@@ -10,6 +10,13 @@ from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
+QdqPlacement = Literal["onnxruntime", "tensorrt"]
+
+# NVIDIA's Q/DQ placement for TensorRT (TensorRT developer guide, "Q/DQ Layer-Placement Recommendations";
+# ModelOpt's default for CNNs): Q/DQ on the inputs of weighted layers and on both inputs of an elementwise
+# Add (a residual Add with both inputs quantized fuses into the convolution before it); no Q/DQ on their
+# outputs, so TensorRT fuses Conv + activation and places the next Q itself. Everything between stays float.
+TENSORRT_QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add")
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,7 @@ class QuantRecipe:
     nodes_to_exclude: tuple[str, ...] = ()
     equalize: bool = False  # cross-layer equalization of Conv→ReLU(6)→Conv pairs first (edgecompress/quantize/equalize.py)
     bias_correction: bool = False  # remove the int8 weight error's mean from each bias (edgecompress/quantize/biascorrect.py)
+    placement: QdqPlacement = "onnxruntime"  # where Q/DQ go: ORT's defaults, or TensorRT's rules (TENSORRT_QUANTIZED_OPS)
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -41,6 +49,8 @@ class QuantRecipe:
             parts.append("CLE")
         if self.bias_correction:
             parts.append("bias-corrected")
+        if self.placement == "tensorrt":
+            parts.append("TensorRT Q/DQ placement")
         if self.nodes_to_exclude:
             parts.append(f"{len(self.nodes_to_exclude)} nodes fp32")
         return " ".join(parts)

@@ -68,8 +68,19 @@ def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
         )
 
 
+def _placement(recipe: QuantRecipe, extra_options: dict) -> tuple[list[str] | None, dict]:
+    """The op types to quantize and the options that place Q/DQ as the recipe's target wants (recipe.py)."""
+    if recipe.placement != "tensorrt":
+        return None, extra_options  # ORT's defaults: every op of its QDQ registry, outputs included
+    from edgecompress.quantize.recipe import TENSORRT_QUANTIZED_OPS
+
+    return list(TENSORRT_QUANTIZED_OPS), {**extra_options, "OpTypesToExcludeOutputQuantization": list(TENSORRT_QUANTIZED_OPS)}
+
+
 def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, extra_options: dict) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    op_types, extra_options = _placement(recipe, extra_options)
 
     with contextlib.redirect_stdout(io.StringIO()):  # calibrators print progress
         try:
@@ -86,6 +97,7 @@ def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, ext
                 # stands in for ORT's slow (and overridden) KL search
                 calibrate_method=CalibrationMethod.MinMax if "TensorQuantOverrides" in extra_options else _calibration_method(recipe),
                 nodes_to_exclude=list(recipe.nodes_to_exclude),
+                op_types_to_quantize=op_types,
                 extra_options=extra_options,
             )
         except Exception as exc:
