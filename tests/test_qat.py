@@ -176,3 +176,23 @@ def test_bad_options_are_refused_with_the_fix():
         QatOptions(lr=2.0)
 
 
+
+
+def test_the_ladder_runs_the_qat_rung_for_an_engine_built_here_and_for_a_kit(digits_case, tmp_path):  # noqa: F811
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    np.savez(tmp_path / "calib.npz", input=digits_case.calibration.arrays["input"])
+    np.savez(tmp_path / "eval.npz", input=digits_case.eval_set.inputs["input"][:128])
+    config = BuildConfig(model=str(digits_case.clean), target=["cpu", "jetson"], calib=tmp_path / "calib.npz",
+                         eval_data=tmp_path / "eval.npz", out=tmp_path / "out", bench_runs=10, bench_warmup=1,
+                         qat="on", qat_steps=6, qat_lr=1e-4, diagnose=False)
+    for report in build(config):
+        qat = report["quantization"]["qat"]
+        assert qat["ran"] and qat["steps"] == 6 and qat["training_inputs"] > 0 and "calibration set" in qat["data"]
+        assert [entry["step"] for entry in qat["curve"]][:2] == [0, 1] and qat["validation_loss_after"] <= qat["validation_loss_before"]
+        assert qat["before"].startswith("top-1") and qat["after"].startswith("top-1") and isinstance(qat["met"], bool)
+        assert any(line.startswith("Quantization-aware training (6 steps") for line in report["verdict"])
+        names = [c["name"] for c in report["quantization"]["precision"]["candidates"]]
+        assert "int8 QAT" in names and qat["shipped"] == (report["quantization"]["precision"]["chosen"] == "int8 QAT")
+    assert (tmp_path / "out" / "qat").is_dir() and list((tmp_path / "out" / "int8").glob("model.int8.qat.*.onnx"))

@@ -433,6 +433,7 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
         fidelity=fidelity_options(config),
         precisions=tuple(profile.precisions),
         fp16_float_layers=getattr(builder, "runs_float_layers_in_fp16", False),
+        qat=config.qat,
     )
     fp16 = None
     if "fp16" in profile.precisions:
@@ -441,8 +442,16 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
     models = (TargetModels if here else DeviceSimulation)(builder, profile, target_dir / ".candidates")
     quantization = quantize_for_target(
         context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r), models, feeds, settings, fp16,
+        lambda r, post_training: _fine_tuned(context, r, post_training),
     )
     return quantization, models
+
+
+def _fine_tuned(context: TargetContext, recipe: QuantRecipe, post_training_int8: Path) -> tuple[Path, dict[str, Any]]:
+    from edgecompress.pipeline.qat_stage import qat_stage
+
+    outcome = qat_stage(context, recipe, post_training_int8)
+    return outcome.model_path, outcome.record
 
 
 SAMPLE_COUNT = 8

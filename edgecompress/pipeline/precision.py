@@ -316,6 +316,7 @@ class TargetQuantization:
     repair: RepairResult
     choice: PrecisionChoice | None
     diagnosis: Diagnosis | None
+    qat: dict[str, Any] | None = None  # the quantization-aware rung, when it ran (report.json quantization.qat)
 
     def report_fields(self, target_dir: Path | None = None) -> dict[str, Any]:
         """report.json's `quantization` additions; with `target_dir`, also the per-layer SQNR plot."""
@@ -331,6 +332,7 @@ class TargetQuantization:
             "repair": {k: v for k, v in self.repair.to_dict().items() if k != "tries"},
             "tries": [t.to_dict() for t in self.repair.tries],
             "precision": None if self.choice is None else self.choice.to_dict(),
+            "qat": None if self.qat is None else {**self.qat, "shipped": self.choice is not None and self.choice.chosen.name == QAT_NAME},
         }
 
 
@@ -348,6 +350,12 @@ class PrecisionSettings:
     bench_max_seconds: float = 10.0
     bench_warmup: int = 5
     fidelity: FidelityOptions = FidelityOptions()
+    qat: str = "off"  # auto (when repaired int8 misses the budget) | on | off
+
+
+QAT_NAME = "int8 QAT"
+# (recipe, its post-training int8 model) -> (the fine-tuned int8 model, what the fine-tuning recorded)
+FineTune = Callable[[QuantRecipe, Path], tuple[Path, dict[str, Any]]]
 
 
 def _int8_fp16_candidate(best: RepairTry, settings: PrecisionSettings,
@@ -365,6 +373,7 @@ def _int8_fp16_candidate(best: RepairTry, settings: PrecisionSettings,
 def _candidates(
     result: RepairResult, fp32_path: Path, fp16_path: Path | None, settings: PrecisionSettings,
     evaluate_model: Callable[[Path], Evaluation], fp32_evaluation: Callable[[], Evaluation],
+    fine_tuned: Candidate | None = None,
 ) -> list[Candidate]:
     """int8 as the recipe made it, the repaired int8 (when repair changed it), int8 with its float layers in fp16
     (where the engine can), fp32, and fp16 when listed.
@@ -380,6 +389,8 @@ def _candidates(
     mixed = _int8_fp16_candidate(best, settings, evaluate_model)
     if mixed is not None:
         candidates.append(mixed)
+    if fine_tuned is not None:  # after int8+fp16: an untimed choice (a kit) prefers it, every layer in int8
+        candidates.append(fine_tuned)
     fp32_eval = fp32_evaluation()
     candidates.append(Candidate("fp32", fp32_path, settings.budget.met(fp32_eval), fp32_eval))
     if fp16_path is not None:
@@ -397,8 +408,10 @@ def quantize_for_target(
     feeds: dict[str, np.ndarray],
     settings: PrecisionSettings,
     fp16_path: Path | None = None,
+    fine_tune: FineTune | None = None,
 ) -> TargetQuantization:
-    """Repair within the budget (the user's, else each task metric's stated default), diagnose, then pick the precision."""
+    """Repair within the budget (the user's, else each task metric's stated default), fine-tune with quantization
+    where repair missed it (settings.qat), diagnose, then pick the precision."""
     from edgecompress.quantize.detect_tail import detector_tail_nodes
 
     reference = RememberedOutputs(models.load(fp32_path))  # evaluated against, never timed: tries time models.load's
@@ -409,10 +422,13 @@ def quantize_for_target(
     diagnosis = result.diagnosis
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
         diagnosis = diagnose_or_warn(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples, eval_set.layout)
+    evaluate_model = lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity)  # noqa: E731
+    fine_tuned, qat_record = None, None
+    if fine_tune is not None and (settings.qat == "on" or (settings.qat == "auto" and not result.met)):
+        fine_tuned, qat_record = _qat_rung(result, fine_tune, evaluate_model, settings.budget)
     candidates = _candidates(
-        result, fp32_path, fp16_path, settings,
-        lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity),
-        lambda: evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity),
+        result, fp32_path, fp16_path, settings, evaluate_model,
+        lambda: evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity), fine_tuned,
     )
     int8s = [c for c in reversed(candidates) if c.name.startswith("int8")]
     best_int8 = next((c for c in int8s if c.within_budget), int8s[0])
@@ -441,4 +457,31 @@ def quantize_for_target(
             choice.summary[-1] = f"WARNING: {missed}; best int8 kept."
     if choice.chosen.name == "int8+fp16":
         choice.summary.insert(0, _fp16_layers_sentence(choice.chosen))
-    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis)
+    if qat_record is not None:
+        choice.summary.insert(0, qat_record["summary"])
+    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis, qat_record)
+
+
+def _qat_rung(result: RepairResult, fine_tune: FineTune, evaluate_model: Callable[[Path], Evaluation],
+              budget: Budget) -> tuple[Candidate | None, dict[str, Any]]:
+    """Fine-tune from the best try that keeps no more layers in float than the recipe does (QAT is how int8 keeps
+    every layer), and judge the result by the one budget. A model the graph runner cannot train is said, not fatal."""
+    from edgecompress.core.errors import EdgecompressError
+
+    first = result.tries[0]
+    start = max((t for t in result.tries if t.recipe.nodes_to_exclude == first.recipe.nodes_to_exclude), key=RepairTry.quality)
+    before = budget.headline(start.evaluation).fidelity.result.describe()
+    try:
+        path, record = fine_tune(start.recipe, start.model_path)
+    except EdgecompressError as error:
+        summary = f"WARNING: quantization-aware training could not run: {error.problem}"
+        return None, {"ran": False, "reason": error.problem, "summary": summary}
+    evaluation = evaluate_model(path)
+    met = budget.met(evaluation)
+    after = budget.headline(evaluation).fidelity.result.describe()
+    summary = (f"Quantization-aware training ({record['steps']} steps, {record['seconds']:.0f} s, {record['data']}): "
+               f"{before} from '{start.step}' -> {after}, {'within' if met else 'missing'} the budget "
+               f"({budget.describe(evaluation)}) with no layer kept in float beyond the recipe's.")
+    record = {**record, "ran": True, "started_from": start.step, "before": before, "after": after, "met": met,
+              "model_path": str(path), "summary": summary}
+    return Candidate(QAT_NAME, path, met, evaluation), record
