@@ -129,21 +129,6 @@ class PrecisionLabel:
         return tuple(kind for kind in ("int8", "fp16") if self.layers.get(kind))
 
 
-def _float_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of every tensor the graph names (shape inference fills in the intermediates)."""
-    import onnx
-
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except (onnx.shape_inference.InferenceError, ValueError):  # inputs and initializers are still typed
-        inferred = model
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        types.setdefault(value.name, value.type.tensor_type.elem_type)
-    return types
-
-
 def compute_layer_precisions(model: onnx.ModelProto) -> dict[str, str]:
     """Each compute layer's name (or op type) and what it computes in: int8 (both operands dequantized), fp16, fp32."""
     import onnx
@@ -151,7 +136,9 @@ def compute_layer_precisions(model: onnx.ModelProto) -> dict[str, str]:
     from edgecompress.quantize.float16 import float_layers_precision
 
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    types = _float_types(model)
+    from edgecompress.export.graph import tensor_types
+
+    types = tensor_types(model)
     float_kind = float_layers_precision(model)  # fp16 where the engine is told to run float layers in fp16
     kinds = {}
     for index, node in enumerate(model.graph.node):

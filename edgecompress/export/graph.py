@@ -97,6 +97,20 @@ def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor the graph names (shape inference fills in the intermediates; where it fails,
+    inputs, outputs and initializers are still typed)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        inferred = model
+    graph = inferred.graph
+    types = {t.name: t.data_type for t in graph.initializer}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        types.setdefault(value.name, value.type.tensor_type.elem_type)
+    return types
+
+
 def name_nodes(model: onnx.ModelProto) -> int:
     """Give each node without a name, or with a name an earlier node already has, one of its own
     (`<op_type>_<index>`), once, here: exclusions, diagnosis, bias correction and repair find nodes by name.

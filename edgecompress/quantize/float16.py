@@ -22,6 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edgecompress.core.artifacts import atomic_path
+from edgecompress.export.graph import tensor_types
 
 FLOAT_LAYERS_KEY = "edgecompress.float_layers"
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -45,18 +46,6 @@ def mark_float_layers(int8_path: Path, out_path: Path, precision: str = "fp16") 
     return Path(out_path)
 
 
-def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except (onnx.shape_inference.InferenceError, ValueError):
-        inferred = model
-    graph = inferred.graph
-    types = {t.name: t.data_type for t in graph.initializer}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        types.setdefault(value.name, value.type.tensor_type.elem_type)
-    return types
-
-
 def fp16_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
     """The graph with every float output of a non-Q/DQ node, and every float weight they read, rounded to fp16.
 
@@ -64,7 +53,7 @@ def fp16_rounded(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    types = _tensor_types(model)
+    types = tensor_types(model)
     qdq_inputs = {name for node in graph.node if node.op_type in QDQ_OPS for name in node.input}
     for index, tensor in enumerate(graph.initializer):
         if tensor.data_type == TensorProto.FLOAT and tensor.name not in qdq_inputs:
