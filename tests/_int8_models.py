@@ -47,11 +47,13 @@ def with_extra_node(model_path: Path, out: Path, op_type: str, node_name: str, d
 
 @pytest.fixture(scope="session")
 def qdq_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """fp32, the TensorRT recipe's int8 (s8s8, float biases) and onnxruntime's default u8s8 with int32 biases."""
+    """fp32, the TensorRT recipe's int8 (s8s8, float biases, Q/DQ on weighted layers' inputs only), the ARM
+    recipe's (s8s8 with ORT's placement, which ORT fuses into QLinearConv) and onnxruntime's default u8s8."""
     root = tmp_path_factory.mktemp("models")
     fp32 = export_fp32(root / "model.fp32.onnx")
     return {
         "fp32": fp32.path,
         "int8": quantize(fp32, root / "model.int8.onnx", recipe_for_target(load_profile("jetson"))),
+        "arm": quantize(fp32, root / "model.arm.onnx", recipe_for_target(load_profile("raspberry-pi-5"))),
         "uint8": quantize(fp32, root / "model.uint8.onnx", QuantRecipe()),  # onnxruntime's defaults
     }

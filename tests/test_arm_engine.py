@@ -22,7 +22,7 @@ BATCH = digits_splits().test.x[:64]
 def pi5_engine(qdq_models, tmp_path_factory):
     profile = load_profile("raspberry-pi-5")
     out_dir = tmp_path_factory.mktemp("raspberry-pi-5")
-    return profile, get_builder("ort-arm").build(qdq_models["int8"], profile, out_dir)
+    return profile, get_builder("ort-arm").build(qdq_models["arm"], profile, out_dir)
 
 
 def test_build_writes_the_ort_model_and_its_required_operators_config(pi5_engine):
@@ -47,7 +47,7 @@ def test_runner_falls_back_to_cpu_and_matches_the_int8_onnx(pi5_engine, qdq_mode
     assert runner.providers == ["CPUExecutionProvider"] and "XNNPACK" in runner.notice
     assert [t.name for t in runner.inputs] == ["input"] and runner.inputs[0].shape[1:] == (1, 32, 32)
     (ort_out,) = runner.run({"input": BATCH})
-    session = ort.InferenceSession(str(qdq_models["int8"]), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(qdq_models["arm"]), providers=["CPUExecutionProvider"])
     (onnx_out,) = session.run(None, {"input": BATCH})
     assert np.array_equal(ort_out.argmax(1), onnx_out.argmax(1))
     assert np.abs(ort_out - onnx_out).max() < 0.05 * np.abs(onnx_out).max()
@@ -55,13 +55,13 @@ def test_runner_falls_back_to_cpu_and_matches_the_int8_onnx(pi5_engine, qdq_mode
 
 def test_profile_without_xnnpack_has_no_notice(qdq_models, tmp_path):
     profile = load_profile("arm64")
-    artifact = get_builder("ort-arm").build(qdq_models["int8"], profile, tmp_path)
+    artifact = get_builder("ort-arm").build(qdq_models["arm"], profile, tmp_path)
     assert artifact.note is None
     assert get_builder("ort-arm").load(artifact, profile).notice is None
 
 
 def test_type_reduction_profile_writes_the_typed_operator_config(qdq_models, tmp_path):
-    artifact = get_builder("ort-arm").build(qdq_models["int8"], load_profile("android-arm64"), tmp_path)
+    artifact = get_builder("ort-arm").build(qdq_models["arm"], load_profile("android-arm64"), tmp_path)
     config = (tmp_path / "required_operators.config").read_text()
     assert '{"inputs"' in config and "# - engine.ort" in config  # per-op type lists, no scratch paths
     assert "com.microsoft:QLinearConv@1" in artifact.metadata["required_operators"]
@@ -69,7 +69,7 @@ def test_type_reduction_profile_writes_the_typed_operator_config(qdq_models, tmp
 
 
 def test_op_the_converter_rejects_is_named_and_nothing_is_written(qdq_models, tmp_path):
-    bad = with_extra_node(qdq_models["int8"], tmp_path / "bad.onnx", "FancyNorm", "head/fancy_norm",
+    bad = with_extra_node(qdq_models["arm"], tmp_path / "bad.onnx", "FancyNorm", "head/fancy_norm",
                           domain="com.example")
     out_dir = tmp_path / "raspberry-pi-5"
     with pytest.raises(EngineBuildError) as error:
@@ -103,9 +103,9 @@ def test_report_warns_when_this_hosts_u8s8_kernels_can_understate_device_accurac
     avx2, vnni = Isa("x86_64", frozenset({"avx2"})), Isa("x86_64", frozenset({"avx2", "avx512_vnni"}))
     assert any("no VNNI" in line for line in host_caveats(profile, qdq_models["uint8"], avx2))
     assert not any("no VNNI" in line for line in host_caveats(profile, qdq_models["uint8"], vnni))
-    assert not any("no VNNI" in line for line in host_caveats(profile, qdq_models["int8"], avx2))
-    assert any("not from the device" in line for line in host_caveats(profile, qdq_models["int8"], vnni))
-    assert host_caveats(profile, qdq_models["int8"], Isa("aarch64", frozenset({"dotprod"}))) == []
+    assert not any("no VNNI" in line for line in host_caveats(profile, qdq_models["arm"], avx2))
+    assert any("not from the device" in line for line in host_caveats(profile, qdq_models["arm"], vnni))
+    assert host_caveats(profile, qdq_models["arm"], Isa("aarch64", frozenset({"dotprod"}))) == []
 
 
 @pytest.fixture(scope="module")
