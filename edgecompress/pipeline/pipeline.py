@@ -448,9 +448,11 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
 
 
 def _fine_tuned(context: TargetContext, recipe: QuantRecipe, post_training_int8: Path) -> tuple[Path, dict[str, Any]]:
-    from edgecompress.pipeline.qat_stage import qat_stage
+    from edgecompress.pipeline.qat_stage import QatSources, qat_stage
 
-    outcome = qat_stage(context, recipe, post_training_int8)
+    sources = QatSources(context.config, context.fp32.path, [spec.name for spec in context.fp32.inputs], context.calibration,
+                         context.labelled)
+    outcome = qat_stage(sources, recipe, post_training_int8)
     return outcome.model_path, outcome.record
 
 

@@ -11,23 +11,34 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from edgecompress.calib.load import CalibrationSet
 from edgecompress.calib.manifest import arrays_sha256
+from edgecompress.core.config import BuildConfig
 from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.cache import cached_artifact
 from edgecompress.core.progress import info, progress_bar, warn
 from edgecompress.quantize.qat import ActivationQuant, QatOptions, QuantPlan, finetune
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.quantize.static import prepare_model, quantize_model
+from edgecompress.source.data import DigitsSplits as Splits
 from edgecompress.source.layout import BatchLayout
 
-if TYPE_CHECKING:
-    from edgecompress.pipeline.pipeline import TargetContext
-
 FEW_TRAINING_INPUTS = 256  # below this, say that the fine-tuning sees little data
+
+
+@dataclass(frozen=True)
+class QatSources:
+    """What the rung reads from the build: the pipeline's TargetContext, narrowed (this module sits below it)."""
+
+    config: BuildConfig
+    fp32_path: Path
+    input_names: list[str]
+    calibration: CalibrationSet
+    labelled: Splits | None  # --data (or the compression data)
 
 
 @dataclass(frozen=True)
@@ -36,17 +47,17 @@ class QatOutcome:
     record: dict[str, Any]  # report.json's quantization.qat (before the verdict on it)
 
 
-def qat_options(context: TargetContext) -> QatOptions:
+def qat_options(context: QatSources) -> QatOptions:
     config = context.config
     return QatOptions(steps=config.qat_steps, lr=config.qat_lr, max_seconds=60.0 * config.qat_minutes, seed=config.seed)
 
 
-def training_inputs(context: TargetContext) -> tuple[dict[str, np.ndarray], BatchLayout, str]:
+def training_inputs(context: QatSources) -> tuple[dict[str, np.ndarray], BatchLayout, str]:
     """--data's training split for a one-input model (its labels are not used: the loss is distillation), else the
     calibration set."""
-    if context.labelled is not None and len(context.fp32.inputs) == 1 and len(context.labelled.train):
+    if context.labelled is not None and len(context.input_names) == 1 and len(context.labelled.train):
         x = context.labelled.train.x
-        return {context.fp32.inputs[0].name: x}, BatchLayout({}), f"{context.config.data} train split ({len(x)} inputs)"
+        return {context.input_names[0]: x}, BatchLayout({}), f"{context.config.data} train split ({len(x)} inputs)"
     calibration = context.calibration
     if len(calibration) < FEW_TRAINING_INPUTS:
         warn(f"quantization-aware training uses the calibration set's {len(calibration)} inputs: few for fine-tuning; "
@@ -62,7 +73,7 @@ def _plan_from_record(record: dict[str, list]) -> QuantPlan:
     return QuantPlan({name: ActivationQuant(float(scale), int(zero), str(dtype)) for name, (scale, zero, dtype) in record.items()}, {})
 
 
-def qat_stage(context: TargetContext, recipe: QuantRecipe, post_training_int8: Path) -> QatOutcome:
+def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path) -> QatOutcome:
     """Fine-tune under `recipe`'s fake quantization (mirroring `post_training_int8`, its QDQ model) and quantize the
     result with the same ranges; both cached by content."""
     import onnxruntime
@@ -72,7 +83,7 @@ def qat_stage(context: TargetContext, recipe: QuantRecipe, post_training_int8: P
     options = qat_options(context)
     inputs, layout, described = training_inputs(context)
     key = {
-        "fp32": sha256_file(context.fp32.path), "calibration": context.calibration.sha256, "training": arrays_sha256(inputs),
+        "fp32": sha256_file(context.fp32_path), "calibration": context.calibration.sha256, "training": arrays_sha256(inputs),
         "recipe": recipe.cache_key(), "options": asdict(options), "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__, "stage": "qat-v1",
     }
@@ -82,7 +93,7 @@ def qat_stage(context: TargetContext, recipe: QuantRecipe, post_training_int8: P
     def fine_tune(out: Path) -> dict[str, Any]:
         info(f"quantization-aware training: up to {options.steps} steps or {config.qat_minutes:g} min on {described}")
         with tempfile.TemporaryDirectory(prefix="edgecompress-qat-") as workdir, progress_bar() as progress:
-            prepared = prepare_model(context.fp32.path, context.calibration, recipe, Path(workdir) / "prepared.onnx")
+            prepared = prepare_model(context.fp32_path, context.calibration, recipe, Path(workdir) / "prepared.onnx")
             result = finetune(prepared, post_training_int8, inputs, layout, recipe, options, out, progress)
         return {
             "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped, "data": described,
