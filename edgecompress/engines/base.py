@@ -124,6 +124,13 @@ class PrecisionLabel:
         return f"{kind} ({floats} of {total} compute layers)"
 
     @property
+    def short(self) -> str:
+        """The precisions present, for a narrow column: 'int8', 'int8+fp16', 'int8+fp32'."""
+        if self.name != "mixed" or not self.layers:
+            return self.name
+        return "+".join(kind for kind in ("int8", "fp16", "fp32") if self.layers.get(kind))
+
+    @property
     def builder_flags(self) -> tuple[str, ...]:
         """The reduced precisions a builder (TensorRT) may use for exactly this label: none for fp32."""
         return tuple(kind for kind in ("int8", "fp16") if self.layers.get(kind))
@@ -133,11 +140,10 @@ def compute_layer_precisions(model: onnx.ModelProto) -> dict[str, str]:
     """Each compute layer's name (or op type) and what it computes in: int8 (both operands dequantized), fp16, fp32."""
     import onnx
 
+    from edgecompress.export.graph import tensor_types
     from edgecompress.quantize.float16 import float_layers_precision
 
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    from edgecompress.export.graph import tensor_types
-
     types = tensor_types(model)
     float_kind = float_layers_precision(model)  # fp16 where the engine is told to run float layers in fp16
     kinds = {}

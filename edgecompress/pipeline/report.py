@@ -252,10 +252,9 @@ def _simulated(report: dict[str, Any]) -> bool:
 
 def _engine_cell(engine: dict[str, Any]) -> str:
     """'ort-cpu int8', 'tensorrt int8+fp16 kit': kind and precision, with 'kit' when it is built on the device."""
-    precision = engine["precision"]
-    layers = engine.get("precision_layers") or {}
-    if precision == "mixed" and layers:
-        precision = "+".join(name for name in ("int8", "fp16", "fp32") if layers.get(name))
+    from edgecompress.engines.base import PrecisionLabel
+
+    precision = PrecisionLabel(engine["precision"], engine.get("precision_layers") or {}).short
     return f"{engine['kind']} {precision}" + ("" if engine.get("runnable_here", True) else " kit")
 
 
