@@ -159,16 +159,11 @@ class FakeQuantGraph:
         if missing:
             raise ConfigError(f"the quantized model quantizes initializers the float graph lacks: {', '.join(missing[:5])}",
                               "this is a bug in edgecompress: please report it with the model")
-        self._activation_hooks = {name: _fake_quant_activation(q) for name, q in plan.activations.items()}
+        self.module.tensor_hooks = {name: _fake_quant_activation(q) for name, q in plan.activations.items()}
         # a trained weight is quantized as the quantizer will quantize it; a constant operand (the 3 of a hard-swish's
         # x + 3) is not trained, so it takes the value the QDQ model holds
-        self._weight_hooks = {name: _fake_quant_weight(q) if name in self.module.weight_keys else _fixed(q.dequantized)
-                              for name, q in plan.weights.items()}
-        self.quantized(True)
-
-    def quantized(self, on: bool) -> None:
-        self.module.tensor_hooks = dict(self._activation_hooks) if on else {}
-        self.module.weight_hooks = dict(self._weight_hooks) if on else {}
+        self.module.weight_hooks = {name: _fake_quant_weight(q) if name in self.module.weight_keys else _fixed(q.dequantized)
+                                    for name, q in plan.weights.items()}
 
     def run(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
         return self.module.run(*(inputs[name] for name in self.module.input_names), outputs=outputs)
