@@ -149,6 +149,10 @@ def test_fine_tuning_keeps_its_best_weights_and_records_its_curve(fine_tuned):
     assert result.steps == 12 and result.stopped == "12 steps" and result.samples > 0
     assert result.validation_loss_after <= result.validation_loss_before
     assert [entry["step"] for entry in result.curve if "validation_loss" in entry] == [0, 4, 8, 12]
+    # the task metric beside the loss: top-1 agreement with fp32 on the held-back inputs
+    validated = [entry for entry in result.curve if "validation_loss" in entry]
+    assert all(0 <= entry["validation_agreement"] <= 1 for entry in validated)
+    assert validated[0]["validation_agreement"] >= 0.9  # post-training int8 of this model agrees with fp32
 
 
 def test_batchnorm_left_in_the_graph_keeps_its_statistics(tmp_path):

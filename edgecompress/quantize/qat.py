@@ -322,6 +322,10 @@ class _TeacherOutputs:
         return [output[rows] for output in self.outputs]
 
 
+def _shown_metric(entry: dict[str, float]) -> str:
+    return f", agreement {entry['validation_agreement']:.1%}" if "validation_agreement" in entry else ""
+
+
 def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], layout: BatchLayout, recipe: QuantRecipe,
              options: QatOptions, out_path: Path, progress=None) -> QatResult:
     """Fine-tune the prepared graph under the QDQ model's fake quantization, distilled from its own fp32 outputs;
@@ -345,9 +349,17 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
         return sum((distillation_loss(s, t, kind, options.temperature) for s, t, kind in zip(student, teacher, kinds)),
                    start=torch.zeros(()))
 
-    def validation_loss() -> float:
+    def validate() -> tuple[float, float | None]:
+        """The validation loss, and the top-1 (per step) agreement with fp32 of the class-score outputs: the task
+        metric the progress bar shows beside the loss."""
         with torch.no_grad():
-            return float(loss_of(graph.run(val_inputs, targets), val_teacher))
+            student = graph.run(val_inputs, targets)
+            scored = [(s.argmax(-1) == t.argmax(-1)).float().mean() for s, t, kind in zip(student, val_teacher, kinds) if kind == "kl"]
+            return float(loss_of(student, val_teacher)), float(torch.stack(scored).mean()) if scored else None
+
+    def validation_entry(step: int) -> dict[str, float]:
+        loss, agreement = validate()
+        return {"step": step, "validation_loss": loss} | ({} if agreement is None else {"validation_agreement": agreement})
 
     def state() -> dict[str, torch.Tensor]:
         weights = {f"weight:{k}": v.detach().clone() for k, v in graph.module.weights.items()}
@@ -359,9 +371,11 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     optimizer = torch.optim.Adam(groups)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
     rng = np.random.default_rng(options.seed)
-    best_loss = before = validation_loss()
+    first = validation_entry(0)
+    best_loss = before = first["validation_loss"]
     best_state = state()
-    curve: list[dict[str, float]] = [{"step": 0, "validation_loss": before}]
+    curve: list[dict[str, float]] = [first]
+    shown = _shown_metric(first)
     started, step, stopped = time.perf_counter(), 0, f"{options.steps} steps"
     order = rng.permutation(train_index)
     cursor = 0
@@ -384,14 +398,15 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
             step += 1
             entry: dict[str, float] = {"step": step, "loss": float(loss.detach())}
             if step % options.validate_every == 0 or step == options.steps:
-                entry["validation_loss"] = validation_loss()
+                entry |= validation_entry(step)
+                shown = _shown_metric(entry)
                 if entry["validation_loss"] < best_loss:
                     best_loss = entry["validation_loss"]
                     best_state = state()
             curve.append(entry)
             if progress is not None:
                 progress.update(task, advance=1, description=(
-                    f"QAT step {step} loss {entry['loss']:.4f} validation {best_loss:.4f} (before {before:.4f})"))
+                    f"QAT step {step} loss {entry['loss']:.4f} validation {best_loss:.4f} (before {before:.4f}){shown}"))
     with torch.no_grad():
         for key, value in graph.module.weights.items():
             value.copy_(best_state[f"weight:{key}"])
