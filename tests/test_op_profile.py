@@ -83,3 +83,11 @@ def test_inspect_shows_the_operator_breakdown_of_a_built_target(monkeypatch, dig
     assert json.loads((out / "cpu" / "report.json").read_text())["engine"]["kind"] == "ort-cpu"
     assert run_cli(monkeypatch, "inspect", out / "cpu", "--no-operators") == 0
     assert "engine time by operator type" not in capsys.readouterr().out
+
+
+def test_when_fp32_ships_the_sentence_names_the_operators_that_made_int8_slower(island_int8) -> None:
+    from edgecompress.pipeline.inspect import slower_int8_sentence
+
+    sentence = slower_int8_sentence(island_int8, 2.0, 1.0, {"input": np.zeros((4, 1, 16, 16), np.float32)}, threads=1)
+    assert sentence.startswith("int8 is slower than fp32 here (2.000 vs 1.000 ms p50)")
+    assert "QLinearConv" in sentence and "1 float islands (1 HardSigmoid) with 2 Q/DQ nodes" in sentence

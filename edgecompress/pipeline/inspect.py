@@ -160,3 +160,18 @@ def operator_tables(target: str, profile: OperatorProfile, top: int = 15) -> lis
     """Time by operator type (slowest first), the slowest nodes, and the float islands."""
     return [_rich(f"{target}: engine time by operator type (ONNX Runtime profiler)", OP_COLUMNS, operator_rows(profile)),
             _rich("slowest nodes", NODE_COLUMNS, node_rows(profile)[:top]), *island_lines(profile)]
+
+
+def slower_int8_sentence(model_path: Path, int8_ms: float, fp32_ms: float, feeds: dict[str, Any], threads: int) -> str:
+    """Why int8 lost to fp32, for the report when fp32 ships: the int8 model's slowest operator types and its float
+    islands, as ONNX Runtime's profiler measures them."""
+    from edgecompress.measure.op_profile import profile_operators
+
+    profile = profile_operators(model_path, {name: array[:1] if getattr(array, "ndim", 0) else array
+                                             for name, array in feeds.items()}, threads=threads, runs=10, warmup=3)
+    ops = ", ".join(f"{o.op_type} {_share(o.fraction)} ({o.nodes} nodes)" for o in profile.by_op[:4])
+    islands = profile.islands
+    island_words = (f"; {islands.count} float islands ({', '.join(f'{n} {op}' for op, n in islands.float_ops.items())}) with "
+                    f"{islands.convert_nodes} Q/DQ nodes take {_share(islands.fraction)}") if islands.count else "; no float islands"
+    return (f"int8 is slower than fp32 here ({int8_ms:.3f} vs {fp32_ms:.3f} ms p50): in ONNX Runtime its kernel time goes to "
+            f"{ops}{island_words} (`edgecompress inspect` shows the breakdown of a built int8 engine).")

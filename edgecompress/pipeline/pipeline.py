@@ -334,6 +334,8 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
     # the one ladder (repair, precision): candidates are built engines here, or simulations of the device for a kit;
     # the one that ships is moved into target_dir (an engine) or written there as the device kit
     chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir, here=place.here)
+    if place.here and chosen.choice is not None:
+        explain_fp32(context, profile, chosen.choice)
     recipe, model_path = chosen.recipe, chosen.model_path
     artifact = models.promote(model_path, target_dir, chosen.choice.chosen.runtime if chosen.choice else None)
     samples = samples_stage(context.eval_set, target_dir)
@@ -446,6 +448,21 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
         lambda r, post_training: _fine_tuned(context, r, post_training),
     )
     return quantization, models
+
+
+def explain_fp32(context: TargetContext, profile: TargetProfile, choice) -> None:
+    """When fp32 ships because every int8 candidate was slower, the summary names the operators that made it slower."""
+    from edgecompress.pipeline.inspect import slower_int8_sentence
+
+    int8s = [c for c in choice.candidates if c.name.startswith("int8") and c.latency is not None]
+    if not choice.chosen.name.startswith("fp32") or choice.chosen.latency is None or not int8s:
+        return
+    fastest = min(int8s, key=lambda c: c.latency.p50)
+    if fastest.latency.p50 <= choice.chosen.latency.p50:
+        return  # int8 was as fast, and missed the budget: the summary says that already
+    feeds = _bench_feeds(context.eval_set, 1)
+    choice.summary.append(slower_int8_sentence(fastest.model_path, fastest.latency.p50, choice.chosen.latency.p50, feeds,
+                                               profile.threads))
 
 
 def compared_engines(profile: TargetProfile) -> dict[str, EngineBuilder]:
