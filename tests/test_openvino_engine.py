@@ -64,6 +64,22 @@ def test_openvino_engine_runs_the_qdq_model_like_onnx_runtime(tmp_path) -> None:
 
 
 @needs_openvino
+def test_openvino_engine_time_is_split_by_operator_from_its_performance_counters(tmp_path) -> None:
+    from edgecompress.measure.op_profile import profile_openvino
+    from edgecompress.quantize.recipe import QuantRecipe
+    from tests._int8_models import export_fp32, quantize
+
+    int8 = quantize(export_fp32(tmp_path / "fp32.onnx"), tmp_path / "int8.onnx", QuantRecipe())
+    artifact = get_builder("openvino").build(int8, load_profile("intel-cpu"), tmp_path / "ov")
+    profile = profile_openvino(artifact.path, {"input": digits_splits().test.x[:1]}, artifact.metadata["compile_config"],
+                               runs=3, warmup=1)
+    convolutions = [o for o in profile.by_op if o.op_type == "Convolution"]
+    assert convolutions and convolutions[0].kind == "int8" and convolutions[0].ms > 0
+    assert sum(o.fraction for o in profile.by_op) == pytest.approx(1.0, abs=1e-6)
+    assert profile.islands is None and profile.by_kind["int8"] > 0
+
+
+@needs_openvino
 def test_intel_cpu_build_times_openvino_and_onnx_runtime_on_the_same_file_and_ships_the_faster(intel_build) -> None:
     target_dir, report = intel_build
     candidates = {c["name"]: c for c in report["quantization"]["precision"]["candidates"]}
@@ -80,6 +96,18 @@ def test_intel_cpu_build_times_openvino_and_onnx_runtime_on_the_same_file_and_sh
     summary = " ".join(report["quantization"]["precision"]["summary"])
     assert "Runtime:" in summary and "openvino" in summary and "ort-cpu" in summary
     assert Path(report["engine"]["path"]).is_file() and not (target_dir / ".candidates").exists()
+
+
+@needs_openvino
+def test_inspect_breaks_down_the_intel_cpu_engine_whichever_runtime_shipped(intel_build, monkeypatch, capsys) -> None:
+    from tests.cli_support import run_cli
+
+    target_dir, report = intel_build
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "inspect", target_dir, "--runs", "3") == 0
+    printed = capsys.readouterr().out
+    tool = "OpenVINO performance counters" if report["engine"]["kind"] == "openvino" else "ONNX Runtime profiler"
+    assert f"engine time by operator type ({tool})" in printed and "ms of kernels per run" in printed
 
 
 @needs_openvino

@@ -68,7 +68,7 @@ class OperatorProfile:
     total_ms: float  # summed kernel time per run (excludes session overhead between kernels)
     by_op: list[OpTime]
     top_nodes: list[NodeTime]
-    islands: FloatIslands
+    islands: FloatIslands | None  # None: not counted (an OpenVINO engine: its graph is not an ONNX graph)
     by_kind: dict[str, float] = field(default_factory=dict)  # kind -> fraction of the kernel time
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +78,8 @@ class OperatorProfile:
     def from_dict(cls, data: dict[str, Any]) -> OperatorProfile:
         return cls(
             runs=data["runs"], total_ms=data["total_ms"], by_op=[OpTime(**o) for o in data["by_op"]],
-            top_nodes=[NodeTime(**n) for n in data["top_nodes"]], islands=FloatIslands(**data["islands"]),
+            top_nodes=[NodeTime(**n) for n in data["top_nodes"]],
+            islands=FloatIslands(**data["islands"]) if data.get("islands") else None,
             by_kind=data.get("by_kind", {}),
         )
 
@@ -202,10 +203,14 @@ def profile_operators(model_path: Path, feeds: dict[str, np.ndarray], threads: i
     return summarize(graph, times, kept, top)
 
 
-def summarize(graph, times: dict[str, tuple[str, float]], runs: int, top: int = 10) -> OperatorProfile:
-    """Aggregate per-node kernel times by operator type and kind; count the float islands of `graph`."""
-    integer = _integer_tensors(graph)
-    kinds = {n.name: op_kind(n.op_type, bool(n.input) and n.input[0] in integer) for n in graph.node}
+def summarize(graph, times: dict[str, tuple[str, float]], runs: int, top: int = 10,
+              kinds: dict[str, str] | None = None) -> OperatorProfile:
+    """Aggregate per-node kernel times by operator type and kind; count the float islands of `graph` (None: not
+    counted, and `kinds` says what each node computes in)."""
+    if graph is not None:
+        integer = _integer_tensors(graph)
+        kinds = {n.name: op_kind(n.op_type, bool(n.input) and n.input[0] in integer) for n in graph.node}
+    kinds = kinds or {}
     total = sum(ms for _, ms in times.values())
     grouped: dict[tuple[str, str], list[float]] = defaultdict(list)
     for node, (op_type, ms) in times.items():
@@ -217,5 +222,40 @@ def summarize(graph, times: dict[str, tuple[str, float]], runs: int, top: int = 
     by_kind: dict[str, float] = defaultdict(float)
     for entry in by_op:
         by_kind[entry.kind] += entry.fraction
-    islands = float_islands(graph, {node: ms for node, (_, ms) in times.items()}, total)
+    islands = None if graph is None else float_islands(graph, {node: ms for node, (_, ms) in times.items()}, total)
     return OperatorProfile(runs, total, by_op, top_nodes, islands, dict(by_kind))
+
+
+def openvino_kind(node_type: str, exec_type: str) -> str:
+    """What an OpenVINO CPU kernel computes in, from its primitive name (e.g. brgconv_avx512_I8, jit_avx512_f32)."""
+    if node_type in ("FakeQuantize", "Convert"):
+        return "convert"
+    exec_type = exec_type.lower()
+    if "i8" in exec_type or "u8" in exec_type:
+        return "int8"
+    if any(kind in exec_type for kind in ("f32", "bf16", "f16")):
+        return "float"
+    return "other"
+
+
+def profile_openvino(model_path: Path, feeds: dict[str, np.ndarray], config: dict[str, Any], runs: int = 20,
+                     warmup: int = 3, top: int = 10) -> OperatorProfile:
+    """The same breakdown for an OpenVINO engine, from its CPU plugin's performance counters (PERF_COUNT): per
+    executed primitive, its time and precision (FakeQuantize and Convert count as conversions)."""
+    import openvino as ov
+
+    request = ov.Core().compile_model(str(model_path), "CPU", {**config, "PERF_COUNT": True}).create_infer_request()
+    for _ in range(warmup):
+        request.infer(feeds)
+    totals: dict[str, list[Any]] = {}
+    kinds: dict[str, str] = {}
+    for _ in range(runs):
+        request.infer(feeds)
+        for info in request.get_profiling_info():
+            if info.status != info.Status.EXECUTED:
+                continue
+            entry = totals.setdefault(info.node_name, [info.node_type, 0.0])
+            entry[1] += info.real_time.total_seconds() * 1000.0
+            kinds[info.node_name] = openvino_kind(info.node_type, info.exec_type)
+    times = {node: (op, ms / runs) for node, (op, ms) in totals.items()}
+    return summarize(None, times, runs, top, kinds)

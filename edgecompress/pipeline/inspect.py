@@ -114,8 +114,8 @@ def operator_profile(target_dir: Path, report: BuildReport, runs: int = 20, top:
     from edgecompress.measure.op_profile import profile_operators
 
     engine = report.engine
-    if engine.kind not in PROFILED_KINDS:
-        return f"no per-operator breakdown: the {engine.kind} engine is not an ONNX Runtime engine"
+    if engine.kind not in (*PROFILED_KINDS, "openvino"):
+        return f"no per-operator breakdown: the {engine.kind} engine is not an ONNX Runtime or OpenVINO engine"
     if engine.path is None or not engine.runnable_here:
         return "no per-operator breakdown: the engine is built on the device (a kit)"
     path = Path(engine.path)
@@ -125,6 +125,10 @@ def operator_profile(target_dir: Path, report: BuildReport, runs: int = 20, top:
         return "no per-operator breakdown: the target folder keeps no samples.npz to run the engine on"
     with np.load(Path(target_dir) / report.samples.path) as samples:
         feeds = {name: samples[name][:1] if samples[name].ndim else samples[name] for name in samples.files}
+    if engine.kind == "openvino":
+        from edgecompress.measure.op_profile import profile_openvino
+
+        return profile_openvino(path, feeds, engine.metadata.get("compile_config", {}), runs=runs, top=top)
     settings = engine.metadata.get("session_options", {})
     return profile_operators(path, feeds, threads=int(report.profile.get("threads", 0)),
                              level=settings.get("graph_optimization_level", "all"), runs=runs, top=top)
@@ -147,7 +151,9 @@ def island_lines(profile: OperatorProfile) -> list[str]:
     kinds = ", ".join(f"{kind} {_share(share)}" for kind, share in sorted(profile.by_kind.items(), key=lambda kv: -kv[1]))
     lines = [f"{profile.total_ms:.3f} ms of kernels per run ({profile.runs} profiled runs, batch 1): {kinds}"]
     islands = profile.islands
-    if islands.count:
+    if islands is None:
+        lines.append("float islands: counted on ONNX Runtime engines (the same QDQ file built for the cpu target)")
+    elif islands.count:
         ops = ", ".join(f"{count} {op}" for op, count in islands.float_ops.items())
         lines.append(f"{islands.count} float island(s) between int8 ops ({ops}) with {islands.convert_nodes} Q/DQ nodes "
                      f"around them: {islands.ms:.3f} ms per run, {_share(islands.fraction)} of the kernel time")
@@ -158,7 +164,8 @@ def island_lines(profile: OperatorProfile) -> list[str]:
 
 def operator_tables(target: str, profile: OperatorProfile, top: int = 15) -> list[Any]:
     """Time by operator type (slowest first), the slowest nodes, and the float islands."""
-    return [_rich(f"{target}: engine time by operator type (ONNX Runtime profiler)", OP_COLUMNS, operator_rows(profile)),
+    tool = "ONNX Runtime profiler" if profile.islands is not None else "OpenVINO performance counters"
+    return [_rich(f"{target}: engine time by operator type ({tool})", OP_COLUMNS, operator_rows(profile)),
             _rich("slowest nodes", NODE_COLUMNS, node_rows(profile)[:top]), *island_lines(profile)]
 
 
@@ -171,6 +178,7 @@ def slower_int8_sentence(model_path: Path, int8_ms: float, fp32_ms: float, feeds
                                              for name, array in feeds.items()}, threads=threads, runs=10, warmup=3)
     ops = ", ".join(f"{o.op_type} {_share(o.fraction)} ({o.nodes} nodes)" for o in profile.by_op[:4])
     islands = profile.islands
+    assert islands is not None, "profile_operators counts the islands of an ONNX Runtime engine"
     island_words = (f"; {islands.count} float islands ({', '.join(f'{n} {op}' for op, n in islands.float_ops.items())}) with "
                     f"{islands.convert_nodes} Q/DQ nodes take {_share(islands.fraction)}") if islands.count else "; no float islands"
     return (f"int8 is slower than fp32 here ({int8_ms:.3f} vs {fp32_ms:.3f} ms p50): in ONNX Runtime its kernel time goes to "
