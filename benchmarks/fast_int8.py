@@ -5,7 +5,8 @@ with the cpu profile's 2 threads, all timed round-robin in one loop so that the 
 - ORT fp32: the fp32 model in ONNX Runtime;
 - ORT int8 (defaults): `onnxruntime.quantization.quantize_static` with its defaults, in ONNX Runtime;
 - edgecompress before: the shipped recipe without the int8 rewrites of quantize/islands.py (how main quantized);
-- edgecompress engine: `edgecompress build --target cpu --precision int8` (the engine it writes, repair included);
+- edgecompress engine: `edgecompress build --target cpu --precision int8 --max-excluded-layers 0` (the engine it
+  writes: every layer int8, repair limited to calibration, equalization and bias correction);
 - OpenVINO: the same int8 QDQ file the engine was built from, compiled by OpenVINO's CPU plugin (intel-cpu's settings).
 The intel-cpu target ships the faster of the last two within the budget. Fidelity is each task's metric against fp32
 (benchmarks/model_corpus.py), the float islands are counted on the ONNX Runtime engine (measure/op_profile.py).
@@ -84,8 +85,8 @@ ALL = {**CASES, **ZOO}
 
 
 def _edgecompress_build(case: Case, source: Path, work: Path, calib: dict, eval_data: dict) -> dict:
-    """The cpu target's int8 engine. Zoo models (random-weight ResNet-18 on noise, Lite0 on 16 photos) keep every
-    layer in int8 (repair tries calibrations only): this is a speed comparison, and their fidelity is printed."""
+    """The cpu target's int8 engine with every layer in int8 (repair tries calibrations, equalization and bias correction,
+    and keeps no layer in fp32: `--max-excluded-layers 0`): this compares speed, and the fidelity is printed beside it."""
     from edgecompress.core.config import BuildConfig
     from edgecompress.pipeline.pipeline import build
 
@@ -94,7 +95,7 @@ def _edgecompress_build(case: Case, source: Path, work: Path, calib: dict, eval_
     config = BuildConfig(model=str(source), input_shape=case.input_shape, calib=work / "calib.npz", eval_data=work / "eval.npz",
                          target=["cpu"], out=work / "build", precision="int8", bench_runs=10, bench_warmup=2,
                          allow_over_budget=True,  # the int8 engine is timed even where it misses the budget (fidelity says so)
-                         max_excluded_layers=0 if isinstance(case.model, ExportedModel) else 8)
+                         max_excluded_layers=0)
     return build(config)[0]
 
 

@@ -87,8 +87,7 @@ class OperatorProfile:
 def op_kind(op_type: str, first_input_int: bool = False) -> str:
     """What an operator computes in: int8 kernels, Q/DQ conversions, float, or shape glue.
 
-    `first_input_int`: the node's data input is an integer tensor (a MaxPool, Transpose or Reshape on int8
-    data runs on int8; one on int64 shapes is glue)."""
+    `first_input_int`: the node's data input is 8-bit (a MaxPool, Transpose or Reshape on int8 data runs in int8)."""
     if op_type in CONVERT_OPS:
         return "convert"
     if op_type.startswith(INT8_PREFIXES) or op_type in INT8_OPS:
@@ -98,33 +97,42 @@ def op_kind(op_type: str, first_input_int: bool = False) -> str:
     return "int8" if first_input_int else "float"
 
 
-def _integer_tensors(graph) -> set[str]:
-    """Tensors holding integers, propagated through the graph in order: integer initializers and inputs, the
-    outputs of Q and int8 kernels, and the outputs of data-movement ops (MaxPool, Transpose...) on integer data."""
+def node_kinds(graph) -> list[str]:
+    """What each node of `graph` computes in (op_kind), following tensor types through the graph in order: 8-bit
+    data comes out of Q and int8 kernels and 8-bit initializers; shapes and indices (int64, int32) out of Shape, Size
+    and integer initializers. A data-movement op (MaxPool, Transpose, Reshape...) is int8 on 8-bit data, glue on
+    indices, float otherwise."""
     import onnx
 
+    eight_bit = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
-    integer = {t.name for t in graph.initializer if t.data_type not in floats}
-    integer |= {v.name for v in graph.input if v.type.tensor_type.elem_type not in floats}
+    quantized = {t.name for t in graph.initializer if t.data_type in eight_bit}
+    indices = {t.name for t in graph.initializer if t.data_type not in eight_bit | floats}
+    indices |= {v.name for v in graph.input if v.type.tensor_type.elem_type not in eight_bit | floats}
+    kinds = []
     for node in graph.node:  # ONNX graphs are topologically sorted
-        if node.op_type == "DequantizeLinear" or node.op_type.endswith("ToFloat"):
+        first = node.input[0] if node.input else ""
+        if node.op_type in ("Shape", "Size") or (first in indices and op_kind(node.op_type) == "float"):
+            kinds.append("other")
+            indices.update(node.output)
             continue
-        if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", "Shape", "Size") or op_kind(node.op_type) == "int8" \
-                or (node.input and node.input[0] in integer):
-            integer.update(node.output)
-    return integer
+        kind = op_kind(node.op_type, first in quantized)
+        kinds.append(kind)
+        if node.op_type != "DequantizeLinear" and not node.op_type.endswith("ToFloat") and \
+                (kind == "int8" or node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")):
+            quantized.update(node.output)
+    return kinds
 
 
 def float_islands(graph, node_ms: dict[str, float] | None = None, total_ms: float = 0.0) -> FloatIslands:
     """The float islands of an (optimized) ONNX graph; with `node_ms`, the time they and their borders take."""
-    integer = _integer_tensors(graph)
     nodes = list(graph.node)
     producers = {out: i for i, node in enumerate(nodes) for out in node.output}
     consumers: dict[str, list[int]] = defaultdict(list)
     for i, node in enumerate(nodes):
         for name in node.input:
             consumers[name].append(i)
-    is_float = [op_kind(n.op_type, bool(n.input) and n.input[0] in integer) == "float" for n in nodes]
+    is_float = [kind == "float" for kind in node_kinds(graph)]
     seen: set[int] = set()
     count, borders, island_ms = 0, 0, 0.0
     ops: dict[str, int] = defaultdict(int)
@@ -208,8 +216,7 @@ def summarize(graph, times: dict[str, tuple[str, float]], runs: int, top: int = 
     """Aggregate per-node kernel times by operator type and kind; count the float islands of `graph` (None: not
     counted, and `kinds` says what each node computes in)."""
     if graph is not None:
-        integer = _integer_tensors(graph)
-        kinds = {n.name: op_kind(n.op_type, bool(n.input) and n.input[0] in integer) for n in graph.node}
+        kinds = {n.name: kind for n, kind in zip(graph.node, node_kinds(graph))}
     kinds = kinds or {}
     total = sum(ms for _, ms in times.values())
     grouped: dict[tuple[str, str], list[float]] = defaultdict(list)
