@@ -141,7 +141,9 @@ def measure(key: str, case: Case, runs: int, max_seconds: float) -> dict:
     began, round_ = time.perf_counter(), 0
     while round_ < max(runs + 3, count) and (round_ < count + 3 or time.perf_counter() - began < max_seconds):
         feed = _sample(eval_data, case.layout, round_ % count)
-        for name, runner in runners.items():
+        order = list(runners) if round_ % 2 == 0 else list(runners)[::-1]  # no variant always runs right after another
+        for name in order:
+            runner = runners[name]
             tick = time.perf_counter()
             result = runner.run(feed)[0]
             times[name].append(time.perf_counter() - tick)
