@@ -253,3 +253,17 @@ def test_by_default_qat_runs_only_where_repair_missed_the_budget(digits_case, tm
         assert plot.width > plot.height * 2.5  # latencies and the loss curve side by side
     met = build(BuildConfig(model=str(digits_case.clean), out=tmp_path / "met", **common))[0]
     assert met["quantization"]["repair"]["met"] is True and met["quantization"]["qat"] is None
+
+
+def test_qat_trains_on_the_data_train_and_validation_splits_never_the_test_split(digits_case):  # noqa: F811
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.qat_stage import QatSources, training_inputs
+    from edgecompress.source.data import digits_splits
+
+    splits = digits_splits()
+    sources = QatSources(BuildConfig(model="m.onnx", data="digits"), digits_case.clean, ["input"], digits_case.calibration, splits)
+    arrays, _, described = training_inputs(sources)
+    x = arrays["input"]
+    assert len(x) == len(splits.train.x) + len(splits.val.x) and "train and validation" in described
+    seen = {row.tobytes() for row in x}
+    assert not any(row.tobytes() in seen for row in splits.test.x)

@@ -54,11 +54,11 @@ def qat_options(context: QatSources) -> QatOptions:
 
 
 def training_inputs(context: QatSources) -> tuple[dict[str, np.ndarray], BatchLayout, str]:
-    """--data's training split for a one-input model (its labels are not used: the loss is distillation), else the
-    calibration set."""
+    """--data's training and validation splits for a one-input model (its labels are not used: the loss is
+    distillation; the test split stays unseen, for the verdict), else the calibration set."""
     if context.labelled is not None and len(context.input_names) == 1 and len(context.labelled.train):
-        x = context.labelled.train.x
-        return {context.input_names[0]: x}, BatchLayout({}), f"{context.config.data} train split ({len(x)} inputs)"
+        x = np.concatenate([context.labelled.train.x, context.labelled.val.x])
+        return {context.input_names[0]: x}, BatchLayout({}), f"{context.config.data} train and validation splits ({len(x)} inputs)"
     calibration = context.calibration
     if len(calibration) < FEW_TRAINING_INPUTS:
         warn(f"quantization-aware training uses the calibration set's {len(calibration)} inputs: few for fine-tuning; "
