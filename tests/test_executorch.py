@@ -163,3 +163,28 @@ def test_build_for_the_android_executorch_target_judges_the_pte_by_the_budget(tm
     assert "XNNPACKQuantizer" in report["quantization"]["recipe"]["reason"]
     assert json.loads((tmp_path / "out" / "android-arm64-executorch" / "report.json").read_text())["engine"]["kind"] == "executorch"
     assert not (tmp_path / "out" / "android-arm64-executorch" / ".candidates").exists()
+
+
+@needs_executorch
+def test_repair_keeps_modules_out_of_the_quantizer_then_ships_fp32_when_only_fp32_meets_the_budget(tmp_path):
+    """An SQNR budget no int8 engine reaches (pooling stays int8 even with every Conv/Linear kept out): repair keeps 1,
+    then both compute modules fp32, misses, and the fp32 .pte ships, said plainly, without an error."""
+    from sklearn.datasets import load_digits
+
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[:, None]
+    np.savez(tmp_path / "calib.npz", input=x[:16])
+    np.savez(tmp_path / "eval.npz", input=x[100:120])
+    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["ios-arm64-executorch"],
+                         calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
+                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["70"])
+    (report,) = build(config)
+    tries = report["quantization"]["tries"]
+    assert [sorted(t["nodes_to_exclude"]) for t in tries][:2] == [[], [tries[1]["nodes_to_exclude"][0]]]
+    assert sorted(tries[2]["nodes_to_exclude"]) == ["conv", "fc"] and not any(t["met"] for t in tries)
+    assert report["quantization"]["precision"]["chosen"] == "fp32" and report["engine"]["precision"] == "fp32"
+    assert any("shipping fp32, which meets it" in line for line in report["verdict"])
+    assert report["fidelity"]["met"]

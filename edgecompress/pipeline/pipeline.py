@@ -456,6 +456,8 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
 def torch_engine_stage(context: TargetContext, profile: TargetProfile, builder, target_dir: Path):
     """The ladder of an engine built from the torch module (torch_engine.py), with this build's budget and data."""
     config = context.config
+    if config.qat != "off":
+        warn(f"{profile.name}: quantization-aware training is not applied to ExecuTorch engines yet (--qat {config.qat} ignored)")
     batch = _batch_size(context, profile.batch.opt)
     model = torch_model(context.source.module, [s.name for s in context.fp32.inputs], [s.name for s in context.fp32.outputs],
                         context.calibration, batch)
