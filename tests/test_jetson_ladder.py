@@ -159,7 +159,7 @@ def test_kit_ladder_repairs_when_the_first_int8_misses(monkeypatch, files, tmp_p
 @pytest.mark.parametrize("target", ["jetson-orin-nano", "jetson-agx-orin"])  # the GPU, and DLA core 0
 def test_kit_is_fp16_when_int8_cannot_meet_the_budget_and_says_so(monkeypatch, files, tmp_path, target):
     code, report = build(monkeypatch, files, tmp_path, target, "--task", "regress",
-                         "--fidelity-budget", "70", "--max-excluded-layers", "1")
+                         "--fidelity-budget", "70", "--max-excluded-layers", "1", "--qat", "off")
     assert code == 0
     assert report["engine"]["precision"] == "fp16" and report["quantization"]["precision"]["chosen"] == "fp16"
     assert report["fidelity"]["met"] and "fp16 model" in report["fidelity"]["validated_on"]
@@ -172,7 +172,7 @@ def test_kit_is_fp16_when_int8_cannot_meet_the_budget_and_says_so(monkeypatch, f
 
 def test_kit_exits_3_only_when_no_listed_precision_meets_the_budget(monkeypatch, files, tmp_path):
     code, report = build(monkeypatch, files, tmp_path, "jetson-orin-nano", "--task", "regress",
-                         "--fidelity-budget", "150", "--max-excluded-layers", "1")
+                         "--fidelity-budget", "150", "--max-excluded-layers", "1", "--qat", "off")
     assert code == 3 and not report["fidelity"]["met"]
     assert report["engine"]["precision"] in ("int8", "mixed")  # the best int8 is kept for inspection
 

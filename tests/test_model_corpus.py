@@ -77,6 +77,9 @@ class Built:
 def _build(tmp: Path, model: CorpusModel, calib: dict, eval_data: dict, precision: str = "int8", **options) -> Built:
     np.savez(tmp / "calib.npz", **calib)
     np.savez(tmp / "eval.npz", **eval_data)
+    # the corpus tests judge post-training int8 and repair on each model; quantization-aware training takes minutes
+    # per model, so it is benchmarks/qat.py's to measure (tests/test_qat.py tests the rung on small models)
+    options.setdefault("qat", "off")
     config = BuildConfig(model=str(_located(model)), target=TARGETS, calib=tmp / "calib.npz", eval_data=tmp / "eval.npz",
                          out=tmp / "out", precision=precision, bench_runs=10, bench_warmup=1, **options)
     return Built(config.out, {report["target"]: report for report in build(config)})

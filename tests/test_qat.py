@@ -90,14 +90,15 @@ def test_the_logits_before_a_softmax_output_are_what_is_distilled(tmp_path):
     assert distillation_targets(helper.make_model(graph)) == ["scores", "scores"]
 
 
-@pytest.fixture(scope="module")
-def fine_tuned(quantized, digits_case):  # noqa: F811
+@pytest.fixture(scope="module", params=[False, True], ids=["calibrated ranges", "learned ranges"])
+def fine_tuned(request, quantized, digits_case):  # noqa: F811
     recipe, prepared, qdq, root = quantized
     train = {"input": digits_case.calibration.arrays["input"]}
-    result = finetune(prepared, qdq, train, BatchLayout({}), recipe, QatOptions(steps=12, batch_size=16, lr=1e-3,
-                                                                               validate_every=4), root / "qat.onnx")
+    options = QatOptions(steps=12, batch_size=16, lr=1e-3, validate_every=4, learn_ranges=request.param, range_lr=1e-2)
+    tag = "lsq" if request.param else "fixed"
+    result = finetune(prepared, qdq, train, BatchLayout({}), recipe, options, root / f"qat.{tag}.onnx")
     requantized = quantize_model(result.model_path, digits_case.calibration, replace(recipe, equalize=False, bias_correction=False),
-                                 root / "qat.int8.onnx", activation_ranges=result.plan.activation_ranges())
+                                 root / f"qat.{tag}.int8.onnx", activation_ranges=result.plan.activation_ranges())
     return recipe, prepared, result, requantized
 
 
@@ -148,6 +149,10 @@ def test_fine_tuning_keeps_its_best_weights_and_records_its_curve(fine_tuned):
     assert result.steps == 12 and result.stopped == "12 steps" and result.samples > 0
     assert result.validation_loss_after <= result.validation_loss_before
     assert [entry["step"] for entry in result.curve if "validation_loss" in entry] == [0, 4, 8, 12]
+    # the task metric beside the loss: top-1 agreement with fp32 on the held-back inputs
+    validated = [entry for entry in result.curve if "validation_loss" in entry]
+    assert all(0 <= entry["validation_agreement"] <= 1 for entry in validated)
+    assert validated[0]["validation_agreement"] >= 0.9  # post-training int8 of this model agrees with fp32
 
 
 def test_batchnorm_left_in_the_graph_keeps_its_statistics(tmp_path):
@@ -196,3 +201,55 @@ def test_the_ladder_runs_the_qat_rung_for_an_engine_built_here_and_for_a_kit(dig
         names = [c["name"] for c in report["quantization"]["precision"]["candidates"]]
         assert "int8 QAT" in names and qat["shipped"] == (report["quantization"]["precision"]["chosen"] == "int8 QAT")
     assert (tmp_path / "out" / "qat").is_dir() and list((tmp_path / "out" / "int8").glob("model.int8.qat.*.onnx"))
+
+
+def test_learned_ranges_train_the_scales_and_leave_the_zero_points(quantized, digits_case):  # noqa: F811
+    recipe, prepared, qdq, _ = quantized
+    plan = read_quant_plan(onnx.load(str(qdq)), recipe)
+    graph = FakeQuantGraph(onnx.load(str(prepared)), plan, learn_ranges=True)
+    assert set(graph.scales) == set(plan.activations)
+    x = torch.from_numpy(digits_case.eval_set.inputs["input"][:8])
+    graph.run({"input": x})[0].pow(2).sum().backward()
+    moved = [name for name, scale in graph.scales.items() if scale.grad is not None and float(scale.grad.abs()) > 0]
+    assert len(moved) >= len(plan.activations) // 2  # the LSQ gradient reaches the scales
+    with torch.no_grad():
+        for scale in graph.scales.values():
+            scale.mul_(1.5)
+    trained = graph.trained_plan()
+    for name, quant in plan.activations.items():
+        assert trained.activations[name].scale == pytest.approx(quant.scale * 1.5, rel=1e-6)
+        assert (trained.activations[name].zero_point, trained.activations[name].dtype) == (quant.zero_point, quant.dtype)
+
+
+def test_the_report_plot_shows_the_qat_loss_curve_beside_the_latencies(tmp_path):
+    from PIL import Image
+
+    from edgecompress.pipeline.report import plot_latency
+
+    samples = {"engine": [1.0, 1.2, 1.1], "fp32": [2.0, 2.1, 2.2]}
+    curve = [{"step": 0, "validation_loss": 0.5}, {"step": 1, "loss": 0.6}, {"step": 2, "loss": 0.4, "validation_loss": 0.3}]
+    alone = plot_latency(samples, tmp_path / "alone.png", "latency")
+    beside = plot_latency(samples, tmp_path / "beside.png", "latency", curve)
+    with Image.open(alone) as a, Image.open(beside) as b:
+        assert b.height == a.height and b.width > 1.5 * a.width  # a second panel, the loss curve
+        assert b.convert("L").getextrema()[0] < 128  # something is drawn
+
+
+def test_by_default_qat_runs_only_where_repair_missed_the_budget(digits_case, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    np.savez(tmp_path / "calib.npz", input=digits_case.calibration.arrays["input"])
+    np.savez(tmp_path / "eval.npz", input=digits_case.eval_set.inputs["input"][:128])
+    common = dict(target=["cpu"], calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", bench_runs=10,
+                  bench_warmup=1, qat_steps=4, diagnose=False, equalize="off", bias_correction="off")
+    assert BuildConfig(model="x.onnx").qat == "auto"
+    missed = build(BuildConfig(model=str(digits_case.fragile), out=tmp_path / "missed", max_excluded_layers=0, **common))[0]
+    assert missed["quantization"]["repair"]["met"] is False
+    assert missed["quantization"]["qat"]["ran"] and missed["quantization"]["qat"]["steps"] == 4
+    with Image.open(tmp_path / "missed" / "cpu" / "latency.png") as plot:
+        assert plot.width > plot.height * 2.5  # latencies and the loss curve side by side
+    met = build(BuildConfig(model=str(digits_case.clean), out=tmp_path / "met", **common))[0]
+    assert met["quantization"]["repair"]["met"] is True and met["quantization"]["qat"] is None

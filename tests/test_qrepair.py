@@ -1,5 +1,6 @@
 """Repair changes only the recipe until the budget is met, or says why it stopped."""
 
+import numpy as np
 import pytest
 
 from edgecompress.engines.ort_cpu import OrtRunner
@@ -81,3 +82,37 @@ def test_accuracy_budget_without_labels_is_rejected(digits_case) -> None:
     unlabelled = EvalSet(digits_case.eval_set.inputs, None, "unlabelled.npz")
     with pytest.raises(BudgetError, match="labels"):
         repair(session(digits_case, Budget(max_accuracy_drop=1.0), eval_set=unlabelled), RECIPE)
+
+
+def test_repair_stops_when_layers_in_fp32_cannot_reach_the_budget(digits_case, tmp_path) -> None:
+    """Every layer damaged alike (a calibration set 100x too small clips every activation): keeping the 4 most
+    damaged in fp32 closes little of the gap, so the search says so and stops instead of trying 8."""
+    import torch
+    from torch import nn
+
+    from edgecompress.calib.load import calibration_set_from_arrays
+    from edgecompress.export.graph import model_io, read_onnx
+    from edgecompress.quantize.static import quantize_model
+    from tests.quant_models import export_onnx
+
+    torch.manual_seed(0)
+    x = digits_case.eval_set.inputs["input"]
+    deep = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(x.shape[1:])), 64), nn.ReLU(),
+                         *[m for _ in range(9) for m in (nn.Linear(64, 64), nn.ReLU())], nn.Linear(64, 10)).eval()
+    with torch.no_grad():  # near-identity hidden layers: the input's information reaches the logits
+        for layer in [m for m in deep if isinstance(m, nn.Linear)][1:-1]:
+            layer.weight.copy_(torch.eye(64) + 0.05 * torch.randn(64, 64))
+            layer.bias.zero_()
+    path = export_onnx(deep, tmp_path / "deep.onnx", x)
+    too_small = calibration_set_from_arrays({"input": x[:64] / 100}, model_io(read_onnx(path))[0], "digits / 100")
+    quantize = lambda recipe: quantize_model(path, too_small, recipe, tmp_path / f"{abs(hash(recipe))}.onnx")  # noqa: E731
+    load = lambda p: OrtRunner(p, threads=1)  # noqa: E731
+    unlabelled = EvalSet({"input": x}, None, "digits test")
+    options = RepairOptions(latency_runs=0, diagnose_samples=32, try_equalize=False, try_bias_correction=False,
+                            calibration_methods=("minmax",))
+    result = repair(RepairSession(path, unlabelled, quantize, load, load(path), Budget(min_agreement=0.99), options=options),
+                    QuantRecipe())
+    assert not result.met
+    assert "will not reach it" in result.stop_reason
+    steps = [t.step for t in result.tries]
+    assert "exclude top 4" in steps and "exclude top 8" not in steps

@@ -71,6 +71,7 @@ def build(
     qat_steps: Optional[int] = _opt("qat_steps", "--qat-steps", panel=QUANT_PANEL, metavar="N"),
     qat_minutes: Optional[float] = _opt("qat_minutes", "--qat-minutes", panel=QUANT_PANEL, metavar="MIN"),
     qat_lr: Optional[float] = _opt("qat_lr", "--qat-lr", panel=QUANT_PANEL, metavar="LR"),
+    qat_ranges: Optional[str] = _opt("qat_ranges", "--qat-ranges", panel=QUANT_PANEL, metavar="RANGES"),
     data: Optional[str] = _opt("data", "--data", panel=COMPRESS_PANEL, metavar="DATA"),
     teacher: Optional[str] = _opt("teacher", "--teacher", panel=COMPRESS_PANEL, metavar="MODEL"),
     student: Optional[str] = _opt("student", "--student", panel=COMPRESS_PANEL, metavar="MODEL"),

@@ -123,13 +123,17 @@ class BuildConfig(BaseModel):
     )
     diagnose: bool = Field(True, description="per-layer SQNR of the int8 model in report.json (quantization.layers)")
     qat: Literal["auto", "on", "off"] = Field(
-        "off", description="quantization-aware fine-tuning, distilled from the fp32 model, on --data's inputs (labels "
-        "optional), else the calibration set's: auto = when repaired int8 misses the budget, on = after every repair; "
-        "off by default until its benchmark meets the budgets (README, Quantization-aware training)"
+        "auto", description="quantization-aware fine-tuning, distilled from the fp32 model, on --data's inputs (labels "
+        "optional), else the calibration set's: auto = when repaired int8 misses the budget, on = after every repair, "
+        "off = never (fp16/fp32 ship when repair misses)"
     )
     qat_steps: int = Field(300, ge=1, le=100_000, description="most fine-tuning steps of quantization-aware training")
     qat_minutes: float = Field(10.0, gt=0, description="time limit of quantization-aware fine-tuning per target")
     qat_lr: float = Field(1e-5, gt=0, lt=1, description="Adam learning rate of quantization-aware fine-tuning")
+    qat_ranges: Literal["calibrated", "learned"] = Field(
+        "calibrated", description="activation ranges during quantization-aware fine-tuning: calibrated = the post-training "
+        "ones, frozen; learned = trained with the weights (LSQ), and the engine is quantized with the learned ones"
+    )
     seed: int = Field(0, description="seed for every random choice")
     # compression (PyTorch models only): distillation, pruning and the accuracy gate
     data: str | None = Field(

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-EngineKind = Literal["ort-cpu", "ort-arm", "tensorrt", "executorch"]
+EngineKind = Literal["ort-cpu", "ort-arm", "tensorrt", "openvino", "executorch"]
 Precision = Literal["fp32", "fp16", "int8"]
 
 
@@ -56,6 +56,10 @@ class TargetProfile(BaseModel):
     )
     batch: BatchRange = BatchRange()
     options: dict[str, Any] = Field(default_factory=dict, description="engine-specific options")
+    compare_engines: tuple[EngineKind, ...] = Field(
+        (), description="other engine kinds built from the same model and timed side by side with `engine` on this "
+        "host; the fastest within the budget ships (e.g. ort-cpu beside openvino)"
+    )
     source: str = Field("", description="file the profile was read from (filled in by the loader)")
     alias_of: str = Field("", description="the profile this one renames (filled in by the loader)")
 

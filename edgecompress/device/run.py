@@ -6,7 +6,8 @@
     python3 run.py --build-engine           # TensorRT kit -> engine.plan on this device
     python3 run.py photo.jpg [x.npy ...]    # top-k and latency
 
-Needs only numpy and onnxruntime (Pillow for images). A TensorRT bundle needs JetPack's
+Needs only numpy and onnxruntime (Pillow for images); an OpenVINO bundle needs openvino instead of onnxruntime
+(the manifest's runtime.openvino says which release built it). A TensorRT bundle needs JetPack's
 TensorRT instead: `--build-engine` turns its on-device kit into a plan with `trtexec` (or the
 TensorRT Python API), and the plan runs through the Python API (with cuda-python) or through
 `trtexec --loadEngine`. Before running anything it checks the device against the manifest
@@ -43,6 +44,8 @@ else:  # inside the edgecompress package (the workstation computes expected outp
 ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8": "aarch64"}
 ORT_KINDS = ("ort-cpu", "ort-arm")
 TENSORRT = "tensorrt"
+OPENVINO = "openvino"  # an OpenVINO IR (engine.xml + engine.bin), compiled for this CPU when the engine loads
+CPU_KINDS = (*ORT_KINDS, OPENVINO)  # engines that load and run on the CPU with a Python runtime
 DEVICE_PLAN = f"{DEVICE_BUILT_DIR}/engine.plan"
 INSTALL_TENSORRT = ("install JetPack's TensorRT (trtexec in /usr/src/tensorrt/bin, or the tensorrt Python module "
                     "with cuda-python) on the device with the NVIDIA GPU the bundle is for, then ship again")
@@ -55,7 +58,7 @@ def normalize_arch(machine: str) -> str:
 
 def version_tuple(version: str) -> tuple[int, ...]:
     parts = []
-    for piece in version.split("+")[0].split("."):
+    for piece in version.split("+")[0].split("-")[0].split("."):  # openvino's: 2026.4.1-22982-<commit>-releases/...
         digits = "".join(ch for ch in piece if ch.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
@@ -78,7 +81,7 @@ def device_problems(manifest: dict[str, Any], machine: str | None = None) -> lis
     kind = manifest["engine"]["kind"]
     if kind == TENSORRT:
         return problems + tensorrt_problems(runtime)
-    module = "onnxruntime"
+    module = "openvino" if kind == OPENVINO else "onnxruntime"
     try:
         installed = __import__(module).__version__
     except ImportError:  # also when numpy, which onnxruntime needs, is missing
@@ -139,6 +142,11 @@ class Engine:
         if kind == TENSORRT:
             self._plan = tensorrt_runner(root, manifest)
             return
+        if kind == OPENVINO:
+            self._compiled = openvino_model(root, manifest)
+            self._request = self._compiled.create_infer_request()
+            self.input_names = [port.get_any_name() for port in self._compiled.inputs]
+            return
         if kind not in ORT_KINDS:
             raise BundleError(f"run.py cannot execute '{kind}' engines", "ship a bundle built by this edgecompress")
         import onnxruntime as ort
@@ -165,10 +173,25 @@ class Engine:
     def run(self, feeds: dict[str, Any]) -> list[Any]:
         if self.session is not None:
             return self.session.run(None, feeds)
+        if hasattr(self, "_compiled"):
+            result = self._request.infer(feeds)
+            return [result[port].copy() for port in self._compiled.outputs]
         try:
             return self._plan.run(feeds)
         except RuntimeError as exc:  # CUDA and trtexec failures
             raise BundleError(f"the TensorRT engine failed to run: {exc}", INSTALL_TENSORRT) from None
+
+
+def openvino_model(root: Path, manifest: dict[str, Any]) -> Any:
+    """The bundle's OpenVINO IR compiled for this CPU with the compile settings it was measured with."""
+    import openvino as ov
+
+    settings = manifest["runtime"].get(OPENVINO, {})
+    try:
+        return ov.Core().compile_model(str(root / manifest["engine"]["path"]), "CPU", dict(settings.get("compile_config") or {}))
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses of its own
+        raise BundleError(f"openvino {ov.__version__} cannot compile the engine: {str(exc).splitlines()[0]}",
+                          f"install openvino >= {settings.get('min_version') or settings.get('built_with')}") from None
 
 
 def plan_path(root: Path, manifest: dict[str, Any]) -> Path:
@@ -266,7 +289,7 @@ def verify(root: Path, public_key: Path | None = None, known_signers: Path | Non
         raise BundleError("device does not match the bundle: " + "; ".join(problems),
             "install the runtime it names, or ship a bundle built for this device",
         )
-    if manifest["engine"]["kind"] in ORT_KINDS:
+    if manifest["engine"]["kind"] in CPU_KINDS:
         Engine(root, manifest)
         notes.append("engine loads (all required operators available)")
     elif plan_path(root, manifest).is_file():

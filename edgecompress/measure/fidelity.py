@@ -613,6 +613,13 @@ class Budget:
     def met(self, evaluation: Evaluated) -> bool:
         return all(judgement.met for judgement in self.judge(evaluation))
 
+    def shortfall(self, evaluation: Evaluated) -> float:
+        """How far the evaluation is from the budget, in the units of the metric that misses most (0 when met):
+        what a search compares to see whether its steps close the gap."""
+        return max((max(0.0, bound.limit - value if bound.higher_is_better else value - bound.limit)
+                    for judgement in self.judge(evaluation) for bound in judgement.bounds
+                    for value in [judgement.fidelity.result.values[bound.metric]]), default=0.0)
+
     def headline(self, evaluation: Evaluated) -> Judgement:
         """The output a one-line verdict names: the first that misses its budget, else the first."""
         judgements = self.judge(evaluation)

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgecompress.pipeline.report_types import BuildReport
+
+if TYPE_CHECKING:
+    from edgecompress.measure.op_profile import OperatorProfile
 
 
 LAYER_COLUMNS = ["node", "op", "SQNR dB", "cosine", "weight SQNR dB", "lost dB"]
 TRY_COLUMNS = ["#", "step", "calibration", "fp32 nodes", "top-1", "drop", "agreement", "fidelity", "p50 ms", "met"]
 CANDIDATE_COLUMNS = ["candidate", "within budget", "top-1", "agreement", "fidelity", "p50 ms"]
+OP_COLUMNS = ["op type", "runs in", "nodes", "ms / run", "share"]
+NODE_COLUMNS = ["node", "op type", "runs in", "ms / run", "share"]
+PROFILED_KINDS = ("ort-cpu", "ort-arm")  # engines that are ONNX files ONNX Runtime runs on this host
 
 
 def _num(value: Any, spec: str = ".2f") -> str:
@@ -97,3 +104,82 @@ def quantization_markdown(quant: dict[str, Any], top: int = 8) -> list[str]:
         if quant.get("layers_plot"):
             lines += ["", f"![per-layer SQNR]({quant['layers_plot']})"]
     return lines
+
+
+def operator_profile(target_dir: Path, report: BuildReport, runs: int = 20, top: int = 15) -> OperatorProfile | str:
+    """Profile the target's engine on its kept sample inputs (batch 1) with ONNX Runtime's profiler, at the
+    profile's threads and optimization level; or say why it cannot be profiled here."""
+    import numpy as np
+
+    from edgecompress.measure.op_profile import profile_operators
+
+    engine = report.engine
+    if engine.kind not in (*PROFILED_KINDS, "openvino"):
+        return f"no per-operator breakdown: the {engine.kind} engine is not an ONNX Runtime or OpenVINO engine"
+    if engine.path is None or not engine.runnable_here:
+        return "no per-operator breakdown: the engine is built on the device (a kit)"
+    path = Path(engine.path)
+    if not path.is_file():
+        path = Path(target_dir) / path.name
+    if report.samples is None or not (Path(target_dir) / report.samples.path).is_file():
+        return "no per-operator breakdown: the target folder keeps no samples.npz to run the engine on"
+    with np.load(Path(target_dir) / report.samples.path) as samples:
+        feeds = {name: samples[name][:1] if samples[name].ndim else samples[name] for name in samples.files}
+    if engine.kind == "openvino":
+        from edgecompress.measure.op_profile import profile_openvino
+
+        return profile_openvino(path, feeds, engine.metadata.get("compile_config", {}), runs=runs, top=top)
+    settings = engine.metadata.get("session_options", {})
+    return profile_operators(path, feeds, threads=int(report.profile.get("threads", 0)),
+                             level=settings.get("graph_optimization_level", "all"), runs=runs, top=top)
+
+
+def _share(fraction: float) -> str:
+    return f"{fraction:.1%}"
+
+
+def operator_rows(profile: OperatorProfile) -> list[list[str]]:
+    return [[o.op_type, o.kind, str(o.nodes), f"{o.ms:.3f}", _share(o.fraction)] for o in profile.by_op]
+
+
+def node_rows(profile: OperatorProfile) -> list[list[str]]:
+    return [[n.node, n.op_type, n.kind, f"{n.ms:.3f}", _share(n.fraction)] for n in profile.top_nodes]
+
+
+def island_lines(profile: OperatorProfile) -> list[str]:
+    """The per-kind split and the float islands, in words."""
+    kinds = ", ".join(f"{kind} {_share(share)}" for kind, share in sorted(profile.by_kind.items(), key=lambda kv: -kv[1]))
+    lines = [f"{profile.total_ms:.3f} ms of kernels per run ({profile.runs} profiled runs, batch 1): {kinds}"]
+    islands = profile.islands
+    if islands is None:
+        lines.append("float islands: counted on ONNX Runtime engines (the same QDQ file built for the cpu target)")
+    elif islands.count:
+        ops = ", ".join(f"{count} {op}" for op, count in islands.float_ops.items())
+        lines.append(f"{islands.count} float island(s) between int8 ops ({ops}) with {islands.convert_nodes} Q/DQ nodes "
+                     f"around them: {islands.ms:.3f} ms per run, {_share(islands.fraction)} of the kernel time")
+    else:
+        lines.append("no float islands: nothing runs in float between int8 operators")
+    return lines
+
+
+def operator_tables(target: str, profile: OperatorProfile, top: int = 15) -> list[Any]:
+    """Time by operator type (slowest first), the slowest nodes, and the float islands."""
+    tool = "ONNX Runtime profiler" if profile.islands is not None else "OpenVINO performance counters"
+    return [_rich(f"{target}: engine time by operator type ({tool})", OP_COLUMNS, operator_rows(profile)),
+            _rich("slowest nodes", NODE_COLUMNS, node_rows(profile)[:top]), *island_lines(profile)]
+
+
+def slower_int8_sentence(model_path: Path, int8_ms: float, fp32_ms: float, feeds: dict[str, Any], threads: int) -> str:
+    """Why int8 lost to fp32, for the report when fp32 ships: the int8 model's slowest operator types and its float
+    islands, as ONNX Runtime's profiler measures them."""
+    from edgecompress.measure.op_profile import profile_operators
+
+    profile = profile_operators(model_path, {name: array[:1] if getattr(array, "ndim", 0) else array
+                                             for name, array in feeds.items()}, threads=threads, runs=10, warmup=3)
+    ops = ", ".join(f"{o.op_type} {_share(o.fraction)} ({o.nodes} nodes)" for o in profile.by_op[:4])
+    islands = profile.islands
+    assert islands is not None, "profile_operators counts the islands of an ONNX Runtime engine"
+    island_words = (f"; {islands.count} float islands ({', '.join(f'{n} {op}' for op, n in islands.float_ops.items())}) with "
+                    f"{islands.convert_nodes} Q/DQ nodes take {_share(islands.fraction)}") if islands.count else "; no float islands"
+    return (f"int8 is slower than fp32 here ({int8_ms:.3f} vs {fp32_ms:.3f} ms p50): in ONNX Runtime its kernel time goes to "
+            f"{ops}{island_words} (`edgecompress inspect` shows the breakdown of a built int8 engine).")

@@ -23,7 +23,7 @@ from edgecompress.calib.load import MAKE_A_SET, CalibrationSet, calibration_set_
 from edgecompress.compress.stage import Compression, compress_stage, compression_report
 from edgecompress.core.config import BuildConfig
 from edgecompress.source.data import DigitsSplits as Splits
-from edgecompress.engines import EngineArtifact, build_place, checked_profiles, get_builder
+from edgecompress.engines import EngineArtifact, EngineBuilder, build_place, checked_profiles, get_builder
 from edgecompress.engines.base import engine_input
 from edgecompress.pipeline.torch_engine import TorchLadderSettings, require_torch_source, torch_model, torch_target_stage
 from edgecompress.engines.ort_cpu import OrtRunner
@@ -340,8 +340,10 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
         chosen, models = torch_engine_stage(context, profile, builder, target_dir)
     else:
         chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir, here=place.here)
+        if place.here and chosen.choice is not None:
+            explain_fp32(context, profile, chosen.choice)
     recipe, model_path = chosen.recipe, chosen.model_path
-    artifact = models.promote(model_path, target_dir)
+    artifact = models.promote(model_path, target_dir, chosen.choice.chosen.runtime if chosen.choice else None)
     samples = samples_stage(context.eval_set, target_dir)
     measured = engine_measurements(context, profile, artifact, chosen.choice) if place.here else None
     check, simulated = None, None
@@ -445,7 +447,8 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
     if "fp16" in profile.precisions:
         fp16 = fp16_model(context.fp32.path, config.out / f"model.fp16.{sha256_file(context.fp32.path)[:12]}.onnx")
     feeds = _bench_feeds(context.eval_set, _batch_size(context, profile.batch.opt))
-    models = (TargetModels if here else DeviceSimulation)(builder, profile, target_dir / ".candidates")
+    models = (TargetModels(builder, profile, target_dir / ".candidates", compared_engines(profile)) if here
+              else DeviceSimulation(builder, profile, target_dir / ".candidates"))
     quantization = quantize_for_target(
         context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r), models, feeds, settings, fp16,
         lambda r, post_training: _fine_tuned(context, r, post_training),
@@ -465,6 +468,34 @@ def torch_engine_stage(context: TargetContext, profile: TargetProfile, builder, 
                                    config.allow_over_budget, config.bench_runs, config.bench_max_seconds, config.bench_warmup)
     return torch_target_stage(model, context.fp32.path, context.eval_set, profile, builder, target_dir,
                               _bench_feeds(context.eval_set, batch), settings)
+
+
+def explain_fp32(context: TargetContext, profile: TargetProfile, choice) -> None:
+    """When fp32 ships because every int8 candidate was slower, the summary names the operators that made it slower."""
+    from edgecompress.pipeline.inspect import slower_int8_sentence
+
+    int8s = [c for c in choice.candidates if c.name.startswith("int8") and c.latency is not None]
+    if not choice.chosen.name.startswith("fp32") or choice.chosen.latency is None or not int8s:
+        return
+    fastest = min(int8s, key=lambda c: c.latency.p50)
+    if fastest.latency.p50 <= choice.chosen.latency.p50:
+        return  # int8 was as fast, and missed the budget: the summary says that already
+    feeds = _bench_feeds(context.eval_set, 1)
+    choice.summary.append(slower_int8_sentence(fastest.model_path, fastest.latency.p50, choice.chosen.latency.p50, feeds,
+                                               profile.threads))
+
+
+def compared_engines(profile: TargetProfile) -> dict[str, EngineBuilder]:
+    """The engine kinds the profile times beside its own (compare_engines) that can build here; the others are said."""
+    compared: dict[str, EngineBuilder] = {}
+    for kind in profile.compare_engines:
+        builder = get_builder(kind)
+        reason = builder.available()
+        if reason is None and kind != profile.engine:
+            compared[kind] = builder
+        elif reason is not None:
+            info(f"{profile.name}: {kind} is not timed beside {profile.engine}: {reason}")
+    return compared
 
 
 def _fine_tuned(context: TargetContext, recipe: QuantRecipe, post_training_int8: Path) -> tuple[Path, dict[str, Any]]:

@@ -42,6 +42,7 @@ class Candidate:
     within_budget: bool
     evaluation: Evaluation | None = None  # vs the fp32 reference (fp32's own: vs ONNX Runtime's fp32)
     latency: LatencyStats | None = None
+    runtime: str | None = None  # another engine kind the profile compares (profile.compare_engines); None: its engine
 
     def to_dict(self) -> dict[str, Any]:
         e = self.evaluation
@@ -56,6 +57,7 @@ class Candidate:
             "agreement": 1.0 if e is None else round(e.agreement.top1, 4),
             "fidelity": None if e is None else {f.output: {f.result.metric: round(f.result.value, 5)} for f in e.fidelity},
             "latency_ms_p50": None if self.latency is None else self.latency.p50,
+            "runtime": self.runtime,
         }
 
 
@@ -103,10 +105,17 @@ class TargetModels:
 
     timed = True  # candidates run on the target's own runner: timings choose among them
 
-    def __init__(self, builder: EngineBuilder, profile: TargetProfile, workdir: Path) -> None:
+    def __init__(self, builder: EngineBuilder, profile: TargetProfile, workdir: Path,
+                 compared: dict[str, EngineBuilder] | None = None) -> None:
         self._builder, self._profile, self._workdir = builder, profile, Path(workdir)
-        self._artifacts: dict[Path, EngineArtifact] = {}
-        self._runners: dict[Path, Runner] = {}
+        self.compared = dict(compared or {})  # engine kind -> builder: timed beside the profile's engine
+        self._artifacts: dict[tuple[Path, str | None], EngineArtifact] = {}
+        self._runners: dict[tuple[Path, str | None], Runner] = {}
+
+    @property
+    def kind(self) -> str:
+        """The profile's engine kind (a candidate whose `runtime` is None runs on it)."""
+        return self._builder.kind
 
     @property
     def where(self) -> str:
@@ -124,20 +133,26 @@ class TargetModels:
     def validated_on(self, model_path: Path) -> str:
         return f"the {onnx_precision(model_path).name} engine on this machine"
 
-    def load(self, model_path: Path) -> Runner:
-        if model_path not in self._runners:
-            out_dir = self._workdir / sha256_file(model_path)[:16]
-            out_dir.mkdir(parents=True, exist_ok=True)
-            artifact = self._builder.build(model_path, self._profile, out_dir)
-            self._artifacts[model_path] = artifact
-            self._runners[model_path] = self._builder.load(artifact, self._profile)
-        return self._runners[model_path]
+    def _built_in(self, model_path: Path, runtime: str | None) -> Path:
+        return self._workdir / (sha256_file(model_path)[:16] + (f".{runtime}" if runtime else ""))
 
-    def promote(self, model_path: Path, target_dir: Path) -> EngineArtifact:
+    def load(self, model_path: Path, runtime: str | None = None) -> Runner:
+        """The engine of `model_path` on the profile's engine kind, or on one it compares (`runtime`)."""
+        key = (model_path, runtime)
+        if key not in self._runners:
+            builder = self._builder if runtime is None else self.compared[runtime]
+            out_dir = self._built_in(model_path, runtime)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            artifact = builder.build(model_path, self._profile, out_dir)
+            self._artifacts[key] = artifact
+            self._runners[key] = builder.load(artifact, self._profile)
+        return self._runners[key]
+
+    def promote(self, model_path: Path, target_dir: Path, runtime: str | None = None) -> EngineArtifact:
         """Move the built engine of `model_path` into `target_dir` (replacing any older one); drop the other candidates."""
-        self.load(model_path)
-        artifact = self._artifacts[model_path]
-        built_in = self._workdir / sha256_file(model_path)[:16]
+        self.load(model_path, runtime)
+        artifact = self._artifacts[(model_path, runtime)]
+        built_in = self._built_in(model_path, runtime)
         moved = {}
         for source in [*artifact.files, *([artifact.path] if artifact.path else [])]:
             destination = Path(target_dir) / Path(source).relative_to(built_in)
@@ -200,8 +215,8 @@ class DeviceSimulation:
                 self._runners[model_path] = OrtRunner(model_path, threads=self._profile.threads)
         return self._runners[model_path]
 
-    def promote(self, model_path: Path, target_dir: Path) -> EngineArtifact:
-        """The chosen candidate becomes the device kit."""
+    def promote(self, model_path: Path, target_dir: Path, runtime: str | None = None) -> EngineArtifact:
+        """The chosen candidate becomes the device kit (a kit compares no runtimes: `runtime` is always None)."""
         self._runners.clear()
         shutil.rmtree(self._workdir, ignore_errors=True)
         return self._builder.build(model_path, self._profile, target_dir)
@@ -257,8 +272,8 @@ def choose_precision(
     These are the report's figures too: nothing is timed again after the choice. `where` names the place of the
     timings (measured_on.where_words): "on this host (...)" for another arch.
     """
-    stats, latency_samples = benchmark({c.name: load(c.model_path) for c in candidates}, feeds, runs=runs, warmup=warmup,
-                                       max_seconds=max_seconds)
+    runners = {c.name: load(c.model_path, c.runtime) if c.runtime else load(c.model_path) for c in candidates}  # type: ignore[call-arg]
+    stats, latency_samples = benchmark(runners, feeds, runs=runs, warmup=warmup, max_seconds=max_seconds)
     for candidate in candidates:
         candidate.latency = stats[candidate.name]
     eligible = [c for c in candidates if c.within_budget] or candidates
@@ -431,6 +446,8 @@ def quantize_for_target(
         result, fp32_path, fp16_path, settings, evaluate_model,
         lambda: evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity), fine_tuned,
     )
+    if models.timed and isinstance(models, TargetModels):  # the same candidates on the runtimes the profile compares
+        candidates += [_on_runtime(c, kind, models, reference, eval_set, settings) for kind in models.compared for c in candidates]
     int8s = [c for c in reversed(candidates) if c.name.startswith("int8")]
     best_int8 = next((c for c in int8s if c.within_budget), int8s[0])
     if models.timed:
@@ -456,6 +473,8 @@ def quantize_for_target(
         else:
             choice.chosen = best_int8  # kept so the user can inspect it; the caller exits with BudgetNotMetError
             choice.summary[-1] = f"WARNING: {missed}; best int8 kept."
+    if isinstance(models, TargetModels) and models.compared:
+        _fastest_runtime(choice, settings, models.kind)
     if choice.chosen.name == "int8+fp16":
         choice.summary.insert(0, _fp16_layers_sentence(choice.chosen))
     if qat_record is not None:
@@ -486,3 +505,27 @@ def _qat_rung(result: RepairResult, fine_tune: FineTune, evaluate_model: Callabl
     record = {**record, "ran": True, "started_from": start.step, "before": before, "after": after, "met": met,
               "model_path": str(path), "summary": summary}
     return Candidate(QAT_NAME, path, met, evaluation), record
+
+
+def _on_runtime(candidate: Candidate, runtime: str, models: TargetModels, reference: Runner, eval_set: EvalSet,
+                settings: PrecisionSettings) -> Candidate:
+    """`candidate`'s model as another engine kind builds it, judged by the same budget on that engine's outputs."""
+    evaluation = evaluate(models.load(candidate.model_path, runtime), reference, eval_set, fidelity=settings.fidelity)
+    within = settings.budget.met(evaluation) or (settings.allow_over_budget and candidate.within_budget)
+    return Candidate(f"{candidate.name} on {runtime}", candidate.model_path, within, evaluation, runtime=runtime)
+
+
+def _fastest_runtime(choice: PrecisionChoice, settings: PrecisionSettings, engine: str) -> None:
+    """Among the engine kinds that ran the chosen model (the profile's and those it compares), ship the fastest one
+    within the budget, and say both figures. The precision was chosen first; this picks only the runtime."""
+    same_model = [c for c in choice.candidates if c.model_path == choice.chosen.model_path and c.latency is not None]
+    if len(same_model) < 2:
+        return
+    eligible = [c for c in same_model if c.within_budget or settings.allow_over_budget] or [choice.chosen]
+    fastest = min(eligible, key=_p50)
+    figures = ", ".join(f"{c.runtime or engine} {_p50(c):.3f} ms" for c in same_model)
+    if fastest is not choice.chosen:
+        choice.summary[-1] += f" Runtime: {fastest.name} is faster on the same file ({figures}, p50), so it ships."
+        choice.chosen = fastest
+    else:
+        choice.summary[-1] += f" Runtime: the fastest on the same file ({figures}, p50)."

@@ -209,13 +209,25 @@ def _node_names(onnx_path: Path) -> set[str]:
     return {node.name for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
 
 
+HOPELESS_AFTER_LAYERS = 4  # with this many of the most damaged layers in fp32 ...
+HOPELESS_GAP_CLOSED = 0.5  # ... having closed less than this share of the gap to the budget, stop: more will not do
+
+
 def _bisect(session: RepairSession, base: RepairTry, ranking: Groups, limit: int) -> str:
-    """Double k (top-k ranked layers in fp32) until the budget is met, then bisect down to the smallest k."""
+    """Double k (top-k ranked layers in fp32) until the budget is met, then bisect down to the smallest k. Stop
+    early when the most damaged layers in fp32 close too little of the gap (the ranked layers are the worst ones:
+    the next ones help less), so the ladder moves on instead of spending its time here."""
     low, high, k = 0, None, 1
+    gap = session.budget.shortfall(base.evaluation)
     while k <= min(limit, len(ranking)):
-        if session.attempt(f"exclude top {k}", _excluding(base, ranking[:k])).met:
+        attempt = session.attempt(f"exclude top {k}", _excluding(base, ranking[:k]))
+        if attempt.met:
             high = k
             break
+        closed = 1 - session.budget.shortfall(attempt.evaluation) / gap if gap > 0 else 1.0
+        if k >= HOPELESS_AFTER_LAYERS and closed < HOPELESS_GAP_CLOSED:
+            return (f"the {k} most damaged layers in fp32 closed only {max(closed, 0):.0%} of the gap to the budget: "
+                    "keeping layers in fp32 will not reach it")
         low, k = k, k * 2
     if high is None:
         last = min(limit, len(ranking))

@@ -199,8 +199,10 @@ def _engine_section(engine: dict[str, Any]) -> list[str]:
     return ["## Engine", *[f"- {line}" for line in lines], ""] if lines else []
 
 
-def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) -> Path | None:
-    """Per-run latency distributions of the engine and the fp32 reference."""
+def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str,
+                 qat_curve: list[dict[str, float]] | None = None) -> Path | None:
+    """Per-run latency distributions of the engine and the fp32 reference; beside them, when quantization-aware
+    training ran, its loss curve (training loss per step, validation loss where measured)."""
     if not samples or not any(samples.values()):
         return None
     import matplotlib
@@ -208,13 +210,17 @@ def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 3.2), dpi=110)
+    curve = [entry for entry in qat_curve or [] if "step" in entry]
+    figure, axes = plt.subplots(1, 2 if curve else 1, figsize=(11 if curve else 6, 3.2), dpi=110, squeeze=False)
+    axis = axes[0][0]
     names = list(samples)
     axis.boxplot([samples[name] for name in names], orientation="horizontal", showfliers=True)
     axis.set_yticks(range(1, len(names) + 1), names)
     axis.set_xlabel("latency per run (ms)")
     axis.set_title(title, fontsize=10)
     axis.grid(axis="x", alpha=0.3)
+    if curve:
+        _plot_qat_curve(axes[0][1], curve)
     figure.tight_layout()
     with atomic_path(out_path) as tmp:
         figure.savefig(tmp, format="png")
@@ -222,9 +228,26 @@ def plot_latency(samples: dict[str, list[float]], out_path: Path, title: str) ->
     return Path(out_path)
 
 
+def _plot_qat_curve(axis, curve: list[dict[str, float]]) -> None:
+    training = [(e["step"], e["loss"]) for e in curve if "loss" in e]
+    validation = [(e["step"], e["validation_loss"]) for e in curve if "validation_loss" in e]
+    if training:
+        axis.plot(*zip(*training), lw=0.8, alpha=0.6, label="training (batch)")
+    if validation:
+        axis.plot(*zip(*validation), "o-", lw=1.5, ms=3, label="validation")
+    axis.set_xlabel("QAT step")
+    axis.set_ylabel("distillation loss")
+    axis.set_yscale("log")
+    axis.set_title("quantization-aware training", fontsize=10)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+
+
 def write_report(report: BuildReport, target_dir: Path, latency_samples: dict[str, list[float]]) -> BuildReport:
     """report.json (the report's one serialisation), report.md from it, and latency.png; returns the report with its plot."""
-    plot = plot_latency(latency_samples, Path(target_dir) / "latency.png", f"{report.model.name} on {report.target}")
+    qat = report.quantization.decisions.get("qat") or {}
+    plot = plot_latency(latency_samples, Path(target_dir) / "latency.png", f"{report.model.name} on {report.target}",
+                        qat.get("curve"))
     report = replace(report, latency_plot=plot.name if plot else None)
     as_json = report.to_dict()
     write_json_atomic(Path(target_dir) / "report.json", as_json)

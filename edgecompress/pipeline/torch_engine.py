@@ -126,7 +126,8 @@ class TorchTargetModels:
             self._runners[model_path] = self._builder.load(self._artifacts[model_path], self._profile)
         return self._runners[model_path]
 
-    def promote(self, model_path: Path, target_dir: Path) -> EngineArtifact:
+    def promote(self, model_path: Path, target_dir: Path, runtime: str | None = None) -> EngineArtifact:
+        """Move the chosen .pte into `target_dir`; `runtime` (a compared engine kind) is always None here."""
         artifact = self._artifacts[model_path]
         moved = {}
         for source in artifact.files:

@@ -98,6 +98,7 @@ def target_isa(profile: TargetProfile) -> Isa:
 
 def recipe_for_target(profile: TargetProfile) -> "QuantRecipe":
     """Types, reduce_range and granularity that the target's int8 kernels run exactly."""
+    from edgecompress.quantize.islands import REWRITES
     from edgecompress.quantize.recipe import QuantRecipe
 
     isa = target_isa(profile)
@@ -109,10 +110,13 @@ def recipe_for_target(profile: TargetProfile) -> "QuantRecipe":
     if isa.arch == "aarch64":
         return QuantRecipe(activation_type="int8", weight_type="int8", per_channel=True, reduce_range=False,
                            reason=f"aarch64 ({isa.label}): int32 accumulation does not saturate; s8s8 per-channel")
+    # x86 (ONNX Runtime, OpenVINO): HardSwish's Div and HardSigmoid restated in ops with int8 kernels, so they do not
+    # run as float islands between Q/DQ pairs (quantize/islands.py; measured in benchmarks/fast_int8.py)
+    rewrites = REWRITES
     if isa.has_vnni:
-        return QuantRecipe(reason=f"x86 with VNNI ({isa.label}): u8s8 per-channel, full range")
+        return QuantRecipe(int8_rewrites=rewrites, reason=f"x86 with VNNI ({isa.label}): u8s8 per-channel, full range")
     return QuantRecipe(
-        reduce_range=True,
+        reduce_range=True, int8_rewrites=rewrites,
         reason=f"x86 without VNNI ({isa.label}): u8s8 per-channel with reduce_range avoids VPMADDUBSW saturation",
     )
 

@@ -17,7 +17,7 @@ engine computes what the fine-tuning saw, by construction.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -114,6 +114,23 @@ def _fake_quant_activation(quant: ActivationQuant):
     return hook
 
 
+MIN_LEARNED_SCALE = 1e-8
+
+
+def _learned_fake_quant_activation(quant: ActivationQuant, scale: torch.nn.Parameter):
+    """LSQ (Esser et al. 2020): the scale is trained with the weights, its gradient scaled by 1/sqrt(n * qmax) so
+    a step moves it as much as a weight; the zero point stays the calibrated one (ORT keeps it an integer)."""
+    low, high = TYPE_RANGES[quant.dtype]
+    zero_point = torch.tensor([float(quant.zero_point)])
+
+    def hook(tensor: torch.Tensor) -> torch.Tensor:
+        grad_factor = 1.0 / float(np.sqrt(tensor[0].numel() * high))
+        return torch._fake_quantize_learnable_per_tensor_affine(
+            tensor, scale.clamp_min(MIN_LEARNED_SCALE), zero_point, low, high, grad_factor)
+
+    return hook
+
+
 def weight_scale(weight: torch.Tensor, quant: WeightQuant) -> torch.Tensor:
     """max |w| per channel / symmetric_max, as ORT's compute_scale_zp (a zero channel gets scale 1)."""
     if quant.axis is None:
@@ -152,14 +169,22 @@ class FakeQuantGraph:
     frozen, without quantization, as the fp32 teacher (a teacher that shared the trained weights would drift with
     the student, and nothing would hold the student to the model it should stay)."""
 
-    def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan) -> None:
+    def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan, learn_ranges: bool = False) -> None:
         self.module = OnnxGraphModule(prepared, trainable=True).eval()  # BatchNorm (if any is left) keeps its statistics
         self.teacher = OnnxGraphModule(prepared).eval()
+        self.plan = plan
         missing = sorted(set(plan.weights) - set(self.module.weight_keys) - set(self.module.constants))
         if missing:
             raise ConfigError(f"the quantized model quantizes initializers the float graph lacks: {', '.join(missing[:5])}",
                               "this is a bug in edgecompress: please report it with the model")
-        self.module.tensor_hooks = {name: _fake_quant_activation(q) for name, q in plan.activations.items()}
+        # learned ranges: one trainable scale per quantized activation, initialised from the calibration
+        self.scales: dict[str, torch.nn.Parameter] = {
+            name: torch.nn.Parameter(torch.tensor([q.scale], dtype=torch.float32)) for name, q in plan.activations.items()
+        } if learn_ranges else {}
+        self.module.tensor_hooks = {
+            name: _learned_fake_quant_activation(q, self.scales[name]) if learn_ranges else _fake_quant_activation(q)
+            for name, q in plan.activations.items()
+        }
         # a trained weight is quantized as the quantizer will quantize it; a constant operand (the 3 of a hard-swish's
         # x + 3) is not trained, so it takes the value the QDQ model holds
         self.module.weight_hooks = {name: _fake_quant_weight(q) if name in self.module.weight_keys else _fixed(q.dequantized)
@@ -167,6 +192,12 @@ class FakeQuantGraph:
 
     def run(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
         return self.module.run(*(inputs[name] for name in self.module.input_names), outputs=outputs)
+
+    def trained_plan(self) -> QuantPlan:
+        """The plan with the scales the training ended on (the calibrated ones where ranges were not learned)."""
+        activations = {name: replace(q, scale=max(float(self.scales[name].detach()), MIN_LEARNED_SCALE)) if name in self.scales else q
+                       for name, q in self.plan.activations.items()}
+        return QuantPlan(activations, self.plan.weights)
 
     def teacher_outputs(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
         with torch.no_grad():
@@ -225,12 +256,14 @@ class QatOptions:
     validate_every: int = 25
     seed: int = 0
     loss_kinds: tuple[LossKind, ...] = ()  # per output; empty: from each output's shape (loss_kind_for)
+    learn_ranges: bool = False  # LSQ: train the activation scales too (benchmarks/qat.py measures both)
+    range_lr: float = 1e-4  # Adam learning rate of the learned scales
 
     def __post_init__(self) -> None:
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("validate_every", self.validate_every)):
             if value < 1:
                 raise ConfigError(f"QAT {name} must be at least 1, not {value}", f"set {name} to a positive whole number")
-        if not 0 < self.lr < 1 or self.temperature <= 0 or self.max_seconds <= 0:
+        if not 0 < self.lr < 1 or not 0 < self.range_lr < 1 or self.temperature <= 0 or self.max_seconds <= 0:
             raise ConfigError("QAT lr must be in (0, 1), temperature and max_seconds positive",
                               "e.g. lr 1e-5, temperature 2, max_seconds 600")
 
@@ -262,14 +295,46 @@ def _split(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return order[held:], order[:held]
 
 
+TEACHER_CACHE_BYTES = 256 * 2**20  # the fp32 outputs of every training input are kept when they fit in this
+
+
+class _TeacherOutputs:
+    """The frozen teacher's outputs per training input: computed once when they fit in memory (a third of a QAT
+    step's time is the teacher's forward pass), else per batch."""
+
+    def __init__(self, graph: FakeQuantGraph, inputs: dict[str, np.ndarray], layout: BatchLayout, index: np.ndarray,
+                 targets: list[str], batch_size: int) -> None:
+        self.graph, self.inputs, self.layout, self.targets = graph, inputs, layout, targets
+        self.rows: dict[int, int] = {}
+        self.outputs: list[torch.Tensor] = []
+        first = graph.teacher_outputs(_take(inputs, layout, index[:1]), targets)
+        if sum(t.numel() * t.element_size() for t in first) * len(index) > TEACHER_CACHE_BYTES:
+            return
+        chunks = [graph.teacher_outputs(_take(inputs, layout, index[i: i + batch_size]), targets)
+                  for i in range(0, len(index), batch_size)]
+        self.outputs = [torch.cat([chunk[k] for chunk in chunks]) for k in range(len(targets))]
+        self.rows = {int(sample): row for row, sample in enumerate(index)}
+
+    def __call__(self, indices: np.ndarray, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        if not self.rows:
+            return self.graph.teacher_outputs(batch, self.targets)
+        rows = torch.tensor([self.rows[int(i)] for i in indices])
+        return [output[rows] for output in self.outputs]
+
+
+def _shown_metric(entry: dict[str, float]) -> str:
+    return f", agreement {entry['validation_agreement']:.1%}" if "validation_agreement" in entry else ""
+
+
 def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], layout: BatchLayout, recipe: QuantRecipe,
              options: QatOptions, out_path: Path, progress=None) -> QatResult:
     """Fine-tune the prepared graph under the QDQ model's fake quantization, distilled from its own fp32 outputs;
-    keep the weights with the lowest validation loss; write them to `out_path`."""
+    keep the weights (and learned ranges) with the lowest validation loss; write the weights to `out_path`; the
+    result's plan has the ranges to quantize them with."""
     torch.manual_seed(options.seed)
     prepared = onnx.load(str(prepared_path))
     plan = read_quant_plan(onnx.load(str(qdq_path)), recipe)
-    graph = FakeQuantGraph(prepared, plan)
+    graph = FakeQuantGraph(prepared, plan, learn_ranges=options.learn_ranges)
     count = layout.count(inputs)
     train_index, val_index = _split(count, options.validation_fraction, options.seed)
     if len(train_index) == 0:
@@ -278,22 +343,39 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     val_inputs = _take(inputs, layout, val_index if len(val_index) else train_index[: options.batch_size])
     val_teacher = graph.teacher_outputs(val_inputs, targets)
     kinds = options.loss_kinds or tuple(loss_kind_for(t.numpy()) for t in val_teacher)
+    teacher = _TeacherOutputs(graph, inputs, layout, train_index, targets, options.batch_size)
 
     def loss_of(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         return sum((distillation_loss(s, t, kind, options.temperature) for s, t, kind in zip(student, teacher, kinds)),
                    start=torch.zeros(()))
 
-    def validation_loss() -> float:
+    def validate() -> tuple[float, float | None]:
+        """The validation loss, and the top-1 (per step) agreement with fp32 of the class-score outputs: the task
+        metric the progress bar shows beside the loss."""
         with torch.no_grad():
-            return float(loss_of(graph.run(val_inputs, targets), val_teacher))
+            student = graph.run(val_inputs, targets)
+            scored = [(s.argmax(-1) == t.argmax(-1)).float().mean() for s, t, kind in zip(student, val_teacher, kinds) if kind == "kl"]
+            return float(loss_of(student, val_teacher)), float(torch.stack(scored).mean()) if scored else None
 
-    parameters = list(graph.module.weights.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=options.lr)
+    def validation_entry(step: int) -> dict[str, float]:
+        loss, agreement = validate()
+        return {"step": step, "validation_loss": loss} | ({} if agreement is None else {"validation_agreement": agreement})
+
+    def state() -> dict[str, torch.Tensor]:
+        weights = {f"weight:{k}": v.detach().clone() for k, v in graph.module.weights.items()}
+        return weights | {f"scale:{k}": v.detach().clone() for k, v in graph.scales.items()}
+
+    groups: list[dict[str, Any]] = [{"params": list(graph.module.weights.parameters()), "lr": options.lr}]
+    if graph.scales:
+        groups.append({"params": list(graph.scales.values()), "lr": options.range_lr})
+    optimizer = torch.optim.Adam(groups)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
     rng = np.random.default_rng(options.seed)
-    best_loss = before = validation_loss()
-    best_state = {k: v.detach().clone() for k, v in graph.module.weights.items()}
-    curve: list[dict[str, float]] = [{"step": 0, "validation_loss": before}]
+    first = validation_entry(0)
+    best_loss = before = first["validation_loss"]
+    best_state = state()
+    curve: list[dict[str, float]] = [first]
+    shown = _shown_metric(first)
     started, step, stopped = time.perf_counter(), 0, f"{options.steps} steps"
     order = rng.permutation(train_index)
     cursor = 0
@@ -305,9 +387,10 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
                 break
             if cursor + options.batch_size > len(order):
                 order, cursor = rng.permutation(train_index), 0
-            batch = _take(inputs, layout, order[cursor: cursor + options.batch_size])
+            indices = order[cursor: cursor + options.batch_size]
+            batch = _take(inputs, layout, indices)
             cursor += options.batch_size
-            loss = loss_of(graph.run(batch, targets), graph.teacher_outputs(batch, targets))
+            loss = loss_of(graph.run(batch, targets), teacher(indices, batch))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -315,17 +398,20 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
             step += 1
             entry: dict[str, float] = {"step": step, "loss": float(loss.detach())}
             if step % options.validate_every == 0 or step == options.steps:
-                entry["validation_loss"] = validation_loss()
+                entry |= validation_entry(step)
+                shown = _shown_metric(entry)
                 if entry["validation_loss"] < best_loss:
                     best_loss = entry["validation_loss"]
-                    best_state = {k: v.detach().clone() for k, v in graph.module.weights.items()}
+                    best_state = state()
             curve.append(entry)
             if progress is not None:
                 progress.update(task, advance=1, description=(
-                    f"QAT step {step} loss {entry['loss']:.4f} validation {best_loss:.4f} (before {before:.4f})"))
+                    f"QAT step {step} loss {entry['loss']:.4f} validation {best_loss:.4f} (before {before:.4f}){shown}"))
     with torch.no_grad():
-        for key, value in best_state.items():
-            graph.module.weights[key].copy_(value)
+        for key, value in graph.module.weights.items():
+            value.copy_(best_state[f"weight:{key}"])
+        for key, value in graph.scales.items():
+            value.copy_(best_state[f"scale:{key}"])
     write_weights(prepared, graph.module, out_path)
-    return QatResult(Path(out_path), plan, step, round(time.perf_counter() - started, 1), len(train_index), stopped,
-                     curve, before, best_loss)
+    return QatResult(Path(out_path), graph.trained_plan(), step, round(time.perf_counter() - started, 1), len(train_index),
+                     stopped, curve, before, best_loss)

@@ -35,6 +35,9 @@ class QuantRecipe:
     equalize: bool = False  # cross-layer equalization of Conv→ReLU(6)→Conv pairs first (edgecompress/quantize/equalize.py)
     bias_correction: bool = False  # remove the int8 weight error's mean from each bias (edgecompress/quantize/biascorrect.py)
     placement: QdqPlacement = "onnxruntime"  # where Q/DQ go: ORT's defaults, or TensorRT's rules (TENSORRT_QUANTIZED_OPS)
+    # float ops restated in ops with int8 kernels before quantizing, so they run in int8 instead of as float islands
+    # between Q/DQ pairs (edgecompress/quantize/islands.py: "div-by-constant", "hardsigmoid")
+    int8_rewrites: tuple[str, ...] = ()
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -58,6 +61,7 @@ class QuantRecipe:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        data["int8_rewrites"] = list(self.int8_rewrites)
         data["label"] = self.label
         return data
 

@@ -118,7 +118,8 @@ def working_directory(folder: Path):
 
 
 def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet, extra_options: dict) -> None:
-    """Shape inference and ORT's pre-processing, then the recipe's fp32 rewrites (CLE, bias correction)."""
+    """Shape inference and ORT's pre-processing, then the recipe's fp32 rewrites (float islands restated in ops with
+    int8 kernels, CLE, bias correction)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source, prepared = Path(fp32_path).resolve(), Path(prepared).resolve()
@@ -129,9 +130,13 @@ def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: 
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    if not (recipe.equalize or recipe.bias_correction):
+    if not (recipe.equalize or recipe.bias_correction or recipe.int8_rewrites):
         return
     model = onnx.load(str(prepared))
+    if recipe.int8_rewrites:
+        from edgecompress.quantize.islands import rewrite_for_int8
+
+        rewrite_for_int8(model, recipe.int8_rewrites)
     if recipe.equalize:
         from edgecompress.quantize.equalize import equalize
 

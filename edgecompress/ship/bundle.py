@@ -38,6 +38,7 @@ RUNNER_FILES = {  # bundle name -> source; preprocess.py and unpack.py are copie
 # TensorRT bundles also carry the device-side TensorRT code (GPU probe, plan build, plan runners)
 TENSORRT_RUNNER_FILES = {"trt_device.py": _DEVICE / "trt_device.py"}
 ORT_KINDS = ("ort-cpu", "ort-arm")
+CPU_KINDS = (*ORT_KINDS, "openvino")  # engines this host runs for the self-test's expected outputs
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
               "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 FIGURE_KEYS = ("accuracy", "agreement", "fidelity", "latency_ms", "throughput_per_s", "memory", "speedup_vs_fp32", "measured_on")
@@ -152,7 +153,13 @@ def runtime_requirements(
         "providers": list(profile.options.get("providers", ["CPUExecutionProvider"])),
         "required_operators": list(meta.get("required_operators") or ops),
     }
-    if profile.engine in ORT_KINDS:
+    if report.engine.kind == "openvino":
+        import openvino
+
+        built = str(meta.get("openvino") or openvino.__version__).split("-")[0]
+        runtime["openvino"] = {"built_with": built, "min_version": ".".join(built.split(".")[:2]),
+                               "compile_config": dict(meta.get("compile_config") or {})}
+    elif report.engine.kind in ORT_KINDS:  # the shipped engine's kind: a profile may time several and ship the fastest
         import onnxruntime
 
         built = str(meta.get("converted_with_onnxruntime") or meta.get("onnxruntime")
@@ -226,7 +233,7 @@ def write_samples(
     for index, (name, array) in enumerate(sorted(feeds.items())):
         manifest["selftest"]["inputs"][name] = f"samples/input_{index}.npy"
         _save_npy(staging / f"samples/input_{index}.npy", array)
-    if manifest["engine"]["kind"] in ORT_KINDS:
+    if manifest["engine"]["kind"] in CPU_KINDS:
         outputs, source = Engine(staging, manifest).run(feeds), "engine"
     elif reference is not None:  # a GPU engine cannot run here: compare against the fp32 reference
         import onnxruntime as ort
@@ -292,6 +299,8 @@ refuses bundles from any other key unless given `--accept-new-signer`.
 def _runtime_needed(runtime: dict[str, Any]) -> str:
     if "onnxruntime" in runtime:
         return f"onnxruntime >= {runtime['onnxruntime']['min_version']}"
+    if "openvino" in runtime:
+        return f"openvino >= {runtime['openvino']['min_version']}"
     tensorrt = runtime.get("tensorrt", {})
     return f"TensorRT {tensorrt.get('version') or tensorrt.get('min_version')} ({tensorrt.get('needs', '')})"
 
@@ -328,7 +337,7 @@ def write_reproducible_tar(root: Path, out: Path) -> None:
 def build_manifest(report: BuildReport, target_dir: Path, profile: TargetProfile,
                    engine: Path | None, files: list[Path]) -> dict[str, Any]:
     """Everything but `files` and `selftest`, which depend on the staged tree."""
-    spec_source = engine if engine is not None and profile.engine in ORT_KINDS else reference_file(report, target_dir)
+    spec_source = engine if engine is not None and report.engine.kind in ORT_KINDS else reference_file(report, target_dir)
     inputs, outputs = tensor_specs(spec_source) if spec_source else (report.model.inputs, report.model.outputs)
     as_json = report.to_dict()  # the figures travel in report.json's shape: the device compares its own with them
     return {
