@@ -78,6 +78,45 @@ def make_bundles(target_dirs: list[Path], options, out: Optional[Path] = None) -
 
 
 @app.command()
+def release(
+    target_dirs: list[Path] = typer.Argument(..., metavar="TARGET_DIR...", help="Built phone targets of one build, e.g. "
+                                             "build/android-arm64-executorch build/ios-arm64-executorch build/android-arm64."),
+    out: Path = typer.Option(..., "--out", "-o", help="Release folder an app polls or bundles: OUT/index.json, OUT/VERSION/, OUT/VERSION.zip."),
+    version: str = typer.Option(..., "--version", help="This release's version (MAJOR[.MINOR[.PATCH]]); releases are immutable."),
+    sign: Path = typer.Option(..., "--sign", help="Sign the manifest with this ed25519 private key (from `edgecompress keygen`)."),
+    passphrase: Optional[str] = SIGNING_PASSPHRASE,
+    samples: int = typer.Option(4, "--samples", min=1, help="Golden inputs (with each engine's outputs) for the app's self-check."),
+) -> None:
+    """Write a signed phone release: engines, manifest, golden I/O and index.json, for an app to verify, load and update."""
+    from edgecompress.core.progress import out_console
+    from edgecompress.ship.release import build_release
+
+    made = build_release(target_dirs, out, version, sign, passphrase, samples)
+    targets = ", ".join(f"{e['target']} ({e['kind']} {e['precision']})" for e in made.manifest["engines"])
+    out_console.print(f"release {made.version_dir} ({targets}) signed by {made.signed_by}; archive {made.archive}; "
+                      f"index {made.index}")
+
+
+@app.command("check-release")
+def check_release(
+    version_dir: Path = typer.Argument(..., metavar="VERSION_DIR", help="A release version folder, e.g. release/1.2.0."),
+    key: Path = typer.Option(..., "--key", help="The public key (.pub) the app trusts."),
+    target: str = typer.Option(..., "--target", help="Which engine of the release to load (its target name)."),
+) -> None:
+    """Do what an app does (device/app_release.py): verify signature and hashes, check the runtime, load, golden check."""
+    from edgecompress.core.errors import BundleError
+    from edgecompress.core.progress import out_console
+    from edgecompress.device.app_release import ReleaseRefused, load_release
+
+    try:
+        loaded = load_release(version_dir, key, target)
+    except ReleaseRefused as refused:
+        raise BundleError(f"release refused: {refused.reason}", "rebuild the release, or check the key and the runtime") from None
+    out_console.print(f"OK {loaded.manifest['model']['name']} {loaded.manifest['model']['version']} {target}: signature, "
+                      f"hashes, {loaded.engine['runtime']['name']} {loaded.runtime_version}, golden check")
+
+
+@app.command()
 def verify(
     bundle_path: Path = typer.Argument(..., metavar="BUNDLE", help="The .tar.gz to check."),
     key: Optional[Path] = typer.Option(None, "--key", help="Trusted signing public key (.pub) the bundle must be signed with."),

@@ -21,7 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-EngineKind = Literal["ort-cpu", "ort-arm", "tensorrt", "openvino"]
+EngineKind = Literal["ort-cpu", "ort-arm", "tensorrt", "openvino", "executorch"]
 Precision = Literal["fp32", "fp16", "int8"]
 
 

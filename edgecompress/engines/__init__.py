@@ -1,4 +1,4 @@
-"""engines: one module per engine kind (ONNX Runtime CPU, ARM .ort, TensorRT, OpenVINO) behind `EngineBuilder` / `Runner`,
+"""engines: one module per engine kind (ONNX Runtime CPU, ARM .ort, TensorRT, OpenVINO, ExecuTorch .pte) behind `EngineBuilder` / `Runner`,
 looked up by the profile's `engine` key; `build_place` decides whether an engine is built here or on the device.
 
 May import: core, source, export, quantize (instruction-set facts).
@@ -21,6 +21,7 @@ _BUILDERS = {
     "ort-arm": "edgecompress.engines.arm:ArmBuilder",
     "tensorrt": "edgecompress.engines.tensorrt:TensorRTBuilder",
     "openvino": "edgecompress.engines.openvino:OpenVinoBuilder",
+    "executorch": "edgecompress.engines.executorch:ExecuTorchBuilder",  # built from the torch model (takes = "torch")
 }
 
 

@@ -1,15 +1,19 @@
 """The engine-builder seam.
 
-Every engine kind (ONNX Runtime CPU, ARM/ORT format, TensorRT) implements the small
+Every engine kind (ONNX Runtime CPU, ARM/ORT format, TensorRT, ExecuTorch) implements the small
 `EngineBuilder` interface. Evaluation, benchmarking and the report only ever talk to
 a `Runner`, so they never branch on engine kind (Polygraphy's runner idea).
+
+What a builder is built FROM is part of the seam: `takes = "onnx"` (the default) builds from the
+fp32/int8 ONNX file the pipeline quantized; `takes = "torch"` builds from the torch module itself
+(ExecuTorch: torch.export -> PT2E -> .pte) and quantizes on its own, from a `TorchModel`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -67,13 +71,54 @@ class Runner(Protocol):
 
 
 class EngineBuilder(Protocol):
-    """One engine kind. `available()` returns None when it can build here, else the reason."""
+    """One engine kind built from an ONNX file. `available()` returns None when it can build here, else the reason."""
 
     kind: str
 
     def available(self) -> str | None: ...
 
     def build(self, onnx_path: Path, profile: TargetProfile, out_dir: Path) -> EngineArtifact: ...
+
+    def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...
+
+
+EngineInput = Literal["onnx", "torch"]
+
+
+def engine_input(builder: object) -> EngineInput:
+    """What `builder` is built from: its `takes` attribute, "onnx" for builders that do not say."""
+    return "torch" if getattr(builder, "takes", "onnx") == "torch" else "onnx"
+
+
+@dataclass(frozen=True)
+class TorchModel:
+    """What a torch-built engine takes: the module (after compression), its inputs in `forward`'s order with one
+    example each (the engine's fixed shapes, batch included), and the calibration set as feeds of that shape."""
+
+    module: Any  # torch.nn.Module, in eval mode
+    example_inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    calibration: Callable[[], Iterator[dict[str, np.ndarray]]]
+
+
+@dataclass(frozen=True)
+class TorchEngineRequest:
+    """One engine of a torch-built kind: `precision` int8 or fp32; `keep_float` names modules left out of int8
+    (repair keeps modules out of the quantizer, as the ONNX route keeps nodes out of Q/DQ)."""
+
+    precision: Literal["int8", "fp32"] = "int8"
+    keep_float: tuple[str, ...] = ()
+
+
+class TorchEngineBuilder(Protocol):
+    """One engine kind built from the torch model (`takes = "torch"`), not from the ONNX file."""
+
+    kind: str
+    takes: Literal["torch"]
+
+    def available(self) -> str | None: ...
+
+    def build(self, model: TorchModel, request: TorchEngineRequest, profile: TargetProfile, out_dir: Path) -> EngineArtifact: ...
 
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...
 

@@ -56,6 +56,8 @@ def _probe(scratch: Path) -> dict[str, float]:
         metadata=data["metadata"], note=data["note"], precision_layers=data.get("precision_layers", {}),
     )
     profile = TargetProfile.model_validate(request["profile"])
+    if artifact.kind == "executorch":  # its runtime (torch + executorch.runtime) is baseline too, as onnxruntime is
+        import executorch.runtime  # noqa: F401
     with np.load(scratch / "feeds.npz") as stored:
         feeds = {key: stored[key] for key in stored.files}
     baseline = _status_mb("VmRSS")

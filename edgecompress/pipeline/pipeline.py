@@ -24,6 +24,8 @@ from edgecompress.compress.stage import Compression, compress_stage, compression
 from edgecompress.core.config import BuildConfig
 from edgecompress.source.data import DigitsSplits as Splits
 from edgecompress.engines import EngineArtifact, EngineBuilder, build_place, checked_profiles, get_builder
+from edgecompress.engines.base import engine_input
+from edgecompress.pipeline.torch_engine import TorchLadderSettings, require_torch_source, torch_model, torch_target_stage
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.core.errors import BudgetNotMetError, CalibrationError, ConfigError
 from edgecompress.measure.evaluate import EvalSet, evaluate
@@ -152,6 +154,7 @@ BUILD_STEPS = (
 def build(config: BuildConfig) -> list[dict[str, Any]]:
     """Run the whole build; returns one report.json dict per target."""
     profiles = checked_profiles(config.target)  # a typo in --target or in a profile's options fails before any work
+    require_torch_source(profiles, config.model)  # an ONNX file for an ExecuTorch target: before any work too
     config.out.mkdir(parents=True, exist_ok=True)
     context = BuildContext(config)
     for step in BUILD_STEPS:
@@ -333,9 +336,12 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
              "on its simulation of the device's numerics and writes the kit")
     # the one ladder (repair, precision): candidates are built engines here, or simulations of the device for a kit;
     # the one that ships is moved into target_dir (an engine) or written there as the device kit
-    chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir, here=place.here)
-    if place.here and chosen.choice is not None:
-        explain_fp32(context, profile, chosen.choice)
+    if engine_input(builder) == "torch":  # ExecuTorch: built, quantized and repaired from the torch module itself
+        chosen, models = torch_engine_stage(context, profile, builder, target_dir)
+    else:
+        chosen, models = quantize_target_stage(context, profile, builder, recipe, target_dir, here=place.here)
+        if place.here and chosen.choice is not None:
+            explain_fp32(context, profile, chosen.choice)
     recipe, model_path = chosen.recipe, chosen.model_path
     artifact = models.promote(model_path, target_dir, chosen.choice.chosen.runtime if chosen.choice else None)
     samples = samples_stage(context.eval_set, target_dir)
@@ -345,7 +351,7 @@ def build_target(context: TargetContext, profile: TargetProfile) -> BuildReport:
         simulated = simulated_check(context, chosen.choice.chosen.evaluation, models.validated_on(model_path),
                                     "int8" if artifact.precision == "mixed" else artifact.precision)
         check = simulated if artifact.precision in ("int8", "mixed") else None
-    elif artifact.precision in ("int8", "mixed") and profile.arch != host_arch():
+    elif artifact.precision in ("int8", "mixed") and profile.arch != host_arch() and engine_input(builder) == "onnx":
         check = check_int8_model(context, profile, model_path)
     engine = engine_facts(artifact)
     reference_size = context.fp32.path.stat().st_size
@@ -450,6 +456,20 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
     return quantization, models
 
 
+def torch_engine_stage(context: TargetContext, profile: TargetProfile, builder, target_dir: Path):
+    """The ladder of an engine built from the torch module (torch_engine.py), with this build's budget and data."""
+    config = context.config
+    if config.qat != "off":
+        warn(f"{profile.name}: quantization-aware training is not applied to ExecuTorch engines yet (--qat {config.qat} ignored)")
+    batch = _batch_size(context, profile.batch.opt)
+    model = torch_model(context.source.module, [s.name for s in context.fp32.inputs], [s.name for s in context.fp32.outputs],
+                        context.calibration, batch)
+    settings = TorchLadderSettings(build_budget(config), fidelity_options(config), config.max_excluded_layers, config.precision,
+                                   config.allow_over_budget, config.bench_runs, config.bench_max_seconds, config.bench_warmup)
+    return torch_target_stage(model, context.fp32.path, context.eval_set, profile, builder, target_dir,
+                              _bench_feeds(context.eval_set, batch), settings)
+
+
 def explain_fp32(context: TargetContext, profile: TargetProfile, choice) -> None:
     """When fp32 ships because every int8 candidate was slower, the summary names the operators that made it slower."""
     from edgecompress.pipeline.inspect import slower_int8_sentence
@@ -537,7 +557,8 @@ def engine_measurements(context: TargetContext, profile: TargetProfile, artifact
         accuracy=Accuracy(evaluation.accuracy_reference, evaluation.accuracy_engine, evaluation.data),
         agreement=Agreement(**vars(evaluation.agreement)),
         fidelity=Fidelity.from_dict(fidelity_report(build_budget(context.config), evaluation,
-                                                    f"the {artifact.precision} engine on this machine")),
+                                                    f"the {artifact.precision} engine on this machine"
+                                                    + (f" ({artifact.metadata['measured_where']})" if artifact.metadata.get("measured_where") else ""))),
         latency=LatencyFigures.measured(chosen.latency, where.summary),
         reference_latency=LatencyFigures.measured(fp32.latency, where.summary),
         speedup_vs_fp32=fp32.latency.p50 / chosen.latency.p50,
@@ -554,7 +575,8 @@ def measured_on_facts(profile: TargetProfile, artifact: EngineArtifact) -> Measu
     from edgecompress.measure.measured_on import measured_on
 
     ort_engine = artifact.kind in ("ort-cpu", "ort-arm")
-    return MeasuredOn.from_dict(measured_on(profile, artifact.metadata.get("gpu", "CPU"),
+    device = artifact.metadata.get("gpu") or artifact.metadata.get("measured_where") or "CPU"  # ExecuTorch: x86 XNNPACK
+    return MeasuredOn.from_dict(measured_on(profile, device,
                                             session_settings(profile.threads) if ort_engine else None))
 
 

@@ -48,7 +48,8 @@ class Candidate:
         e = self.evaluation
         return {
             "name": self.name,
-            "label": str(onnx_precision(self.model_path)),  # what the graph computes in, e.g. mixed (2 fp32 of 9 ...)
+            # what the graph computes in, e.g. mixed (2 fp32 of 9 ...); an engine built from the torch model (.pte): its name
+            "label": str(onnx_precision(self.model_path)) if self.model_path.suffix == ".onnx" else self.name,
             "model_path": str(self.model_path),
             "within_budget": self.within_budget,
             "accuracy": None if e is None else e.accuracy_engine,

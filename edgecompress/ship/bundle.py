@@ -365,6 +365,9 @@ def build_manifest(report: BuildReport, target_dir: Path, profile: TargetProfile
 def stage_bundle(target_dir: Path, staging: Path, options: BundleOptions) -> tuple[dict[str, Any], int]:
     """Lay the bundle tree out in `staging`; returns the manifest (with files) and the engine's size."""
     report = load_report(target_dir)
+    if report.engine.kind == "executorch":  # phones run no sshd and no run.py: they get a release an app loads
+        raise BundleError(f"{target_dir} holds an ExecuTorch engine for phones, which a device bundle cannot carry",
+                          f"write a phone release: edgecompress release {target_dir} --out release --version 1.0.0 --sign KEY")
     profile = resolve_profile(report)
     engine, files = engine_files(report, target_dir)
     manifest = build_manifest(report, target_dir, profile, engine, files)
