@@ -165,7 +165,8 @@ def build_case(case: Case, args: argparse.Namespace, workdir: Path) -> list[str]
     qat = report["quantization"].get("qat") or {}
     shipped = f"{report['engine']['precision']} ({report['quantization']['precision']['chosen']})"
     fp32_layers = len(report["quantization"]["recipe"].get("nodes_to_exclude", []))
-    speed = report["reference"]["latency"]["p50"] / report["latency"]["p50"]
+    reference = report["reference"].get("latency")  # absent when the engine is the fp32 model itself
+    speed = reference["p50"] / report["latency"]["p50"] if reference and report.get("latency") else 1.0
     qat_cell = f"{qat['steps']} steps, {qat['seconds']:.0f} s ({qat['stopped']})" if qat.get("ran") else "did not run"
     return [f"| {case.name} | {shipped}, {fp32_layers} layer(s) in fp32 | "
             f"{_fidelity(_outputs(fp32, name, held_out), _outputs(Path(engine_path), name, held_out))} | {speed:.2f}x | "

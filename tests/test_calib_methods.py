@@ -86,3 +86,15 @@ def test_our_kl_search_picks_onnxruntimes_entropy_thresholds_exactly():
         assert kl_threshold(histogram) == expected, name
     low, high = kl_threshold(collector.histogram_dict["outlier"])
     assert high < 900.0 / 2  # the lone outlier is clipped, which is what entropy calibration is for
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy", "minmax"])
+def test_every_method_calibrates_a_set_that_batches_do_not_divide(tiny_onnx, heavy_tailed_set, tmp_path, method):
+    """153 samples (a --data train split): ORT's histogram collector stacks equal batches only."""
+    from edgecompress.quantize.static import equal_batch_size
+
+    x = np.resize(heavy_tailed_set.arrays["input"], (153, 1, 8, 8))
+    ragged = calibration_set_from_arrays({"input": x}, [TensorSpec("input", (None, 1, 8, 8))], "153 samples")
+    assert len(ragged) == 153 and equal_batch_size(153) == 9 and equal_batch_size(7) == 7 and equal_batch_size(17) == 1
+    path = quantize_model(tiny_onnx, ragged, QuantRecipe(calibration_method=method), tmp_path / f"{method}.onnx")
+    assert input_scale(path) > 0

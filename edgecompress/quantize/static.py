@@ -206,6 +206,14 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
             # one sample at a time: ORT's histogram collector stacks the batches, so unequal batch sizes fail there
             extra_options["TensorQuantOverrides"] = entropy_overrides(prepared, ArrayCalibrationReader(calibration, batch_size=1),
                                                                      Path(workdir))
+        histogram = recipe.calibration_method == "percentile" and not activation_ranges
+        reader = ArrayCalibrationReader(calibration, batch_size=equal_batch_size(len(calibration)) if histogram else 16)
         with atomic_path(out_path) as tmp:
-            _quantize_static(prepared, tmp, ArrayCalibrationReader(calibration), recipe, extra_options)
+            _quantize_static(prepared, tmp, reader, recipe, extra_options)
     return Path(out_path)
+
+
+def equal_batch_size(count: int, largest: int = 16) -> int:
+    """The largest batch size up to `largest` that splits `count` samples into equal batches (153 samples: 17
+    batches of 9): ORT's histogram collector (percentile) stacks the batches, and a shorter last batch fails there."""
+    return next(size for size in range(min(largest, max(count, 1)), 0, -1) if count % size == 0)
