@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from tests import corpus_inputs  # noqa: E402
 
 from edgecompress.calib.datafree import DataFreeConfig, synthesize
+from edgecompress.calib.diagnostics import batchnorm_mismatch
 from edgecompress.calib.load import calibration_set_from_arrays
 from edgecompress.calib.onnx_torch import onnx_graph_module
 from edgecompress.engines.ort_cpu import OrtRunner
@@ -256,6 +257,8 @@ def benchmark_case(case: Case, config: DataFreeConfig, seeds: list[int], workdir
     for seed in seeds:
         synthetic, took = timed_synthesis(case.module, case.input_shape, case.spec, replace(config, seed=seed))
         times.append(took)
+        warnings = batchnorm_mismatch(case.module, {"x": synthetic})  # the tool's own check must stay silent
+        print(f"  seed {seed} data-free BN-mismatch diagnostic: {warnings or 'silent'}", flush=True)
         noise = np.random.default_rng(seed).standard_normal(synthetic.shape).astype(np.float32)
         sets = (case.same(CALIBRATION_COUNT, seed), case.other(CALIBRATION_COUNT, seed), synthetic, noise)
         for label, data in zip(CALIBRATIONS, sets):
@@ -283,7 +286,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="efficientnet-lite0,orientation,textline", help="also: mobilenetv2-digits")
     parser.add_argument("--seeds", default="0,1,2", help="one calibration set of each kind per seed")
-    parser.add_argument("--steps", type=int, default=DataFreeConfig.steps)
+    parser.add_argument("--steps", type=int, default=DataFreeConfig.steps, help="default: by input size (28 at 224×224)")
     parser.add_argument("--scale", type=float, default=DataFreeConfig.scale, help="optimize at this fraction of the input size, then upsample")
     parser.add_argument("--full-steps", type=int, default=DataFreeConfig.full_steps)
     parser.add_argument("--class-loss", type=float, default=DataFreeConfig.class_loss_weight)
@@ -292,7 +295,7 @@ def main() -> None:
     config = DataFreeConfig(steps=args.steps, scale=args.scale, full_steps=args.full_steps, class_loss_weight=args.class_loss)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"{CALIBRATION_COUNT} calibration inputs each; agreement and logit cosine with fp32 on {HELD_OUT_COUNT} held-out inputs; "
-          f"cpu recipe, minmax; {torch.get_num_threads()} threads; data-free {config.steps} steps at {config.scale} scale "
+          f"cpu recipe, minmax; {torch.get_num_threads()} threads; data-free {config.steps or 'default'} steps at {config.scale} scale "
           f"+ {config.full_steps} full, class loss {config.class_loss_weight}; seeds {seeds}; mean [min–max] over seeds\n")
     print("| model (parameters) | calibration | top-1 agreement | logit cosine | synthesis time |\n|---|---|---|---|---|", flush=True)
     rows = []
