@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -107,11 +108,11 @@ def test_data_free_set_is_written_with_a_manifest(tmp_path):
 
 
 def test_model_that_cannot_run_at_half_resolution_skips_the_warm_up():
-    """A text-line classifier pools its full height away; at half height it cannot run at all."""
+    """A text-line classifier pools its full height away; at half height it cannot run at all (scale 0.5)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d((16, 1)),
                           nn.Flatten(), nn.Linear(4 * 16, 2)).eval()
-    synthetic, summary = synthesize(model, (1, 1, 16, 16), 4, FAST)
+    synthetic, summary = synthesize(model, (1, 1, 16, 16), 4, replace(FAST, scale=0.5, min_reduced_side=8))
     assert synthetic.shape == (4, 1, 16, 16) and summary["method"] == "batchnorm-statistics"
 
 
@@ -184,15 +185,61 @@ def test_class_loss_spreads_confident_samples_over_every_class():
     assert float(with_loss.max(dim=1).values.mean()) > 0.9 > float(without.max(dim=1).values.mean())
 
 
-def test_small_inputs_are_optimized_at_full_size_and_large_ones_at_half_first():
+def test_inputs_are_optimized_at_full_size_by_default():
+    """Issue #25: the model's own resolution, where its first layer's statistics are what int8 sees."""
+    model = tiny_bn_model()
+    sizes: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[2:])))
+    synthesize(model, (1, 1, 160, 128), 4, DataFreeConfig(steps=3, batch_size=4))
+    assert set(sizes) == {(160, 128)}
+
+
+def test_with_scale_below_one_small_inputs_stay_full_size_and_large_ones_start_smaller():
     """Half resolution saves time on large inputs; a 32×32 input at 16×16 loses what deep layers see."""
     model = tiny_bn_model()
     sizes: list[tuple[int, ...]] = []
     model.register_forward_pre_hook(lambda module, inputs: sizes.append(tuple(inputs[0].shape[2:])))
-    config = DataFreeConfig(steps=3, full_steps=1, batch_size=4)
+    config = DataFreeConfig(steps=3, scale=0.5, full_steps=1, batch_size=4)
     synthesize(model, (1, 1, 32, 32), 4, config)
     assert set(sizes) == {(32, 32)}
     sizes.clear()
     synthetic, _ = synthesize(model, (1, 1, 160, 128), 4, config)
     assert sizes[1:4] == [(80, 64)] * 3 and set(sizes[4:]) == {(160, 128)}  # sizes[0]: can the model run at 80×64?
     assert synthetic.shape == (4, 1, 160, 128)
+
+
+FIRST_LAYER_MEAN_TOLERANCE = 0.05  # |batch mean − running mean|, in running std, every channel
+FIRST_LAYER_STD_TOLERANCE = 0.2  # |batch std / running std − 1|, every channel (the generator before issue #25: 0.32)
+
+
+@pytest.fixture(scope="module")
+def deeper_model_and_synthetic_set() -> tuple[nn.Module, np.ndarray]:
+    """The default generator (but 60 steps, as for a 224×224 model's budget order) on the 4-BN model."""
+    model = deeper_bn_model()
+    spec = PreprocessSpec(color="grayscale", mean=(0.5,), std=(0.5,))
+    synthetic, _ = synthesize(model, (1, 1, 16, 16), 32, DataFreeConfig(steps=60), spec)
+    return model, synthetic
+
+
+def test_first_batchnorm_sees_its_running_statistics_on_the_synthetic_set(deeper_model_and_synthetic_set):
+    """The first layer is where the set's pixels meet the model: its BN must see the statistics it stored
+    (issue #25: the half-resolution generator left the first BN's variance off by 4.3×)."""
+    model, synthetic = deeper_model_and_synthetic_set
+    with torch.no_grad(), record_batchnorm_inputs(model) as records:
+        model(torch.from_numpy(synthetic))
+    first = records[0]
+    running_std = first.running_var.sqrt()
+    mean_gap = (first.batch_mean - first.running_mean).abs() / running_std
+    std_gap = (first.batch_var.sqrt() / running_std - 1).abs()
+    assert float(mean_gap.max()) <= FIRST_LAYER_MEAN_TOLERANCE, mean_gap
+    assert float(std_gap.max()) <= FIRST_LAYER_STD_TOLERANCE, std_gap
+
+
+def test_batchnorm_diagnostic_is_silent_on_the_synthetic_set(deeper_model_and_synthetic_set):
+    """The tool must not warn that its own synthetic set looks unlike training data."""
+    from edgecompress.calib.diagnostics import batchnorm_mismatch
+
+    model, synthetic = deeper_model_and_synthetic_set
+    noise = np.random.default_rng(0).standard_normal((32, 1, 16, 16)).astype(np.float32) * 4
+    assert batchnorm_mismatch(model, {"x": synthetic}) == []
+    assert batchnorm_mismatch(model, {"x": noise})  # the check itself still fires on a set unlike training

@@ -73,7 +73,10 @@ def record_batchnorm_inputs(model: nn.Module) -> Iterator[list[BatchNormStats]]:
             handle.remove()
 
 
-def batchnorm_loss(records: list[BatchNormStats], slack: list[torch.Tensor] | None = None) -> torch.Tensor:
+def batchnorm_loss(records: list[BatchNormStats], slack: list[torch.Tensor] | None = None, first_weight: float = 1.0) -> torch.Tensor:
     """Mean over layers of each layer's statistic distance (the quantity synthesis minimizes)."""
     margins: Sequence[torch.Tensor | float] = slack or [0.0] * len(records)
-    return torch.stack([record.loss(margin) for record, margin in zip(records, margins)]).mean()
+    losses = torch.stack([record.loss(margin) for record, margin in zip(records, margins)])
+    weights = torch.ones_like(losses)
+    weights[0] = first_weight
+    return (losses * weights).mean()

@@ -11,7 +11,7 @@ the output's int8 range covers real logits, and spreads the batch over the class
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -26,34 +26,55 @@ from edgecompress.core.progress import progress_bar
 
 @dataclass(frozen=True)
 class DataFreeConfig:
-    """How hard to optimize. The defaults were measured on 2 CPU cores (benchmarks/datafree.py):
-    EfficientNet-Lite0 (224×224, 4.65 M parameters) synthesizes 32 inputs in 114–119 s, and int8
-    calibrated on them agrees with fp32 within 1.3 points of photo calibration (0.560 vs 0.573).
-    Steps run at reduced resolution, where one costs about `scale`² of a full-size step; the result
-    is upsampled to the input's size."""
+    """How hard to optimize. The defaults were measured on 2 CPU cores (benchmarks/datafree.py, issue #25):
+    EfficientNet-Lite0 (224×224, 4.65 M parameters) at its own resolution, 32 inputs; see the README's table.
 
-    steps: int = 120  # optimization steps per batch, at `scale` × the input's height and width
-    scale: float = 0.5  # models that cannot run smaller (e.g. a text-line model's fixed-height pooling) run full size
-    full_steps: int = 0  # extra steps at full size afterwards: they settle the deep layers' statistics, at 4× the cost
+    Steps run at the model's own input size by default. Optimizing at half size and upsampling (`scale`
+    0.5, the previous default) is 4× cheaper a step, but on EfficientNet-Lite0 int8 calibrated on it agreed
+    with fp32 on 0.805 of the held-out crops against 0.975 for photos; at full size (40 steps) 0.98.
+    The half-size set did not lack high frequencies (neighbour-difference energy 0.29 of its variance,
+    photos 0.09): its deep layers' int8 ranges were 0.5–0.8× the photos', so int8 clipped real activations."""
+
+    # optimization steps per batch, at `scale` × the input's height and width; None: the time of 28 steps at
+    # 224×224 (2 minutes for EfficientNet-Lite0), spent on smaller inputs as more steps, up to 160 (the 3×48×192
+    # text-direction model: 28 steps gave int8 agreement 0.902 / cosine 0.9607, 120 steps 0.955 / 0.9897,
+    # real text lines 0.962 / 0.9925)
+    steps: int | None = None
+    scale: float = 1.0  # < 1: optimize smaller first, then upsample (models that cannot run smaller run full size)
+    full_steps: int = 0  # with scale < 1: extra steps at full size afterwards, at 1/scale² the cost of a step
     # below this many pixels on the reduced short side, all steps run at full size (cheap there anyway): a 32×32
     # digit model optimized at 16×16 and upsampled gave int8 logit errors 2.7× real data's, and entropy
     # calibration collapsed (77% top-1 vs 95% at full size)
     min_reduced_side: int = 64
     lr: float = 0.25
+    warmup: float = 0.1  # fraction of the steps over which the learning rate rises to `lr` (then cosine decay)
     batch_size: int = 32  # samples optimized together: BN statistics are batch statistics
     jitter: float = 0.06  # random shift per step, as a fraction of height/width (DeepInversion)
     flips: bool = True  # random horizontal flip per step (DeepInversion)
     tv_weight: float = 0.01  # total-variation prior: natural images are locally smooth (more blurs away real contrast)
-    slack: float = 0.2  # DSG's slack: per-channel margins (in running std) that keep samples diverse
+    slack: float = 0.2  # DSG's slack: per-channel margins (in running std) that keep samples diverse; not the first BN
+    # the first BN's loss counts this many times an average layer's: it sees the pixels themselves, and the class
+    # loss otherwise pulls its statistics off (a 4-BN test model, 28 steps: std 32% off at weight 1, 13% at 30)
+    first_bn_weight: float = 30.0
     # DeepInversion's cross-entropy towards a target class per sample, for models with a 2-D (batch, classes) output.
-    # BN statistics alone gave EfficientNet-Lite0 samples less confident than photos (top logit 7.7-9.6 vs 12.7):
-    # int8 then clipped real logits and flipped near-ties (agreement 0.475-0.58 over seeds, photos 0.585);
-    # at 0.3 it is 0.555-0.575. Set 0 for a 2-D output that is not class scores (an embedding, a regression).
-    class_loss_weight: float = 0.3
+    # BN statistics alone gave EfficientNet-Lite0 samples less confident than photos (top logit 9.4 vs 12.0 at
+    # 0.3), so int8 clipped real logits and flipped near-ties. Set 0 for a 2-D output that is not class scores
+    # (an embedding, a regression).
+    class_loss_weight: float = 1.0
     seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def steps_for(self, input_shape: tuple[int, ...]) -> int:
+        """Steps per batch for this input: `steps`, or as many as 28 steps at 224×224 cost in pixels."""
+        if self.steps is not None:
+            return self.steps
+        pixels = max(int(np.prod(input_shape[2:])), 1) if len(input_shape) == 4 else REFERENCE_PIXELS
+        return int(min(max(REFERENCE_STEPS * REFERENCE_PIXELS / (pixels * min(self.scale, 1) ** 2), REFERENCE_STEPS), MAX_STEPS))
+
+
+REFERENCE_STEPS, REFERENCE_PIXELS, MAX_STEPS = 28, 224 * 224, 160
 
 
 def synthesize(
@@ -85,7 +106,9 @@ def synthesize(
     batches, losses = [], []
     with progress_bar() as progress:
         batch_count = -(-count // config.batch_size)
-        task = progress.add_task("synthesizing calibration data (steps)", total=batch_count * (config.steps + config.full_steps))
+        steps = config.steps_for(input_shape)
+        config = replace(config, steps=steps)
+        task = progress.add_task("synthesizing calibration data (steps)", total=batch_count * (steps + config.full_steps))
         optimizer = _BatchOptimizer(model, config, generator, bounds, nchw, lambda: progress.update(task, advance=1))
         for start in range(0, count, config.batch_size):
             batch, loss = optimizer.run((min(config.batch_size, count - start), *input_shape[1:]))
@@ -123,11 +146,9 @@ def range_only_inputs(
 
 
 class _BatchOptimizer:
-    """Adam on the pixels of one batch: most steps at reduced resolution, then optionally full size.
-
-    The reduced-size steps fix the content and the statistics of every layer at a fraction of the
-    cost; upsampled, the batch is smooth at full size. Images run channels-last: a step of
-    EfficientNet-Lite0 took 0.83 s that way against 0.95 s in NCHW.
+    """Adam on the pixels of one batch, at the model's own input size (or, with `scale` < 1, smaller first,
+    then upsampled and optionally refined at full size). Images run channels-last: a step of
+    EfficientNet-Lite0 at 112×112 took 0.83 s that way against 0.95 s in NCHW.
     """
 
     def __init__(self, model, config: DataFreeConfig, generator: torch.Generator, bounds, nchw: bool, advance) -> None:
@@ -138,18 +159,19 @@ class _BatchOptimizer:
 
     def run(self, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
         config = self.config
+        steps = config.steps_for(shape)
         large = self.nchw and min(shape[2:]) * config.scale >= config.min_reduced_side
-        reduce = large and config.scale < 1 and config.steps > 0
+        reduce = large and config.scale < 1 and steps > 0
         small = (*shape[:2], *(max(round(s * config.scale), 8) for s in shape[2:])) if reduce else shape
         if reduce and not self.runs_at(small):  # e.g. a text-line model whose pooling needs the full height
             reduce, small = False, shape
-        inputs = torch.randn(small, generator=self.generator)
+        inputs = natural_noise(small, self.generator) if self.nchw else torch.randn(small, generator=self.generator)
         if self.bounds is not None:
             low, high = self.bounds
-            inputs = inputs * (high - low) / 8 + (high + low) / 2
+            inputs = inputs * (high - low) / (4 if self.nchw else 8) + (high + low) / 2  # a photo's spread
         self.slack, self.targets = None, None  # fixed for the whole batch, drawn at its first step
         with record_batchnorm_inputs(self.model) as records:
-            inputs = self.steps(inputs, config.steps, records)
+            inputs = self.steps(inputs, steps, records)
             if reduce:
                 inputs = F.interpolate(inputs, size=shape[2:], mode="bilinear", align_corners=False)
             inputs = self.steps(inputs, config.full_steps, records)
@@ -175,13 +197,17 @@ class _BatchOptimizer:
         layout = torch.channels_last if self.nchw and inputs.dim() == 4 else torch.contiguous_format
         inputs = inputs.detach().clone().contiguous(memory_format=layout).requires_grad_(True)
         optimizer = torch.optim.Adam([inputs], lr=config.lr, betas=(0.5, 0.9))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, count, eta_min=config.lr / 20)
+        warm = int(count * config.warmup)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, count - warm, eta_min=config.lr / 20)
+        scheduler = cosine if not warm else torch.optim.lr_scheduler.SequentialLR(
+            optimizer, [torch.optim.lr_scheduler.LinearLR(optimizer, 0.1, 1.0, warm), cosine], [warm])
         for _ in range(count):
             records.clear()
             outputs = _forward(self.model, _augment(inputs, config, self.generator) if self.nchw else inputs)
             if self.slack is None:  # one margin per channel for the whole batch: a fixed, different target per batch
                 self.slack = [config.slack * torch.rand(r.running_mean.shape, generator=self.generator) for r in records]
-            bn_loss = batchnorm_loss(records, self.slack)
+                self.slack[0] = torch.zeros_like(self.slack[0])  # the first layer sees pixels: match it exactly
+            bn_loss = batchnorm_loss(records, self.slack, config.first_bn_weight)
             prior = _total_variation(inputs) if self.nchw else 0.0
             loss = bn_loss + config.tv_weight * prior
             if config.class_loss_weight and outputs.dim() == 2 and outputs.shape[1] >= 2:  # (batch, classes)
@@ -197,6 +223,19 @@ class _BatchOptimizer:
                     inputs.copy_(torch.maximum(torch.minimum(inputs, self.bounds[1]), self.bounds[0]))
             self.advance()
         return inputs.detach()
+
+
+def natural_noise(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Unit-variance noise with a natural image's 1/f amplitude spectrum, each sample and channel on its own:
+    the start of optimization. Smooth like a photo rather than white, it starts the first layer's statistics
+    near a photo's, so the few full-size steps go to the deep layers."""
+    white = torch.randn(shape, generator=generator)
+    fy = torch.fft.fftfreq(shape[-2]).abs().view(-1, 1)
+    fx = torch.fft.rfftfreq(shape[-1]).view(1, -1)
+    falloff = 1 / (fy.square() + fx.square()).sqrt().clamp_min(1 / max(shape[-2:]))
+    shaped = torch.fft.irfft2(torch.fft.rfft2(white) * falloff, s=shape[-2:])
+    shaped = shaped - shaped.mean(dim=(-2, -1), keepdim=True)
+    return shaped / shaped.std(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
 
 
 def _augment(inputs: torch.Tensor, config: DataFreeConfig, generator: torch.Generator) -> torch.Tensor:

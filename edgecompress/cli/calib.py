@@ -40,8 +40,8 @@ def calib(
     weights: Optional[Path] = typer.Option(None, "--weights", help="state_dict for a package.module:factory --model", rich_help_panel=MODEL_PANEL, metavar="FILE"),
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="model input shape, e.g. 1,3,224,224", rich_help_panel=MODEL_PANEL, metavar="SHAPE"),
     data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics (PyTorch or ONNX; range-only without BN)", rich_help_panel=DATA_FREE_PANEL, metavar=""),
-    steps: int = typer.Option(120, "--steps", min=1, help="--data-free: optimization steps per batch of 32, at half resolution where the model runs at it", rich_help_panel=DATA_FREE_PANEL, metavar="N"),
-    class_loss: float = typer.Option(0.3, "--class-loss", min=0.0, help="--data-free: weight of the loss that makes each sample confidently one class (0 for outputs that are not class scores)", rich_help_panel=DATA_FREE_PANEL, metavar="WEIGHT"),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="--data-free: optimization steps per batch of 32, at the model's input size (default: 28 at 224×224, more for smaller inputs, up to 160)", rich_help_panel=DATA_FREE_PANEL, metavar="N"),
+    class_loss: float = typer.Option(1.0, "--class-loss", min=0.0, help="--data-free: weight of the loss that makes each sample confidently one class (0 for outputs that are not class scores)", rich_help_panel=DATA_FREE_PANEL, metavar="WEIGHT"),
 ) -> None:
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
     from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe
