@@ -59,10 +59,16 @@ def _lite0_onnx(workdir: Path) -> Path:
                                                     exporter="torchscript").path
 
 
-def _photo_crops(split: str, count: int, seed: int) -> np.ndarray:
-    from benchmarks.datafree import CALIBRATION_PHOTOS, HELD_OUT_PHOTOS, TF_LITE, normalized, photo_crops
+# training crops of 9 of scikit-image's photos, held-out crops of 10 others: held out means other photos
+TRAINING_PHOTOS = ("astronaut", "coffee", "rocket", "page", "camera", "coins", "brick", "grass", "china.jpg")
+HELD_OUT_PHOTOS = ("chelsea", "hubble_deep_field", "immunohistochemistry", "retina", "text", "clock", "moon",
+                   "gravel", "colorwheel", "flower.jpg")
 
-    names = CALIBRATION_PHOTOS if split == "train" else HELD_OUT_PHOTOS
+
+def _photo_crops(split: str, count: int, seed: int) -> np.ndarray:
+    from benchmarks.datafree import TF_LITE, normalized, photo_crops
+
+    names = TRAINING_PHOTOS if split == "train" else HELD_OUT_PHOTOS
     return normalized(photo_crops(names, count, (224, 224), 1, seed), TF_LITE, False)
 
 
