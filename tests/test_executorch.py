@@ -139,17 +139,21 @@ def test_every_module_kept_out_of_the_quantizer_computes_fp32(built):
     assert np.abs(runner.run({"input": x})[0] - expected).max() < 1e-4
 
 
-@needs_executorch
-def test_build_for_the_android_executorch_target_judges_the_pte_by_the_budget(tmp_path):
+def _digits_files(tmp_path, evaluated: int) -> None:
+    """calib.npz (16 digits) and eval.npz (`evaluated` other digits) for a tiny-net build."""
     from sklearn.datasets import load_digits
 
+    x = (load_digits().images / 16.0).astype(np.float32)[:, None]
+    np.savez(tmp_path / "calib.npz", input=x[:16])
+    np.savez(tmp_path / "eval.npz", input=x[100:100 + evaluated])
+
+
+@needs_executorch
+def test_build_for_the_android_executorch_target_judges_the_pte_by_the_budget(tmp_path):
     from edgecompress.core.config import BuildConfig
     from edgecompress.pipeline.pipeline import build
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    np.savez(tmp_path / "calib.npz", input=x[:16])
-    np.savez(tmp_path / "eval.npz", input=x[100:140])
+    _digits_files(tmp_path, evaluated=40)
     config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["android-arm64-executorch"],
                          calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
                          bench_runs=10, bench_warmup=1, min_agreement=0.9)
@@ -169,15 +173,10 @@ def test_build_for_the_android_executorch_target_judges_the_pte_by_the_budget(tm
 def test_repair_keeps_modules_out_of_the_quantizer_then_ships_fp32_when_only_fp32_meets_the_budget(tmp_path):
     """An SQNR budget no int8 engine reaches (pooling stays int8 even with every Conv/Linear kept out): repair keeps 1,
     then both compute modules fp32, misses, and the fp32 .pte ships, said plainly, without an error."""
-    from sklearn.datasets import load_digits
-
     from edgecompress.core.config import BuildConfig
     from edgecompress.pipeline.pipeline import build
 
-    digits = load_digits()
-    x = (digits.images / 16.0).astype(np.float32)[:, None]
-    np.savez(tmp_path / "calib.npz", input=x[:16])
-    np.savez(tmp_path / "eval.npz", input=x[100:120])
+    _digits_files(tmp_path, evaluated=20)
     config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["ios-arm64-executorch"],
                          calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
                          bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["70"])

@@ -20,12 +20,12 @@ from typing import Literal
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.core.artifacts import atomic_path, sha256_file
-from edgecompress.engines.base import EngineArtifact, onnx_precision
+from edgecompress.engines.base import EngineArtifact, onnx_precision, profile_options
 from edgecompress.source.specs import TensorSpec
-from edgecompress.core.errors import EngineBuildError, TargetError
+from edgecompress.core.errors import EngineBuildError
 from edgecompress.quantize.isa import Isa, host_isa
 from edgecompress.core.targets import TargetProfile
 from edgecompress.core.runtime import session_options
@@ -58,12 +58,7 @@ class ArmOptions(BaseModel):
 
 def arm_options(profile: TargetProfile) -> ArmOptions:
     """Validate the profile's engine options; a misspelt key is named, not ignored."""
-    try:
-        return ArmOptions.model_validate(profile.options)
-    except ValidationError as exc:
-        problems = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise TargetError(f"target profile {profile.source or profile.name} is invalid: {problems}",
-                          "see targets/README.md for the ort-arm options") from exc
+    return profile_options(ArmOptions, profile, "ort-arm")
 
 
 def providers_here(wanted: tuple[str, ...]) -> tuple[list[str], str | None]:

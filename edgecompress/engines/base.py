@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -224,3 +224,21 @@ def onnx_precision(onnx_path: Path) -> PrecisionLabel:
     import onnx
 
     return graph_precision(onnx.load(str(onnx_path), load_external_data=False))
+
+
+OptionsModel = TypeVar("OptionsModel")
+
+
+def profile_options(model: type[OptionsModel], profile: TargetProfile, which: str) -> OptionsModel:
+    """A profile's engine options validated by the engine's pydantic model: a misspelt key or a bad value is named,
+    with where to read about `which` options, not ignored."""
+    from pydantic import ValidationError
+
+    from edgecompress.core.errors import TargetError
+
+    try:
+        return model.model_validate(profile.options)  # type: ignore[attr-defined]
+    except ValidationError as exc:
+        problems = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TargetError(f"target profile {profile.source or profile.name} is invalid: {problems}",
+                          f"see targets/README.md for the {which} options") from exc

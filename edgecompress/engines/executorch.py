@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.core.artifacts import atomic_path, sha256_file
-from edgecompress.core.errors import EngineBuildError, TargetError
+from edgecompress.core.errors import EngineBuildError
 from edgecompress.core.targets import TargetProfile
-from edgecompress.engines.base import EngineArtifact, TorchEngineRequest, TorchModel
+from edgecompress.engines.base import EngineArtifact, TorchEngineRequest, TorchModel, profile_options
 from edgecompress.source.specs import TensorSpec
 
 ENGINE_NAME = "engine.pte"
@@ -43,12 +43,7 @@ class ExecuTorchOptions(BaseModel):
 
 
 def executorch_options(profile: TargetProfile) -> ExecuTorchOptions:
-    try:
-        return ExecuTorchOptions.model_validate(profile.options)
-    except ValidationError as exc:
-        problems = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise TargetError(f"target profile {profile.source or profile.name} is invalid: {problems}",
-                          "see targets/README.md for the executorch options") from exc
+    return profile_options(ExecuTorchOptions, profile, "executorch")
 
 
 def executorch_version() -> str | None:

@@ -18,12 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.core.artifacts import atomic_dir, write_json_atomic
 from edgecompress.device import trt_device
 from edgecompress.device.trt_device import trtexec_command
-from edgecompress.engines.base import EngineArtifact, PrecisionLabel, graph_precision
+from edgecompress.engines.base import EngineArtifact, PrecisionLabel, graph_precision, profile_options
 from edgecompress.source.specs import TensorSpec
 from edgecompress.engines.trt_preflight import PreflightReport, preflight
 from edgecompress.core.errors import EngineBuildError, TargetError
@@ -51,12 +51,7 @@ class TensorRTOptions(BaseModel):
 
 def trt_options(profile: TargetProfile) -> TensorRTOptions:
     """Validate the profile's engine options; a misspelt key is named, not ignored."""
-    try:
-        options = TensorRTOptions.model_validate(profile.options)
-    except ValidationError as exc:
-        problems = "; ".join(f"options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise TargetError(f"target profile {profile.source or profile.name} is invalid: {problems}",
-                          "see targets/README.md for the TensorRT options") from exc
+    options = profile_options(TensorRTOptions, profile, "TensorRT")
     _check_precisions(profile, options)
     return options
 
