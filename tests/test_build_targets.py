@@ -95,6 +95,9 @@ def test_every_builder_states_where_it_builds_for_each_profile():
             assert place.here  # ONNX Runtime engines are built (and converted) on any host
         elif profile.engine == "openvino":
             assert place.here is (builder.available() is None)  # an x86 CPU engine, wherever openvino is installed
+        elif profile.engine == "executorch":
+            # a phone's .pte is portable: built (and run through XNNPACK for its figures) wherever executorch is installed
+            assert place.here is (builder.available() is None)
         elif profile.arch != host_arch():
             assert not place.here and host_arch() in place.reason  # a Jetson's plan is never built on x86
         else:
