@@ -174,8 +174,8 @@ def slower_int8_sentence(model_path: Path, int8_ms: float, fp32_ms: float, feeds
     islands, as ONNX Runtime's profiler measures them."""
     from edgecompress.measure.op_profile import profile_operators
 
-    profile = profile_operators(model_path, {name: array[:1] if getattr(array, "ndim", 0) else array
-                                             for name, array in feeds.items()}, threads=threads, runs=10, warmup=3)
+    # the feeds are the benchmark's (batch 1 along each input's own batch axis: a state's may be axis 1)
+    profile = profile_operators(model_path, feeds, threads=threads, runs=10, warmup=3)
     ops = ", ".join(f"{o.op_type} {_share(o.fraction)} ({o.nodes} nodes)" for o in profile.by_op[:4])
     islands = profile.islands
     assert islands is not None, "profile_operators counts the islands of an ONNX Runtime engine"

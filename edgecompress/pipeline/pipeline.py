@@ -481,8 +481,12 @@ def explain_fp32(context: TargetContext, profile: TargetProfile, choice) -> None
     if fastest.latency.p50 <= choice.chosen.latency.p50:
         return  # int8 was as fast, and missed the budget: the summary says that already
     feeds = _bench_feeds(context.eval_set, 1)
-    choice.summary.append(slower_int8_sentence(fastest.model_path, fastest.latency.p50, choice.chosen.latency.p50, feeds,
-                                               profile.threads))
+    try:
+        choice.summary.append(slower_int8_sentence(fastest.model_path, fastest.latency.p50, choice.chosen.latency.p50, feeds,
+                                                   profile.threads))
+    except Exception as error:  # an explanation, never a reason to lose the build
+        warn(f"{profile.name}: could not profile the int8 model's operators ({type(error).__name__}: {error}); "
+             "`edgecompress inspect` may still show them")
 
 
 def compared_engines(profile: TargetProfile) -> dict[str, EngineBuilder]:
