@@ -303,12 +303,11 @@ class _TeacherOutputs:
     step's time is the teacher's forward pass), else per batch."""
 
     def __init__(self, graph: FakeQuantGraph, inputs: dict[str, np.ndarray], layout: BatchLayout, index: np.ndarray,
-                 targets: list[str], batch_size: int) -> None:
-        self.graph, self.inputs, self.layout, self.targets = graph, inputs, layout, targets
+                 targets: list[str], batch_size: int, bytes_per_input: float) -> None:
+        self.graph, self.targets = graph, targets
         self.rows: dict[int, int] = {}
         self.outputs: list[torch.Tensor] = []
-        first = graph.teacher_outputs(_take(inputs, layout, index[:1]), targets)
-        if sum(t.numel() * t.element_size() for t in first) * len(index) > TEACHER_CACHE_BYTES:
+        if bytes_per_input * len(index) > TEACHER_CACHE_BYTES:
             return
         chunks = [graph.teacher_outputs(_take(inputs, layout, index[i: i + batch_size]), targets)
                   for i in range(0, len(index), batch_size)]
@@ -343,7 +342,9 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     val_inputs = _take(inputs, layout, val_index if len(val_index) else train_index[: options.batch_size])
     val_teacher = graph.teacher_outputs(val_inputs, targets)
     kinds = options.loss_kinds or tuple(loss_kind_for(t.numpy()) for t in val_teacher)
-    teacher = _TeacherOutputs(graph, inputs, layout, train_index, targets, options.batch_size)
+    val_count = len(val_index) if len(val_index) else len(train_index[: options.batch_size])
+    bytes_per_input = sum(t.numel() * t.element_size() for t in val_teacher) / val_count
+    teacher = _TeacherOutputs(graph, inputs, layout, train_index, targets, options.batch_size, bytes_per_input)
 
     def loss_of(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         return sum((distillation_loss(s, t, kind, options.temperature) for s, t, kind in zip(student, teacher, kinds)),
