@@ -6,6 +6,7 @@ inputs that the calibration and training inputs never overlap (other photos, oth
 agreement and mean logit cosine; p50 latency of the int8 engine vs ORT fp32, interleaved.
 
     python benchmarks/qat.py [--models efficientnet-lite0,paddle-cls] [--steps 180] [--lr 1e-5] [--target cpu]
+                             [--no-augment] [--ranges calibrated|learned]
     python benchmarks/qat.py --build [--models efficientnet-lite0,paddle-cls,ppocr-rec]
 
 `--build` runs the whole build instead (`edgecompress build` as a function, default ladder: post-training int8 ->
@@ -133,7 +134,8 @@ def run_case(case: Case, args: argparse.Namespace, workdir: Path) -> list[str]:
     prepared = prepare_model(fp32, calibration, recipe, workdir / f"{case.name}.prepared.onnx")
     started = time.perf_counter()
     result = finetune(prepared, ptq, {name: train}, BatchLayout({}), recipe,
-                      QatOptions(steps=args.steps, lr=args.lr, max_seconds=args.minutes * 60), workdir / f"{case.name}.qat.onnx")
+                      QatOptions(steps=args.steps, lr=args.lr, max_seconds=args.minutes * 60, augment=args.augment,
+                                 learn_ranges=args.ranges == "learned"), workdir / f"{case.name}.qat.onnx")
     seconds = time.perf_counter() - started
     qat = quantize_model(result.model_path, calibration, replace(recipe, equalize=False, bias_correction=False),
                          workdir / f"{case.name}.qat.int8.onnx", activation_ranges=result.plan.activation_ranges())
@@ -162,7 +164,7 @@ def build_case(case: Case, args: argparse.Namespace, workdir: Path) -> list[str]
     shape = ",".join(str(d) for d in (1, *held_out.shape[1:]))
     config = BuildConfig(model=str(fp32), target=[args.target], data=str(root / "train.npz"), eval_data=root / "held-out.npz",
                          out=root / "out", input_shape=[f"{name}:{shape}"], qat_steps=args.steps, qat_lr=args.lr,
-                         qat_minutes=args.minutes, **case.budget)
+                         qat_minutes=args.minutes, qat_augment=args.augment, qat_ranges=args.ranges, **case.budget)
     started = time.perf_counter()
     build(config)
     seconds = time.perf_counter() - started
@@ -187,6 +189,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--target", default="cpu")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="train on the inputs as they are")
+    parser.add_argument("--ranges", choices=["calibrated", "learned"], default="calibrated")
     parser.add_argument("--build", action="store_true", help="run the whole default build per model")
     args = parser.parse_args()
     if args.build:

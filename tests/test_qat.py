@@ -157,6 +157,7 @@ def test_the_engine_computes_what_the_fine_tuning_saw(fine_tuned, digits_case): 
 def test_fine_tuning_keeps_its_best_weights_and_records_its_curve(fine_tuned):
     _, _, result, _ = fine_tuned
     assert result.steps == 12 and result.stopped == "12 steps" and result.samples > 0
+    assert result.augmented  # the digits are 1x32x32 images: trained on random views of them
     assert result.validation_loss_after <= result.validation_loss_before
     assert [entry["step"] for entry in result.curve if "validation_loss" in entry] == [0, 4, 8, 12]
     # the task metric beside the loss: top-1 agreement with fp32 on the held-back inputs

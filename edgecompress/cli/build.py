@@ -72,6 +72,7 @@ def build(
     qat_minutes: Optional[float] = _opt("qat_minutes", "--qat-minutes", panel=QUANT_PANEL, metavar="MIN"),
     qat_lr: Optional[float] = _opt("qat_lr", "--qat-lr", panel=QUANT_PANEL, metavar="LR"),
     qat_ranges: Optional[str] = _opt("qat_ranges", "--qat-ranges", panel=QUANT_PANEL, metavar="RANGES"),
+    qat_augment: Optional[bool] = _opt("qat_augment", "--qat-augment/--no-qat-augment", panel=QUANT_PANEL, metavar=""),
     data: Optional[str] = _opt("data", "--data", panel=COMPRESS_PANEL, metavar="DATA"),
     teacher: Optional[str] = _opt("teacher", "--teacher", panel=COMPRESS_PANEL, metavar="MODEL"),
     student: Optional[str] = _opt("student", "--student", panel=COMPRESS_PANEL, metavar="MODEL"),

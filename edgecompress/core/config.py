@@ -134,6 +134,10 @@ class BuildConfig(BaseModel):
         "calibrated", description="activation ranges during quantization-aware fine-tuning: calibrated = the post-training "
         "ones, frozen; learned = trained with the weights (LSQ), and the engine is quantized with the learned ones"
     )
+    qat_augment: bool = Field(
+        True, description="quantization-aware fine-tuning trains on random views of image inputs (crops, zoom, mirror, "
+        "colour), each labelled by the fp32 model: a few hundred images then generalise to other images"
+    )
     seed: int = Field(0, description="seed for every random choice")
     # compression (PyTorch models only): distillation, pruning and the accuracy gate
     data: str | None = Field(

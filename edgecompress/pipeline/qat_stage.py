@@ -50,7 +50,7 @@ class QatOutcome:
 def qat_options(context: QatSources) -> QatOptions:
     config = context.config
     return QatOptions(steps=config.qat_steps, lr=config.qat_lr, max_seconds=60.0 * config.qat_minutes, seed=config.seed,
-                      learn_ranges=config.qat_ranges == "learned")
+                      learn_ranges=config.qat_ranges == "learned", augment=config.qat_augment)
 
 
 def training_inputs(context: QatSources) -> tuple[dict[str, np.ndarray], BatchLayout, str]:
@@ -86,7 +86,7 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
     key = {
         "fp32": sha256_file(context.fp32_path), "calibration": context.calibration.sha256, "training": arrays_sha256(inputs),
         "recipe": recipe.cache_key(), "options": asdict(options), "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__, "stage": "qat-v2",
+        "torch": torch.__version__, "stage": "qat-v3",
     }
     name = sha256_json(key)[:12]
     trained_path = config.out / "qat" / f"model.qat.{name}.onnx"
@@ -101,6 +101,7 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
             "training_inputs": result.samples, "lr": options.lr, "batch_size": options.batch_size,
             "temperature": options.temperature, "loss": "distillation from the fp32 model (KL on class scores, MSE otherwise)",
             "ranges": "learned (LSQ)" if options.learn_ranges else "calibrated, frozen",
+            "augmented": result.augmented,
             "validation_loss_before": round(result.validation_loss_before, 6),
             "validation_loss_after": round(result.validation_loss_after, 6),
             "curve": [{k: round(v, 6) for k, v in entry.items()} for entry in result.curve],

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from edgecompress.calib.onnx_torch import OnnxGraphModule
 from edgecompress.core.errors import ConfigError
+from edgecompress.quantize.augment import augment_images, is_image_batch
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.source.layout import BatchLayout
 
@@ -164,6 +165,43 @@ def _fixed(value: np.ndarray):
     return hook
 
 
+class OrtTeacher:
+    """The frozen fp32 graph run by ONNX Runtime: it needs no gradients, and ORT's fused kernels run it several times
+    faster than the torch interpretation of the same graph (a teacher pass per step when the inputs are augmented)."""
+
+    def __init__(self, prepared: onnx.ModelProto) -> None:
+        self.model = prepared
+        self.input_names = [i.name for i in prepared.graph.input if i.name not in {t.name for t in prepared.graph.initializer}]
+        self.sessions: dict[tuple[str, ...], Any] = {}
+
+    def _session(self, outputs: tuple[str, ...]):
+        """A session whose graph outputs are `outputs` (intermediate tensors too, e.g. the logits before a Softmax)."""
+        if outputs not in self.sessions:
+            import onnxruntime as ort
+
+            model = onnx.ModelProto()
+            model.CopyFrom(self.model)
+            # the graph was shape-inferred at the export's batch size: free the input dims, drop the inferred shapes
+            del model.graph.value_info[:]
+            for graph_input in model.graph.input:
+                for axis, dim in enumerate(graph_input.type.tensor_type.shape.dim):
+                    dim.Clear()
+                    dim.dim_param = f"{graph_input.name}_dim{axis}"
+            for graph_output in model.graph.output:
+                graph_output.type.tensor_type.ClearField("shape")
+            declared = {o.name for o in model.graph.output}
+            model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in declared)
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self.sessions[outputs] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return self.sessions[outputs]
+
+    def run(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
+        names = tuple(outputs) if outputs is not None else tuple(o.name for o in self.model.graph.output)
+        feed = {name: inputs[name].detach().cpu().numpy() for name in self.input_names}
+        return [torch.from_numpy(value) for value in self._session(names).run(list(names), feed)]
+
+
 class FakeQuantGraph:
     """The prepared float graph as a torch module with the QDQ model's quantization hooked on, and the same graph
     frozen, without quantization, as the fp32 teacher (a teacher that shared the trained weights would drift with
@@ -171,7 +209,7 @@ class FakeQuantGraph:
 
     def __init__(self, prepared: onnx.ModelProto, plan: QuantPlan, learn_ranges: bool = False) -> None:
         self.module = OnnxGraphModule(prepared, trainable=True).eval()  # BatchNorm (if any is left) keeps its statistics
-        self.teacher = OnnxGraphModule(prepared).eval()
+        self.teacher = OrtTeacher(prepared)
         self.plan = plan
         missing = sorted(set(plan.weights) - set(self.module.weight_keys) - set(self.module.constants))
         if missing:
@@ -200,8 +238,7 @@ class FakeQuantGraph:
         return QuantPlan(activations, self.plan.weights)
 
     def teacher_outputs(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:
-        with torch.no_grad():
-            return self.teacher.run(*(inputs[name] for name in self.teacher.input_names), outputs=outputs)
+        return self.teacher.run(inputs, outputs)
 
 
 def distillation_targets(model: onnx.ModelProto) -> list[str]:
@@ -258,6 +295,7 @@ class QatOptions:
     loss_kinds: tuple[LossKind, ...] = ()  # per output; empty: from each output's shape (loss_kind_for)
     learn_ranges: bool = False  # LSQ: train the activation scales too (benchmarks/qat.py measures both)
     range_lr: float = 1e-4  # Adam learning rate of the learned scales
+    augment: bool = True  # train on random views of image inputs (quantize/augment.py); the teacher labels each view
 
     def __post_init__(self) -> None:
         for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("validate_every", self.validate_every)):
@@ -279,6 +317,7 @@ class QatResult:
     curve: list[dict[str, float]] = field(default_factory=list)  # step, training loss, validation loss
     validation_loss_before: float = 0.0
     validation_loss_after: float = 0.0
+    augmented: bool = False  # trained on random views of the inputs (QatOptions.augment, image inputs only)
 
 
 def _take(arrays: dict[str, np.ndarray], layout: BatchLayout, indices: np.ndarray) -> dict[str, torch.Tensor]:
@@ -303,11 +342,11 @@ class _TeacherOutputs:
     step's time is the teacher's forward pass), else per batch."""
 
     def __init__(self, graph: FakeQuantGraph, inputs: dict[str, np.ndarray], layout: BatchLayout, index: np.ndarray,
-                 targets: list[str], batch_size: int, bytes_per_input: float) -> None:
+                 targets: list[str], batch_size: int, bytes_per_input: float, precompute: bool = True) -> None:
         self.graph, self.targets = graph, targets
         self.rows: dict[int, int] = {}
         self.outputs: list[torch.Tensor] = []
-        if bytes_per_input * len(index) > TEACHER_CACHE_BYTES:
+        if not precompute or bytes_per_input * len(index) > TEACHER_CACHE_BYTES:
             return
         chunks = [graph.teacher_outputs(_take(inputs, layout, index[i: i + batch_size]), targets)
                   for i in range(0, len(index), batch_size)]
@@ -319,6 +358,14 @@ class _TeacherOutputs:
             return self.graph.teacher_outputs(batch, self.targets)
         rows = torch.tensor([self.rows[int(i)] for i in indices])
         return [output[rows] for output in self.outputs]
+
+
+def _augmentable(inputs: dict[str, np.ndarray], layout: BatchLayout) -> bool:
+    """One image input batched on its first axis: the only kind `augment_images` knows how to vary."""
+    if len(inputs) != 1:
+        return False
+    (name, array), = inputs.items()
+    return layout.axis(name, array) == 0 and is_image_batch(torch.from_numpy(np.ascontiguousarray(array[:1])))
 
 
 def _shown_metric(entry: dict[str, float]) -> str:
@@ -344,7 +391,11 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     kinds = options.loss_kinds or tuple(loss_kind_for(t.numpy()) for t in val_teacher)
     val_count = len(val_index) if len(val_index) else len(train_index[: options.batch_size])
     bytes_per_input = sum(t.numel() * t.element_size() for t in val_teacher) / val_count
-    teacher = _TeacherOutputs(graph, inputs, layout, train_index, targets, options.batch_size, bytes_per_input)
+    augmenting = options.augment and _augmentable(inputs, layout)
+    generator = torch.Generator().manual_seed(options.seed)
+    # a random view is new to the teacher every step: its outputs cannot be computed ahead
+    teacher = _TeacherOutputs(graph, inputs, layout, train_index, targets, options.batch_size, bytes_per_input,
+                              precompute=not augmenting)
 
     def loss_of(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
         return sum((distillation_loss(s, t, kind, options.temperature) for s, t, kind in zip(student, teacher, kinds)),
@@ -390,6 +441,8 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
                 order, cursor = rng.permutation(train_index), 0
             indices = order[cursor: cursor + options.batch_size]
             batch = _take(inputs, layout, indices)
+            if augmenting:
+                batch = {name: augment_images(value, generator) for name, value in batch.items()}
             cursor += options.batch_size
             loss = loss_of(graph.run(batch, targets), teacher(indices, batch))
             optimizer.zero_grad()
@@ -415,4 +468,4 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
             value.copy_(best_state[f"scale:{key}"])
     write_weights(prepared, graph.module, out_path)
     return QatResult(Path(out_path), graph.trained_plan(), step, round(time.perf_counter() - started, 1), len(train_index),
-                     stopped, curve, before, best_loss)
+                     stopped, curve, before, best_loss, augmenting)
