@@ -1,7 +1,8 @@
 """Phones: the same model through ExecuTorch (.pte, XNNPACK) and ONNX Runtime Mobile (.ort), in one run.
 
-For each model — the built-in example's student (distilled, channel-pruned), a trained MobileNetV2-style digits
-classifier (width 0.35, 1x32x32: inverted residuals with depthwise 3x3 convolutions) and a full-width MobileNetV2 at
+For each model — the built-in example's student (distilled, channel-pruned), trained MobileNetV2-style digits
+classifiers (inverted residuals with depthwise 3x3 convolutions: width 0.35 at 1x32x32, `mobilenetv2`, and full width at
+1x48x48, `mobilenetv2-wide`, through the build's default top-1 budget on the labelled test split) and a full-width MobileNetV2 at
 3x224x224 (random weights, BatchNorm statistics re-estimated, random images) — the build runs for
 `android-arm64-executorch` and `android-arm64` (the pipeline's own ladder: budget, repair, precision), then:
 
@@ -14,7 +15,7 @@ classifier (width 0.35, 1x32x32: inverted residuals with depthwise 3x3 convoluti
 Every latency here is x86: ExecuTorch's XNNPACK kernels and ORT's CPU provider on THIS host (PyPI's
 onnxruntime has no XNNPACK provider), never a phone's figure.
 
-Run: python benchmarks/phones.py [--runs 300] [--models example,mobilenetv2,mobilenetv2-224]  (needs pip install -e ".[mobile]")
+Run: python benchmarks/phones.py [--runs 300] [--models example,mobilenetv2-wide,mobilenetv2,mobilenetv2-224]  (needs pip install -e ".[mobile]")
 """
 
 from __future__ import annotations
@@ -43,12 +44,32 @@ from edgecompress.source.model import SourceModel  # noqa: E402
 PTE_TARGET, ORT_TARGET = "android-arm64-executorch", "android-arm64"
 
 
-def mobilenetv2_source() -> SourceModel:
-    from quant_repair import trained_mobilenet_digits  # the same cached trained model as benchmarks/quant_repair.py
+# trained MobileNetV2-style digits models: case name -> (zoo model, input size, training epochs)
+TRAINED_DIGITS = {"mobilenetv2": ("mobilenetv2-digits", DIGITS_SIZE, 6), "mobilenetv2-wide": ("mobilenetv2-digits-wide", 48, 8)}
 
-    module = trained_mobilenet_digits()
-    return SourceModel("mobilenetv2-digits", module_hash(module), module=module,
-                       input_shapes={DIGITS_INPUT_NAME: (1, 1, DIGITS_SIZE, DIGITS_SIZE)}, labels=DIGITS_LABELS)
+
+def trained_digits_source(name: str) -> SourceModel:
+    from quant_repair import trained_mobilenet_digits  # the same cached trained models as benchmarks/quant_repair.py
+
+    zoo_name, size, epochs = TRAINED_DIGITS[name]
+    module = trained_mobilenet_digits(zoo_name, size, epochs)
+    return SourceModel(zoo_name, module_hash(module), module=module, input_shapes={DIGITS_INPUT_NAME: (1, 1, size, size)},
+                       labels=DIGITS_LABELS)
+
+
+def labelled_digits_files(name: str, out: Path) -> tuple[Path, Path]:
+    """The digits at the case's size as the build takes them: calibration from the train split (inputs), the test
+    split held out with its labels `y` (so the build's default budget is the top-1 one)."""
+    import numpy as np
+    from quant_repair import digits_splits_at
+
+    from edgecompress.pipeline.pipeline import CALIBRATION_COUNT_FROM_DATA
+
+    splits = digits_splits_at(TRAINED_DIGITS[name][1])
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "calib.npz", **{DIGITS_INPUT_NAME: splits.train.x[:CALIBRATION_COUNT_FROM_DATA]})
+    np.savez(out / "eval.npz", **{DIGITS_INPUT_NAME: splits.test.x}, y=splits.test.y)
+    return out / "calib.npz", out / "eval.npz"
 
 
 def mobilenetv2_224_source(out: Path) -> tuple[SourceModel, Path, Path]:
@@ -86,10 +107,16 @@ def run_build(name: str, out: Path, bench_runs: int) -> tuple[TargetContext, dic
         config = make_config({}, {"target": [PTE_TARGET, ORT_TARGET], "out": out, "bench_runs": bench_runs})
         context = BuildContext(config)
         steps = BUILD_STEPS
-    else:  # the trained MobileNetV2: no compression, calibration from the digits train split, test split held out
+    elif name == "mobilenetv2":  # no compression, calibration from the digits train split, test split held out
         config = make_config({}, {"target": [PTE_TARGET, ORT_TARGET], "out": out, "data": "digits", "bench_runs": bench_runs,
-                                  "model": "mobilenetv2-digits"})
-        context = BuildContext(config, source=mobilenetv2_source())
+                                  "model": TRAINED_DIGITS[name][0]})
+        context = BuildContext(config, source=trained_digits_source(name))
+        steps = BUILD_STEPS[1:]
+    else:  # a trained MobileNetV2 at another size: the same splits, passed as --calib and --eval-data (with labels)
+        calib, eval_data = labelled_digits_files(name, out)
+        config = make_config({}, {"target": [PTE_TARGET, ORT_TARGET], "out": out, "calib": calib, "eval_data": eval_data,
+                                  "bench_runs": bench_runs, "model": TRAINED_DIGITS[name][0]})
+        context = BuildContext(config, source=trained_digits_source(name))
         steps = BUILD_STEPS[1:]
     profiles = checked_profiles(config.target)
     for step in steps:
@@ -157,7 +184,8 @@ def measure(name: str, runs: int, root: Path) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300, help="interleaved timed runs per engine")
-    parser.add_argument("--models", default="example,mobilenetv2,mobilenetv2-224")
+    parser.add_argument("--models", default="example,mobilenetv2-wide",
+                        help="comma-separated: example, mobilenetv2-wide, mobilenetv2, mobilenetv2-224")
     args = parser.parse_args()
     if get_builder("executorch").available() is not None:
         sys.exit(f"error: {get_builder('executorch').available()}")

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgecompress.measure.bench import benchmark  # noqa: E402
 from edgecompress.calib.load import calibration_set_from_arrays  # noqa: E402
 from edgecompress.compress.trainer import TrainConfig, fit  # noqa: E402
-from edgecompress.source.data import digits_splits  # noqa: E402
+from edgecompress.source.data import (DIGITS_SIZE, DIGITS_SPEC, DigitsSplits, LabelledArrays, digits_images,  # noqa: E402
+                                       digits_split_indices, digits_splits, preprocess_digits)
 from edgecompress.engines.ort_cpu import OrtCpuBuilder  # noqa: E402
 from edgecompress.measure.evaluate import EvalSet, evaluate  # noqa: E402
 from edgecompress.presets.example import example_teacher  # noqa: E402
@@ -47,14 +49,26 @@ DEFAULT_CONFIG = make_config({}, {})  # the build's defaults: the recipe `edgeco
 NAIVE = QuantRecipe(reason="naive: ORT's usual u8s8 per-channel, full range, minmax")
 
 
-def trained_mobilenet_digits() -> torch.nn.Module:
-    model = build_model("mobilenetv2-digits")
-    checkpoint = cache_dir() / "bench-mobilenetv2-digits-e6.pt"
+def digits_splits_at(size: int = DIGITS_SIZE) -> DigitsSplits:
+    """The digits' train/validation/test split, preprocessed as the example does but resized to size x size."""
+    if size == DIGITS_SIZE:
+        return digits_splits()
+    images, labels = digits_images()
+    x = preprocess_digits(images, replace(DIGITS_SPEC, resize=(size, size)))
+    split = digits_split_indices()
+    return DigitsSplits(*(LabelledArrays(x[i], labels[i]) for i in (split.train, split.val, split.test)))
+
+
+def trained_mobilenet_digits(zoo_name: str = "mobilenetv2-digits", size: int = DIGITS_SIZE, epochs: int = 6) -> torch.nn.Module:
+    """A zoo MobileNetV2 trained on the digits at size x size, cached under the project's cache dir by its config."""
+    model = build_model(zoo_name)
+    at_size = "" if size == DIGITS_SIZE else f"-s{size}"
+    checkpoint = cache_dir() / f"bench-{zoo_name}{at_size}-e{epochs}.pt"
     if checkpoint.is_file():
         model.load_state_dict(torch.load(checkpoint, weights_only=True))
     else:
-        splits = digits_splits()
-        fit(model, splits.train, splits.val, TrainConfig(epochs=6, lr=4e-3), description="training mobilenetv2-digits")
+        splits = digits_splits_at(size)
+        fit(model, splits.train, splits.val, TrainConfig(epochs=epochs, lr=4e-3), description=f"training {zoo_name} at {size}x{size}")
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), checkpoint)
     return model.eval()

@@ -162,6 +162,8 @@ ZOO: dict[str, ModelFactory] = {
     "mobilenetv2-digits": lambda num_classes=10, in_channels=1: MobileNetV2(
         num_classes, in_channels, width_mult=0.35, small_input=True
     ),
+    # full-width MobileNetV2 (stride-2 stem) for grayscale digits upscaled past 32×32 (benchmarks/phones.py)
+    "mobilenetv2-digits-wide": lambda num_classes=10, in_channels=1: MobileNetV2(num_classes, in_channels),
     # ImageNet-sized (3×224×224) models for benchmarks
     "resnet18": lambda num_classes=1000, in_channels=3: ResNet18(num_classes, in_channels),
     "mobilenetv2": lambda num_classes=1000, in_channels=3: MobileNetV2(num_classes, in_channels),
