@@ -46,7 +46,7 @@ def with_example_options(values: dict[str, Any]) -> dict[str, Any]:
 EXAMPLE_NAME = "digits-example"  # --model's name for the built-in example (also what it is called in reports)
 
 # the task kinds measure.fidelity has a comparator for; the options validate --task against them
-TASKS = ("classify", "detect", "segment", "sequence", "regress")
+TASKS = ("classify", "detect", "segment", "sequence", "embed", "regress")
 TASK_CHOICES = ("auto", *TASKS)
 
 class BuildConfig(BaseModel):
@@ -93,7 +93,8 @@ class BuildConfig(BaseModel):
     task: list[str] = Field(
         default_factory=lambda: ["auto"], description="task of the model's outputs, which picks the fidelity metric: "
         "auto (from each output's shape and values), classify (top-1), detect (F1 of boxes after NMS vs fp32), "
-        "segment (pixel agreement, or mask IoU for one channel), sequence (CTC character error rate), regress (SQNR); "
+        "segment (pixel agreement, or mask IoU for one channel), sequence (CTC character error rate), embed (nearest-"
+        "neighbour agreement of [N, D] embeddings; unset budget: also mean cosine 0.99, worst 0.97), regress (SQNR); "
         "OUTPUT=TASK for one output of several"
     )
     fidelity_budget: list[str] = Field(
