@@ -45,7 +45,8 @@ def test_version_and_help():
 @pytest.mark.parametrize("command, panels", [
     ("build", ["Model and data", "Targets and measurement", "Accuracy budget and task metric", "Quantization and repair",
                "Compression (PyTorch models)", "Bundle and signing"]),
-    ("calib", ["Source and output", "Preprocessing (images)", "Model", "Data-free synthesis (no images)"]),
+    ("calib", ["Source and output", "Preprocessing (images)", "Model", "Data-free synthesis (no images)",
+               "Text (transformer encoders)"]),
     ("ship", ["Signature and trust", "SSH connection"]),  # after its Arguments and Options
 ])
 def test_long_help_at_80_columns_is_grouped_in_panels_and_cuts_no_option_name(command, panels):

@@ -1,5 +1,5 @@
 """calib: calibration sets — one `.npz` of model inputs + a manifest, made by `edgecompress calib` (image folders,
-arrays, digits, data-free synthesis), checked against the model, read by quantize and measure.
+arrays, digits, text + a tokenizer, data-free synthesis), checked against the model, read by quantize and measure.
 
 May import: core, source, device (the preprocessing spec), export (to read a model's inputs).
 """

@@ -1,4 +1,4 @@
-"""`edgecompress calib`: make a calibration set from images, arrays, the digits, or from the model alone."""
+"""`edgecompress calib`: make a calibration set from images, arrays, the digits, text, or from the model alone."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ SOURCE_PANEL = "Source and output"
 PREPROCESS_PANEL = "Preprocessing (images)"
 MODEL_PANEL = "Model"
 DATA_FREE_PANEL = "Data-free synthesis (no images)"
+TEXT_PANEL = "Text (transformer encoders)"
 
 SOURCE_HELP = "'digits', a folder of JPEG/PNG images (class sub-folders = labels) or a .npy/.npz file"
 
@@ -22,8 +23,8 @@ SOURCE_HELP = "'digits', a folder of JPEG/PNG images (class sub-folders = labels
 def calib(
     source: Optional[str] = typer.Option(None, "--from", help=SOURCE_HELP, show_default=False, rich_help_panel=SOURCE_PANEL, metavar="SOURCE"),
     out: Path = typer.Option(..., "--out", "-o", help="where to write the set (.npz); the manifest goes beside it", rich_help_panel=SOURCE_PANEL, metavar="NPZ"),
-    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128; --data-free 32)", rich_help_panel=SOURCE_PANEL, metavar="N"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the stratified draw (default 0)", rich_help_panel=SOURCE_PANEL, metavar="INT"),
+    count: Optional[int] = typer.Option(None, "--count", "-n", min=1, help="samples in the set (default 128; --data-free 32; --text: the first N lines, default all)", rich_help_panel=SOURCE_PANEL, metavar="N"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="seed of the stratified draw (default 0; --text: draw the lines at random instead of taking the first N)", rich_help_panel=SOURCE_PANEL, metavar="INT"),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="calibration recipe TOML (see calibration/); options override it", rich_help_panel=SOURCE_PANEL, metavar="TOML"),
     size: Optional[int] = typer.Option(None, "--size", help="resize the shorter side to S, then center-crop S×S", rich_help_panel=PREPROCESS_PANEL, metavar="S"),
     resize: Optional[str] = typer.Option(None, "--resize", help="shorter side S, or exact H,W", rich_help_panel=PREPROCESS_PANEL, metavar="S|H,W"),
@@ -42,6 +43,9 @@ def calib(
     data_free: bool = typer.Option(False, "--data-free", help="synthesize inputs that match the model's BatchNorm statistics (PyTorch or ONNX; range-only without BN)", rich_help_panel=DATA_FREE_PANEL, metavar=""),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="--data-free: optimization steps per batch of 32, at the model's input size (default: 28 at 224×224, more for smaller inputs, up to 160)", rich_help_panel=DATA_FREE_PANEL, metavar="N"),
     class_loss: float = typer.Option(1.0, "--class-loss", min=0.0, help="--data-free: weight of the loss that makes each sample confidently one class (0 for outputs that are not class scores)", rich_help_panel=DATA_FREE_PANEL, metavar="WEIGHT"),
+    text: Optional[Path] = typer.Option(None, "--text", help="UTF-8 text, one sentence or passage per line (blank lines skipped): writes input_ids, attention_mask (+ token_type_ids) as the tokenizer names them", rich_help_panel=TEXT_PANEL, metavar="FILE"),
+    tokenizer: Optional[Path] = typer.Option(None, "--tokenizer", help="--text: local Hugging Face tokenizer folder (tokenizer.json, or vocab.txt + tokenizer_config.json); never downloaded", rich_help_panel=TEXT_PANEL, metavar="DIR"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="--text: tokens per row, padded and truncated to it (the model's sequence length)", rich_help_panel=TEXT_PANEL, metavar="N"),
 ) -> None:
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
     from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe
@@ -55,7 +59,12 @@ def calib(
     overrides = _preprocess_overrides(size, resize, crop, color, mean, std, layout)
     if overrides:
         fields["preprocess"] = {**(fields.get("preprocess") or _default_preprocess(fields.get("source"))), **overrides}
-    if data_free:
+    if text is not None or tokenizer is not None or max_length is not None:
+        conflicting = {"--from": source, "--recipe": recipe, "--data-free": data_free, "--steps": steps, "--input-name": input_name,
+                       **overrides}
+        made = _text(text, tokenizer, max_length, count, seed, [option for option, value in conflicting.items() if value],
+                     model, weights, input_shape or [], out)
+    elif data_free:
         made = _data_free(fields, model, weights, input_shape or [], steps, class_loss, out)
     else:
         if not fields.get("source"):
@@ -64,6 +73,21 @@ def calib(
         fields.setdefault("input_name", _single_input_name(source_model))
         made = make_calibration_set(make_recipe(fields), out, source_model)
     info(f"wrote {out} ({made.manifest['count']} samples, sha256 {made.sha256[:12]}) and {out.with_suffix('.json')}")
+
+
+def _text(text, tokenizer, max_length, count, seed, conflicting, model, weights, input_shape, out):
+    from edgecompress.calib.text import make_text_calibration_set
+
+    if conflicting:
+        raise ConfigError(f"--text makes a set from text lines; {', '.join(conflicting)} do not apply to it",
+                          f"drop {', '.join(conflicting)}, or drop --text, --tokenizer and --max-length")
+    if text is None or tokenizer is None or max_length is None:
+        missing = [option for option, value in (("--text", text), ("--tokenizer", tokenizer), ("--max-length", max_length))
+                   if value is None]
+        raise ConfigError(f"a text calibration set needs {', '.join(missing)} too",
+                          "pass --text FILE --tokenizer DIR --max-length N")
+    source_model = _load_model(model, weights, input_shape) if model else None
+    return make_text_calibration_set(text, tokenizer, max_length, out, count, seed, source_model)
 
 
 def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
