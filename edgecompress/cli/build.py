@@ -36,6 +36,7 @@ def _opt(key: str, *flags: str, panel: str, metavar: str | None = None, **kwargs
 def build(
     model: Optional[str] = _opt("model", "--model", "-m", panel=MODEL_PANEL, metavar="MODEL"),
     weights: Optional[Path] = _opt("weights", "--weights", panel=MODEL_PANEL, metavar="FILE"),
+    pooling: Optional[str] = _opt("pooling", "--pooling", panel=MODEL_PANEL, metavar="POOLING"),
     input_shape: Optional[list[str]] = _opt("input_shape", "--input-shape", panel=MODEL_PANEL, metavar="NAME:SHAPE"),
     batch_axis: Optional[list[str]] = _opt("batch_axis", "--batch-axis", panel=MODEL_PANEL, metavar="NAME:AXIS"),
     calib: Optional[Path] = _opt("calib", "--calib", panel=MODEL_PANEL, metavar="NPZ"),

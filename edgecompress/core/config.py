@@ -53,8 +53,13 @@ class BuildConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str | None = Field(
-        None, description="model: .onnx, TorchScript .pt, torch.export .pt2, or package.module:factory; "
-        "unset = the built-in digits example"
+        None, description="model: .onnx, TorchScript .pt, torch.export .pt2, package.module:factory, or a Hugging Face "
+        "checkpoint folder (config.json + weights; text or vision transformer encoder); unset = the built-in digits example"
+    )
+    pooling: Literal["auto", "mean", "cls", "none"] = Field(
+        "auto", description="output of a Hugging Face checkpoint: mean (mask-weighted mean of the tokens, text only) or "
+        "cls (the first token), L2-normalised for text, or none (all hidden states); auto = a sentence-transformers "
+        "folder's own pooling, the CLS token for vision encoders, else none"
     )
     weights: Path | None = Field(None, description="state_dict file for a package.module:factory model (weights_only load)")
     input_shape: list[str] = Field(

@@ -24,31 +24,72 @@ def export_torch(
     opset: int = DEFAULT_OPSET,
     exporter: str = "dynamo",
     tolerance: float = 1e-3,
+    input_dtypes: dict[str, str] | None = None,
+    output_names: list[str] | None = None,
 ) -> OnnxModelInfo:
-    """`torch.onnx.export` with a dynamic batch, then finalize and compare with PyTorch."""
-    import torch
+    """`torch.onnx.export` with a dynamic batch, then finalize and compare with PyTorch.
 
+    Inputs are float32 unless `input_dtypes` says otherwise (token ids and masks: int64); the outputs are named
+    `output_names`, else the one output is called "output". Only the batch axis is dynamic."""
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old", f"use opset >= {MIN_OPSET}")
     names = list(input_shapes)
-    # batch 2, not 1: torch.export specializes size-1 dimensions to constants
-    examples = tuple(torch.randn((2, *shape[1:]), generator=torch.Generator().manual_seed(0)) for shape in input_shapes.values())
+    examples = example_inputs(module, input_shapes, input_dtypes or {})
     module = module.eval()
     # the dynamo exporter may write external data beside its output: keep it in a scratch dir
     with tempfile.TemporaryDirectory(prefix="edgecompress-export-") as scratch:
         raw_path = Path(scratch) / "exported.onnx"
-        _run_exporter(module, examples, names, raw_path, opset, exporter)
+        _run_exporter(module, examples, names, output_names or ["output"], raw_path, opset, exporter)
         model = onnx.load(str(raw_path))
     model = finalize_model(model, out_path)
     diff = check_against_torch(module, out_path, examples, names, tolerance)
     return model_info(model, out_path, diff)
 
 
-def _run_exporter(module, examples, names: list[str], path: Path, opset: int, exporter: str) -> None:
+def example_inputs(module, input_shapes: dict[str, tuple[int, ...]], input_dtypes: dict[str, str]) -> tuple:
+    """Seeded examples at batch 2, not 1 (torch.export specializes size-1 dimensions to constants).
+
+    Float inputs are Gaussian; integer inputs are token ids, except masks: all ones but the last quarter of the
+    second row, so padding is exercised. `input_ids` stay within the vocabulary of a module with a Hugging Face
+    style `config.vocab_size` (below 1000, and from 1: id 0 is often padding)."""
     import torch
 
-    dynamic_axes = {name: {0: BATCH_DIM} for name in names} | {"output": {0: BATCH_DIM}}
-    common: dict[str, Any] = dict(input_names=names, output_names=["output"], opset_version=opset, dynamic_axes=dynamic_axes)
+    examples = []
+    for name, shape in input_shapes.items():
+        generator = torch.Generator().manual_seed(0)
+        dtype = getattr(torch, input_dtypes.get(name, "float32"))
+        size = (2, *shape[1:])
+        if dtype.is_floating_point:
+            examples.append(torch.randn(size, generator=generator).to(dtype))
+        elif "mask" in name:
+            examples.append(_padding_mask(size, dtype))
+        else:
+            low, high = (1, _id_limit(module)) if name == "input_ids" else (0, 100)
+            examples.append(torch.randint(low, high, size, generator=generator, dtype=dtype))
+    return tuple(examples)
+
+
+def _padding_mask(size: tuple[int, ...], dtype):
+    import torch
+
+    mask = torch.ones(size, dtype=dtype)
+    length = size[-1] if len(size) > 1 else 0
+    padded = min(max(length // 4, 1), length - 1)
+    if padded > 0:
+        mask[1, ..., length - padded:] = 0
+    return mask
+
+
+def _id_limit(module) -> int:
+    vocab = getattr(getattr(module, "config", None), "vocab_size", None)
+    return max(2, min(int(vocab), 1000)) if isinstance(vocab, int) else 1000
+
+
+def _run_exporter(module, examples, names: list[str], output_names: list[str], path: Path, opset: int, exporter: str) -> None:
+    import torch
+
+    dynamic_axes = {name: {0: BATCH_DIM} for name in [*names, *output_names]}
+    common: dict[str, Any] = dict(input_names=names, output_names=output_names, opset_version=opset, dynamic_axes=dynamic_axes)
     use_dynamo = exporter == "dynamo" and not isinstance(module, torch.jit.ScriptModule)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
+import onnx
 
 from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.cache import cached_artifact, module_hash
@@ -36,6 +37,7 @@ from edgecompress.presets.example import load_model_or_example
 from edgecompress.source.model import SourceModel
 from edgecompress.core.progress import info, warn
 from edgecompress.quantize.isa import recipe_for_target
+from edgecompress.quantize.transformer import is_transformer_encoder, transformer_recipe
 from edgecompress.quantize.static import quantize_model
 from edgecompress.quantize.isa import host_arch
 from edgecompress.quantize.recipe import QuantRecipe
@@ -109,7 +111,7 @@ class Step:
 
 def load_step(context: BuildContext) -> BuildContext:
     config = context.config
-    source = load_model_or_example(config.model, config.weights, config.input_shape)
+    source = load_model_or_example(config.model, config.weights, config.input_shape, config.pooling)
     return replace(context, source=replace(source, batch_axes=parse_batch_axes(config.batch_axis)))
 
 
@@ -169,6 +171,7 @@ def export_key(source: SourceModel, config: BuildConfig) -> dict[str, Any]:
         return {"onnx": source.content_hash, "input_shapes": source.input_shapes, "batch_axes": source.batch_axes, "stage": "prepare-v3"}
     return {
         "module": module_hash(source.module),
+        "source": source.content_hash, "input_dtypes": source.input_dtypes, "output_names": source.output_names,  # a checkpoint's pooling is not in module_hash
         "input_shapes": source.input_shapes,
         "opset": config.opset,
         "exporter": config.exporter,
@@ -184,7 +187,8 @@ def export_stage(source: SourceModel, config: BuildConfig) -> OnnxModelInfo:
         produce = lambda out: _record(prepare_onnx(onnx_path, out, source.input_shapes, source.batch_axes))  # noqa: E731
     else:
         produce = lambda out: _record(  # noqa: E731
-            export_torch(source.module, source.input_shapes, out, config.opset, config.exporter, config.export_tolerance)
+            export_torch(source.module, source.input_shapes, out, config.opset, config.exporter, config.export_tolerance,
+                         source.input_dtypes, source.output_names)
         )
     result, reused = cached_artifact(path, export_key(source, config), produce)
     diff = result.get("max_abs_diff")
@@ -260,7 +264,12 @@ def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path |
     # but moved agreement both ways, so there repair tries it instead.
     coarse_weights = recipe.reduce_range or not recipe.per_channel
     recipe = recipe.with_options(bias_correction=config.bias_correction == "on" or (config.bias_correction == "auto" and coarse_weights))
-    return recipe if fp32_path is None else with_structural_exclusions(recipe, fp32_path)
+    if fp32_path is None:
+        return recipe
+    recipe = with_structural_exclusions(recipe, fp32_path)
+    if is_transformer_encoder(onnx.load(str(fp32_path), load_external_data=False)):
+        recipe = transformer_recipe(recipe, profile.engine)
+    return recipe
 
 
 def quantize_key(context: TargetContext, recipe: QuantRecipe) -> dict[str, Any]:

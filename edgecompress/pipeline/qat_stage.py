@@ -20,6 +20,7 @@ from edgecompress.calib.manifest import arrays_sha256
 from edgecompress.core.config import BuildConfig
 from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.cache import cached_artifact
+from edgecompress.core.errors import QuantizationError
 from edgecompress.core.progress import info, progress_bar, warn
 from edgecompress.quantize.qat import ActivationQuant, QatOptions, QuantPlan, finetune
 from edgecompress.quantize.recipe import QuantRecipe
@@ -80,6 +81,13 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
     import onnxruntime
     import torch
 
+    if recipe.activations == "dynamic":
+        raise QuantizationError(
+            "quantization-aware training mirrors calibrated (static) activation ranges, and this recipe quantizes "
+            "activations per call (dynamic int8 MatMuls)",
+            "the ladder goes on to fp16/fp32; for a static int8 engine, build for a target whose engine runs Q/DQ "
+            "(intel-cpu, TensorRT)",
+        )
     config = context.config
     options = qat_options(context)
     inputs, layout, described = training_inputs(context)

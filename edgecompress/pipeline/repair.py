@@ -12,7 +12,9 @@ raises `BudgetNotMetError` unless the user allowed it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -23,8 +25,9 @@ from edgecompress.core.errors import BudgetNotMetError, QuantizationError
 from edgecompress.core.progress import warn
 from edgecompress.measure.evaluate import EvalSet, Evaluation, evaluate
 from edgecompress.measure.fidelity import Budget, FidelityOptions
-from edgecompress.quantize.diagnose import Diagnosis, diagnose_or_warn
+from edgecompress.quantize.diagnose import Diagnosis, LayerError, diagnose_or_warn
 from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.quantize.transformer import SMOOTH_ALPHAS_TO_TRY
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
@@ -179,6 +182,13 @@ def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTr
         return tail
     if tail is not None and tail.quality() > first.quality():
         recipe = tail.recipe  # later steps keep the tail in fp32
+    if recipe.smooth_alpha is not None:  # a transformer's MatMuls: how much of the outliers moves into the weights
+        for alpha in SMOOTH_ALPHAS_TO_TRY:
+            if alpha != recipe.smooth_alpha:
+                session.attempt(f"SmoothQuant α={alpha:g}", replace(recipe, smooth_alpha=alpha))
+    if recipe.activations == "dynamic" or recipe.op_types:
+        # ranges per call leave no calibration to choose; equalization and bias correction act on convolutions
+        return max(session.tries, key=lambda t: t.quality())
     for method in session.options.calibration_methods:
         if method != recipe.calibration_method:
             try:
@@ -259,6 +269,26 @@ def _greedy(session: RepairSession, base: RepairTry, ranking: Groups, limit: int
     return f"ranking exhausted: all {len(ranking)} quantized layers tried"
 
 
+def layer_role(node: str) -> str:
+    """'/encoder/layer.3/output/dense/MatMul' -> '/encoder/layer.#/output/dense/MatMul': the same MatMul in every block."""
+    return re.sub(r"\d+", "#", node)
+
+
+def _by_role(ranked: list[LayerError]) -> Groups:
+    """A transformer's layers grouped by their role in the repeated block, the roles whose layers add most noise first.
+
+    Each block's activations differ from the padding positions' and from one sentence to the next; one MatMul's
+    measured error is a noisy guide, while the same MatMul in every block (the FFN output after GELU, the attention
+    projections) is where outliers repeat: measured on a sentence encoder, keeping the six FFN-output MatMuls float
+    took neighbour agreement from 92.5% to 95%, and no single layer did."""
+    roles: dict[str, list[LayerError]] = {}
+    for layer in ranked:
+        roles.setdefault(layer_role(layer.node), []).append(layer)
+    ordered = sorted(roles.values(), key=lambda layers: -sum(
+        layer.added_noise if layer.added_noise is not None else layer.lost_db for layer in layers))
+    return [tuple(dict.fromkeys(node for layer in layers for node in layer.exclusion_group)) for layers in ordered]
+
+
 def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     """Search recipes until one meets the budget or the search runs out (see module doc)."""
     session.budget.check_measurable(session.eval_set)
@@ -278,8 +308,9 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
         diagnosis = diagnosis or start_diagnosis
         ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
         in_model = _node_names(session.fp32_path)  # the prepared model may add nodes (e.g. Transpose_token_N)
-        ranking = [group for g in ranked if g.node not in start.recipe.nodes_to_exclude
-                   if (group := tuple(node for node in g.exclusion_group if node in in_model))]
+        groups = _by_role(ranked) if start.recipe.op_types else [g.exclusion_group for g in ranked]
+        ranking = [group for g in groups if g[0] not in start.recipe.nodes_to_exclude
+                   if (group := tuple(node for node in g if node in in_model))]
         reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
     best = _pick_best(session.tries)
     return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)

@@ -58,8 +58,10 @@ def example_source() -> SourceModel:
     )
 
 
-def load_model_or_example(model: str | None, weights: Path | None, input_shape: list[str]) -> SourceModel:
+def load_model_or_example(
+    model: str | None, weights: Path | None, input_shape: list[str], pooling: str = "auto"
+) -> SourceModel:
     """`--model` as given, or the built-in example when there is none."""
     if model is None or model == EXAMPLE_NAME:
         return example_source()
-    return load_source_model(model, weights, input_shape)
+    return load_source_model(model, weights, input_shape, pooling)

@@ -49,6 +49,9 @@ class LayerError:
     weight_sqnr_db: float | None
     lost_db: float  # input_sqnr_db - output_sqnr_db: the damage this node adds
     input_producers: tuple[str, ...] = ()  # nodes whose quantized outputs feed this one
+    # noise-to-signal power this node adds (output's minus input's, linear): ranks nodes whose inputs are exact (a
+    # dynamic int8 MatMul quantizes its own input) with those deep in the graph, where dB lost would favour the first
+    added_noise: float | None = None
 
     @property
     def exclusion_group(self) -> tuple[str, ...]:
@@ -59,6 +62,7 @@ class LayerError:
     def to_dict(self) -> dict[str, Any]:
         data = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
         data["input_producers"] = list(self.input_producers)
+        data["added_noise"] = None if self.added_noise is None else float(f"{self.added_noise:.3g}")
         return data
 
 
@@ -70,7 +74,8 @@ class Diagnosis:
 
     def ranking(self) -> list[LayerError]:
         """Most damaging first: SQNR lost across the node, then its weight's SQNR."""
-        return sorted(self.layers, key=lambda layer: (-layer.lost_db, layer.weight_sqnr_db or SQNR_CAP_DB))
+        return sorted(self.layers, key=lambda layer: (-(layer.added_noise if layer.added_noise is not None else layer.lost_db),
+                                                      layer.weight_sqnr_db or SQNR_CAP_DB))
 
     def worst(self, count: int = 5) -> list[LayerError]:
         return self.ranking()[:count]
@@ -241,8 +246,77 @@ def diagnose(fp32_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray], max
     count = samples_within_memory(inputs, max_samples, layout)
     sample = {name: np.ascontiguousarray(array) for name, array in layout.take(inputs, 0, count).items()}
     with onnxruntime_logs():
+        if dynamic_int8_nodes(Path(qdq_path)):
+            return dynamic_diagnosis(Path(fp32_path), Path(qdq_path), sample, layout, count)
         errors = tensor_errors(Path(fp32_path), Path(qdq_path), sample, layout=layout)
     return Diagnosis(layer_errors(Path(qdq_path), errors), errors, count)
+
+
+DYNAMIC_SUFFIX = "_quant"  # ORT's quantize_dynamic names a quantized node's integer MatMul NAME_quant
+
+
+def dynamic_int8_nodes(int8_path: Path) -> list[str]:
+    """The fp32 node names a dynamically quantized model computes in int8 (its MatMulInteger nodes)."""
+    import onnx
+
+    graph = onnx.load(str(int8_path), load_external_data=False).graph
+    return [n.name.removesuffix(DYNAMIC_SUFFIX) for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+
+
+class _PairStatistics:
+    """Running SQNR and cosine of one tensor in two models, batch by batch (no activation is kept)."""
+
+    def __init__(self) -> None:
+        self.signal = self.noise = self.dot = self.other = 0.0
+
+    def add(self, reference: np.ndarray, value: np.ndarray) -> None:
+        ref, got = reference.astype(np.float64).ravel(), value.astype(np.float64).ravel()
+        self.signal += float(ref @ ref)
+        self.other += float(got @ got)
+        self.dot += float(ref @ got)
+        self.noise += float((ref - got) @ (ref - got))
+
+    def error(self, tensor: str) -> TensorError:
+        sqnr = SQNR_CAP_DB if self.noise == 0 else min(SQNR_CAP_DB, 10.0 * float(np.log10(max(self.signal, 1e-30) / self.noise)))
+        norm = np.sqrt(self.signal * self.other)
+        return TensorError(tensor, "activation", sqnr, float(self.dot / norm) if norm > 0 else 1.0)
+
+
+def _session_with_outputs(model_path: Path, names: list[str]):
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(str(model_path))
+    declared = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def dynamic_diagnosis(fp32_path: Path, int8_path: Path, inputs: dict[str, np.ndarray], layout: BatchLayout, count: int,
+                      batch_size: int = 16) -> Diagnosis:
+    """Per-MatMul error of a dynamically quantized model: each int8 MatMul's input and output against fp32's (the
+    dynamic quantizer keeps the fp32 tensor names), so the node whose output loses most is ranked first."""
+    import onnx
+
+    quantized = set(dynamic_int8_nodes(int8_path))
+    nodes = [n for n in onnx.load(str(fp32_path), load_external_data=False).graph.node if n.name in quantized]
+    tensors = list(dict.fromkeys(name for n in nodes for name in (n.input[0], n.output[0])))
+    fp32, int8 = _session_with_outputs(fp32_path, tensors), _session_with_outputs(int8_path, tensors)
+    statistics = {name: _PairStatistics() for name in tensors}
+    for batch in layout.batches(inputs, batch_size):
+        for name, reference, value in zip(tensors, fp32.run(tensors, batch), int8.run(tensors, batch)):
+            statistics[name].add(reference, value)
+    errors = {name: stats.error(name) for name, stats in statistics.items()}
+    def noise(tensor: str) -> float:
+        return 0.0 if errors[tensor].sqnr_db >= SQNR_CAP_DB else 10.0 ** (-errors[tensor].sqnr_db / 10.0)
+
+    layers = [LayerError(n.name, n.op_type, n.output[0], errors[n.output[0]].sqnr_db, errors[n.output[0]].cosine,
+                         errors[n.input[0]].sqnr_db, None, max(0.0, errors[n.input[0]].sqnr_db - errors[n.output[0]].sqnr_db),
+                         added_noise=max(0.0, noise(n.output[0]) - noise(n.input[0])))
+              for n in nodes]
+    return Diagnosis(layers, list(errors.values()), count)
 
 
 def layer_label(node: str) -> str:

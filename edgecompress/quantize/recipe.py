@@ -11,6 +11,7 @@ from typing import Literal
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 QdqPlacement = Literal["onnxruntime", "tensorrt"]
+ActivationRanges = Literal["static", "dynamic"]
 
 # NVIDIA's Q/DQ placement for TensorRT (TensorRT developer guide, "Q/DQ Layer-Placement Recommendations";
 # ModelOpt's default for CNNs): Q/DQ on the inputs of weighted layers and on both inputs of an elementwise
@@ -38,6 +39,12 @@ class QuantRecipe:
     # float ops restated in ops with int8 kernels before quantizing, so they run in int8 instead of as float islands
     # between Q/DQ pairs (edgecompress/quantize/islands.py: "div-by-constant", "hardsigmoid")
     int8_rewrites: tuple[str, ...] = ()
+    # static: activation ranges calibrated once (QDQ); dynamic: computed per call by the runtime (ONNX Runtime's
+    # DynamicQuantizeLinear + integer MatMul), the int8 that its CPU kernels run fastest for transformer encoders
+    activations: ActivationRanges = "static"
+    op_types: tuple[str, ...] = ()  # the op types quantized; empty: every op the quantizer knows (ORT's QDQ registry)
+    # SmoothQuant migration strength before quantizing MatMuls (edgecompress/quantize/smoothquant.py); None: off
+    smooth_alpha: float | None = None
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -45,9 +52,14 @@ class QuantRecipe:
         """Short human description, e.g. 'u8s8 per-channel reduce_range minmax'."""
         sign = {"int8": "s8", "uint8": "u8"}
         types = sign[self.activation_type] + sign[self.weight_type]
-        parts = [types, "per-channel" if self.per_channel else "per-tensor", self.calibration_method]
+        ranges = self.calibration_method if self.activations == "static" else "dynamic activations"
+        parts = [types, "per-channel" if self.per_channel else "per-tensor", ranges]
         if self.reduce_range:
             parts.insert(2, "reduce_range")
+        if self.op_types:
+            parts.append("/".join(self.op_types) + " only")
+        if self.smooth_alpha is not None:
+            parts.append(f"SmoothQuant α={self.smooth_alpha:g}")
         if self.equalize:
             parts.append("CLE")
         if self.bias_correction:
@@ -62,6 +74,7 @@ class QuantRecipe:
         data = asdict(self)
         data["nodes_to_exclude"] = list(self.nodes_to_exclude)
         data["int8_rewrites"] = list(self.int8_rewrites)
+        data["op_types"] = list(self.op_types)
         data["label"] = self.label
         return data
 

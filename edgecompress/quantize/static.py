@@ -71,10 +71,12 @@ def check_exclusions(fp32_path: Path, nodes: tuple[str, ...]) -> None:
 def _placement(recipe: QuantRecipe, extra_options: dict) -> tuple[list[str] | None, dict]:
     """The op types to quantize and the options that place Q/DQ as the recipe's target wants (recipe.py)."""
     if recipe.placement != "tensorrt":
-        return None, extra_options  # ORT's defaults: every op of its QDQ registry, outputs included
+        # ORT's defaults (every op of its QDQ registry, outputs included), or the recipe's op types
+        return (list(recipe.op_types) or None), extra_options
     from edgecompress.quantize.recipe import TENSORRT_QUANTIZED_OPS
 
-    return list(TENSORRT_QUANTIZED_OPS), {**extra_options, "OpTypesToExcludeOutputQuantization": list(TENSORRT_QUANTIZED_OPS)}
+    ops = list(recipe.op_types or TENSORRT_QUANTIZED_OPS)
+    return ops, {**extra_options, "OpTypesToExcludeOutputQuantization": ops}
 
 
 def _quantize_static(prepared: Path, out: Path, reader, recipe: QuantRecipe, extra_options: dict) -> None:
@@ -130,9 +132,11 @@ def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: 
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=False)
         except Exception:  # symbolic shape inference fails on some graphs; ONNX's own is enough
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    if not (recipe.equalize or recipe.bias_correction or recipe.int8_rewrites):
+    if not (recipe.equalize or recipe.bias_correction or recipe.int8_rewrites or recipe.smooth_alpha is not None):
         return
     model = onnx.load(str(prepared))
+    if recipe.smooth_alpha is not None:
+        _smooth(model, prepared, recipe.smooth_alpha, calibration)
     if recipe.int8_rewrites:
         from edgecompress.quantize.islands import rewrite_for_int8
 
@@ -144,6 +148,15 @@ def _prepare(fp32_path: Path, prepared: Path, recipe: QuantRecipe, calibration: 
     if recipe.bias_correction:
         _correct_biases(model, prepared, recipe, calibration, extra_options)
     onnx.save(model, str(prepared))
+
+
+def _smooth(model: onnx.ModelProto, prepared: Path, alpha: float, calibration: CalibrationSet) -> None:
+    """SmoothQuant migration of the MatMuls' activation outliers into their weights, measured on the calibration set."""
+    from edgecompress.quantize.smoothquant import channel_absmax, smooth_matmuls, weighted_matmuls
+
+    groups = list(weighted_matmuls(model))
+    if groups:
+        smooth_matmuls(model, channel_absmax(prepared, calibration.batches(16), groups), alpha)
 
 
 def _correct_biases(model: onnx.ModelProto, prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet,
@@ -198,6 +211,11 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
     with onnxruntime_logs(), tempfile.TemporaryDirectory(prefix="edgecompress-quant-") as workdir:
         prepared = Path(workdir) / "prepared.onnx"
         _prepare(fp32_path, prepared, recipe, calibration, extra_options)
+        if recipe.activations == "dynamic":
+            with atomic_path(out_path) as tmp:
+                _quantize_dynamic(prepared, tmp, recipe)
+            return Path(out_path)
+        recipe = _without_unbounded_tensors(prepared, recipe, calibration)
         if activation_ranges:
             extra_options["TensorQuantOverrides"] = activation_ranges
         elif recipe.calibration_method == "entropy":
@@ -211,6 +229,64 @@ def quantize_model(fp32_path: Path, calibration: CalibrationSet, recipe: QuantRe
         with atomic_path(out_path) as tmp:
             _quantize_static(prepared, tmp, reader, recipe, extra_options)
     return Path(out_path)
+
+
+def _quantize_dynamic(prepared: Path, out: Path, recipe: QuantRecipe) -> None:
+    """int8 weights, activations quantized per call by the runtime (DynamicQuantizeLinear + integer MatMul)."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quantize_dynamic(str(prepared), str(out), weight_type=_quant_type(recipe.weight_type), per_channel=recipe.per_channel,
+                             reduce_range=recipe.reduce_range, op_types_to_quantize=list(recipe.op_types) or None,
+                             nodes_to_exclude=list(recipe.nodes_to_exclude))
+        except Exception as exc:
+            raise QuantizationError(
+                f"dynamic quantization failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}",
+                "exclude the failing node with nodes_to_exclude, or build with --precision fp32",
+            ) from exc
+
+
+UNBOUNDED_MAGNITUDE = 1e30  # beyond any activation a network computes: a fill value (finfo.min in a mask), not data
+
+
+def unbounded_tensors(prepared: Path, calibration: CalibrationSet, samples: int = 1) -> list[str]:
+    """Float tensors that carry infinities, NaN or fill values like finfo(float32).min on calibration inputs (a BERT
+    export adds (1 - mask) * finfo.min to its attention scores): no int8 range can hold them."""
+    import numpy as np
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(prepared)))  # the element types of the intermediate tensors
+    floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    names = [o for node in model.graph.node for o in node.output if o in floats]
+    declared = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as the graph names it
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    feed = calibration.batch_layout.take(calibration.arrays, 0, min(samples, len(calibration)))
+    with np.errstate(all="ignore"):
+        return [name for name, value in zip(outputs, session.run(outputs, feed))
+                if value.dtype.kind == "f" and value.size and not (np.abs(value) < UNBOUNDED_MAGNITUDE).all()]
+
+
+def _without_unbounded_tensors(prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet) -> QuantRecipe:
+    """The recipe with every node that produces or consumes an unbounded tensor kept float (said once, by name)."""
+    from edgecompress.core.progress import warn
+
+    unbounded = set(unbounded_tensors(prepared, calibration))
+    if not unbounded:
+        return recipe
+    model = onnx.load(str(prepared), load_external_data=False)
+    touching = [node.name for node in model.graph.node if node.name and unbounded & {*node.input, *node.output}]
+    new = [name for name in touching if name not in recipe.nodes_to_exclude]
+    if new:
+        shown = ", ".join(sorted(unbounded)[:4]) + (f" and {len(unbounded) - 4} more" if len(unbounded) > 4 else "")
+        warn(f"quantize: {len(unbounded)} tensor(s) hold infinities or fill values beyond ±1e30 ({shown}): "
+             f"{len(new)} node(s) around them stay float")
+    return recipe.with_options(nodes_to_exclude=recipe.nodes_to_exclude + tuple(new))
 
 
 def equal_batch_size(count: int, largest: int = 16) -> int:

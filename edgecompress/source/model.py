@@ -1,5 +1,5 @@
 """Where the model comes from: the built-in example, an ONNX file, TorchScript, torch.export
-(.pt2) or a `package.module:factory` with a weights file.
+(.pt2), a `package.module:factory` with a weights file, or a Hugging Face checkpoint folder.
 
 Each is resolved to a `SourceModel` (a torch module to export, or an ONNX file to prepare)
 plus the input shapes it will be exported and benchmarked with.
@@ -15,13 +15,14 @@ from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.errors import InputShapeError, ModelLoadError
 
 
-
 @dataclass
 class SourceModel:
     """A model ready for export: either `module` (torch) or `onnx_path` is set.
 
     `input_shapes` maps input names to full shapes (batch first); for ONNX files the
     shapes come from the file and `--input-shape`. `content_hash` keys the export cache.
+    `input_dtypes` says which inputs are not float32 (token ids and masks are int64), and
+    `output_names` names the exported outputs (None: one output called "output").
     """
 
     name: str
@@ -31,6 +32,8 @@ class SourceModel:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     labels: list[str] | None = None
     batch_axes: dict[str, int] = field(default_factory=dict)  # --batch-axis NAME:AXIS
+    input_dtypes: dict[str, str] = field(default_factory=dict)  # name -> numpy dtype name; float32 when absent
+    output_names: list[str] | None = None
 
     @property
     def is_onnx(self) -> bool:
@@ -57,10 +60,17 @@ def parse_input_shapes(specs: list[str]) -> dict[str | None, tuple[int, ...]]:
     return shapes
 
 
-def load_source_model(model: str, weights: Path | None, input_shape: list[str]) -> SourceModel:
-    """Resolve `--model`/`--weights`/`--input-shape` to a SourceModel (the built-in example: presets.example)."""
+def load_source_model(model: str, weights: Path | None, input_shape: list[str], pooling: str = "auto") -> SourceModel:
+    """Resolve `--model`/`--weights`/`--input-shape`/`--pooling` to a SourceModel (the built-in example: presets.example)."""
     shapes = parse_input_shapes(input_shape)
     path = Path(model)
+    if path.is_dir():
+        return load_checkpoint_folder(path, shapes, pooling)
+    if pooling != "auto":
+        raise ModelLoadError(
+            f"--pooling {pooling} applies to Hugging Face checkpoint folders, not to '{model}'",
+            "leave --pooling unset (auto), or put the pooling in the model itself",
+        )
     if path.suffix == ".onnx":
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist", "check the --model path")
@@ -79,7 +89,23 @@ def load_source_model(model: str, weights: Path | None, input_shape: list[str]) 
         )
     raise ModelLoadError(
         f"cannot tell what kind of model '{model}' is",
-        "pass a .onnx file, a TorchScript .pt, a torch.export .pt2, or package.module:factory with --weights FILE",
+        "pass a .onnx file, a TorchScript .pt, a torch.export .pt2, package.module:factory with --weights FILE, "
+        "or a Hugging Face checkpoint folder (config.json + model.safetensors)",
+    )
+
+
+def load_checkpoint_folder(path: Path, shapes: dict[str | None, tuple[int, ...]], pooling: str) -> SourceModel:
+    """A Hugging Face checkpoint: a transformer encoder wrapped with its pooling, int64 token inputs and named outputs."""
+    from edgecompress.source.hf_checkpoint import load_hf_checkpoint  # imports torch and transformers
+
+    encoder = load_hf_checkpoint(path, shapes, pooling)
+    return SourceModel(
+        name=path.resolve().name,
+        content_hash=encoder.content_hash,
+        module=encoder.module,
+        input_shapes=encoder.input_shapes,
+        input_dtypes=encoder.input_dtypes,
+        output_names=encoder.output_names,
     )
 
 

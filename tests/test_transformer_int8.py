@@ -1,0 +1,154 @@
+"""Transformer encoders in int8: the recipe the graph gets, SmoothQuant migration, the attention mask's fill values
+kept out of int8, dynamic int8 MatMuls, their diagnosis and repair's grouping by role. Tiny BERT/ViT models built
+from a transformers config (tests/transformer_models.py), never downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgecompress.calib.load import CalibrationSet
+from edgecompress.core.targets import load_profile
+from edgecompress.pipeline.repair import _by_role, layer_role
+from edgecompress.quantize.diagnose import LayerError, diagnose
+from edgecompress.quantize.isa import recipe_for_target
+from edgecompress.quantize.recipe import QuantRecipe
+from edgecompress.quantize.smoothquant import channel_absmax, migration_scales, smooth_matmuls, weighted_matmuls
+from edgecompress.quantize.static import quantize_model, unbounded_tensors
+from edgecompress.quantize.transformer import DEFAULT_SMOOTH_ALPHA, is_transformer_encoder, transformer_recipe
+from edgecompress.source.layout import BatchLayout
+from tests.transformer_models import bert_inputs, tiny_bert_encoder_onnx, tiny_vit_onnx
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    return tiny_bert_encoder_onnx(tmp_path_factory.mktemp("bert") / "encoder.onnx")
+
+
+@pytest.fixture(scope="module")
+def calibration() -> CalibrationSet:
+    arrays = bert_inputs(batch=24, seed=1)
+    return CalibrationSet(arrays, "tiny-bert-calibration", "bert_inputs(seed=1)")
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+
+
+def _cosines(reference: np.ndarray, value: np.ndarray) -> np.ndarray:
+    return np.sum(reference * value, 1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(value, axis=1))
+
+
+def test_bert_and_vit_graphs_are_transformer_encoders_and_a_cnn_is_not(bert, tmp_path, tiny_onnx):
+    assert is_transformer_encoder(onnx.load(str(bert)))
+    assert is_transformer_encoder(onnx.load(str(tiny_vit_onnx(tmp_path / "vit.onnx"))))
+    assert not is_transformer_encoder(onnx.load(str(tiny_onnx)))
+
+
+def test_a_transformer_gets_int8_matmuls_only_dynamic_on_onnx_runtime_and_static_qdq_on_tensorrt():
+    cpu = transformer_recipe(recipe_for_target(load_profile("cpu")), "ort-cpu")
+    assert cpu.op_types == ("MatMul", "Gemm") and cpu.activations == "dynamic" and cpu.smooth_alpha == DEFAULT_SMOOTH_ALPHA
+    assert cpu.reduce_range == recipe_for_target(load_profile("cpu")).reduce_range  # the host's ISA rule still holds
+    assert "dynamic activations" in cpu.label and "SmoothQuant" in cpu.label and "transformer encoder" in cpu.reason
+    gpu = transformer_recipe(recipe_for_target(load_profile("jetson")), "tensorrt")
+    assert gpu.activations == "static" and gpu.placement == "tensorrt" and gpu.op_types == ("MatMul", "Gemm")
+
+
+def test_smoothing_moves_outliers_into_the_weights_without_changing_the_fp32_outputs(bert, calibration, tmp_path):
+    model = onnx.load(str(bert))
+    groups = weighted_matmuls(model)
+    # query, key and value share one input: one group of three per block
+    assert sorted(len(nodes) for nodes in groups.values()).count(3) == 2
+    maxima = channel_absmax(bert, calibration.batches(8), list(groups))
+    assert smooth_matmuls(model, maxima, 0.5) == len(groups)
+    smoothed = tmp_path / "smoothed.onnx"
+    onnx.save(model, str(smoothed))
+    feeds = bert_inputs(batch=5, seed=2)
+    assert np.allclose(_run(smoothed, feeds), _run(bert, feeds), atol=1e-5)
+    # s_j = max|X_j|^a / max|W_j|^(1-a): a channel whose activation is 16x larger is divided by 4x more at a = 0.5
+    scales = migration_scales(np.array([1.0, 16.0, 0.0]), [np.ones((3, 2))], 0.5)
+    assert np.allclose(scales, [1.0, 4.0, 1.0])  # a silent channel keeps 1
+
+
+def test_the_attention_masks_fill_values_are_found_and_kept_out_of_static_int8(bert, calibration, tmp_path, capsys):
+    found = unbounded_tensors(bert, calibration)
+    assert found  # (1 - mask) * finfo(float32).min, and the scores it is added to
+    int8 = quantize_model(bert, calibration, QuantRecipe(), tmp_path / "static.int8.onnx")  # ORT's defaults: every op
+    assert "hold infinities or fill values" in capsys.readouterr().err
+    model = onnx.load(str(int8))
+    scales = [onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_scale")]
+    assert scales and all(np.isfinite(s).all() and (s > 0).all() for s in scales)  # no NaN zero point, no inf scale
+    feeds = bert_inputs(batch=4, seed=3)
+    assert np.isfinite(_run(int8, feeds)).all()
+
+
+def test_dynamic_int8_matmuls_keep_layernorm_softmax_and_the_mask_float(bert, calibration, tmp_path):
+    recipe = transformer_recipe(recipe_for_target(load_profile("cpu")), "ort-cpu")
+    int8 = quantize_model(bert, calibration, recipe, tmp_path / "dynamic.int8.onnx")
+    ops = [node.op_type for node in onnx.load(str(int8)).graph.node]
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops and "QuantizeLinear" not in ops
+    assert "LayerNormalization" in ops and "Softmax" in ops
+    feeds = bert_inputs(batch=6, seed=4)
+    assert _cosines(_run(bert, feeds), _run(int8, feeds)).min() > 0.99
+
+
+def test_the_diagnosis_of_dynamic_int8_names_each_quantized_matmul_and_the_noise_it_adds(bert, calibration, tmp_path):
+    recipe = transformer_recipe(recipe_for_target(load_profile("cpu")), "ort-cpu")
+    int8 = quantize_model(bert, calibration, recipe, tmp_path / "dynamic.int8.onnx")
+    diagnosis = diagnose(bert, int8, bert_inputs(batch=8, seed=5), max_samples=8, layout=BatchLayout({}))
+    matmuls = {n.name for n in onnx.load(str(bert)).graph.node if n.op_type == "MatMul" and n.name}
+    assert {layer.node for layer in diagnosis.layers} <= matmuls and len(diagnosis.layers) >= 12
+    assert all(layer.added_noise is not None and layer.added_noise >= 0 for layer in diagnosis.layers)
+    ranked = [layer.added_noise for layer in diagnosis.ranking()]
+    assert ranked == sorted(ranked, reverse=True)
+
+
+def _layer(node: str, noise: float) -> LayerError:
+    return LayerError(node, "MatMul", f"{node}_out", 30.0, 0.99, 40.0, None, 10.0, added_noise=noise)
+
+
+def test_repair_groups_a_transformers_matmuls_by_their_role_in_the_repeated_block():
+    assert layer_role("/encoder/layer.11/output/dense/MatMul") == "/encoder/layer.#/output/dense/MatMul"
+    ranked = [_layer("/encoder/layer.1/attention/self/key/MatMul", 0.5),  # the noisiest single layer ...
+              _layer("/encoder/layer.0/output/dense/MatMul", 0.3), _layer("/encoder/layer.1/output/dense/MatMul", 0.3),
+              _layer("/encoder/layer.0/attention/self/key/MatMul", 0.01)]
+    groups = _by_role(ranked)  # ... but the FFN outputs of every block add more together
+    assert groups == [("/encoder/layer.0/output/dense/MatMul", "/encoder/layer.1/output/dense/MatMul"),
+                      ("/encoder/layer.1/attention/self/key/MatMul", "/encoder/layer.0/attention/self/key/MatMul")]
+
+
+def test_a_sentence_encoder_checkpoint_builds_for_cpu_judged_as_an_embedding(tmp_path):
+    """From a checkpoint folder (mean pooling + normalisation, as all-MiniLM ships) to a built engine: the mask's
+    fill values never reach a calibrator, the output is judged by neighbours and cosine, and the build exits clean."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    folder = tmp_path / "encoder"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(folder)
+    (folder / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    np.savez(tmp_path / "calib.npz", **bert_inputs(batch=32, seed=6))
+    np.savez(tmp_path / "eval.npz", **bert_inputs(batch=40, seed=7))
+    config = BuildConfig(model=str(folder), target=["cpu"], calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz",
+                         out=tmp_path / "out", input_shape=["input_ids:1,16"], bench_runs=10, bench_warmup=1)
+    report, = build(config)
+    assert report["fidelity"]["task"] == "embed" and report["fidelity"]["output"] == "sentence_embedding"
+    assert {"embedding cosine", "worst cosine"} <= set(report["fidelity"]["outputs"][0]["result"]["details"])
+    recipe = report["quantization"]["recipe"]
+    assert recipe["activations"] == "dynamic" and recipe["op_types"] == ["MatMul", "Gemm"]
+    assert report["fidelity"]["met"]  # whatever precision ships, it is within the embed budget
