@@ -4,6 +4,7 @@ from a transformers config (tests/transformer_models.py), never downloaded."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.core.targets import load_profile
-from edgecompress.pipeline.repair import _by_role, layer_role
+from edgecompress.pipeline.repair import _by_role, layer_roles
 from edgecompress.quantize.diagnose import LayerError, diagnose
 from edgecompress.quantize.isa import recipe_for_target
 from edgecompress.quantize.recipe import QuantRecipe
@@ -111,14 +112,18 @@ def _layer(node: str, noise: float) -> LayerError:
     return LayerError(node, "MatMul", f"{node}_out", 30.0, 0.99, 40.0, None, 10.0, added_noise=noise)
 
 
-def test_repair_groups_a_transformers_matmuls_by_their_role_in_the_repeated_block():
-    assert layer_role("/encoder/layer.11/output/dense/MatMul") == "/encoder/layer.#/output/dense/MatMul"
-    ranked = [_layer("/encoder/layer.1/attention/self/key/MatMul", 0.5),  # the noisiest single layer ...
-              _layer("/encoder/layer.0/output/dense/MatMul", 0.3), _layer("/encoder/layer.1/output/dense/MatMul", 0.3),
-              _layer("/encoder/layer.0/attention/self/key/MatMul", 0.01)]
-    groups = _by_role(ranked)  # ... but the FFN outputs of every block add more together
-    assert groups == [("/encoder/layer.0/output/dense/MatMul", "/encoder/layer.1/output/dense/MatMul"),
-                      ("/encoder/layer.1/attention/self/key/MatMul", "/encoder/layer.0/attention/self/key/MatMul")]
+def test_repair_groups_a_transformers_matmuls_by_their_role_in_the_repeated_block(bert):
+    roles = layer_roles(bert)
+    weighted = [n for n in onnx.load(str(bert)).graph.node if n.op_type == "MatMul" and "dense" in n.name]
+    by_role: dict[str, set[str]] = {}
+    for node in weighted:
+        by_role.setdefault(roles[node.name], set()).add(re.sub(r"\d+", "#", node.name))  # the name without its block
+    # attention output, FFN input and FFN output: one role each across both blocks, whatever the nodes are named
+    assert len(by_role) == 3 and all(len(names) == 1 for names in by_role.values())
+    ffn_out, key_0, key_1, ffn_out_1 = "/ffn/out/0", "/key/0", "/key/1", "/ffn/out/1"
+    ranked = [_layer(key_1, 0.5), _layer(ffn_out, 0.3), _layer(ffn_out_1, 0.3), _layer(key_0, 0.01)]  # the noisiest one ...
+    groups = _by_role(ranked, {ffn_out: "FFN out", ffn_out_1: "FFN out", key_0: "key", key_1: "key"})
+    assert groups == [(ffn_out, ffn_out_1), (key_1, key_0)]  # ... but an FFN output adds more on average
 
 
 def test_a_sentence_encoder_checkpoint_builds_for_cpu_judged_as_an_embedding(tmp_path):

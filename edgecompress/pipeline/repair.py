@@ -12,7 +12,6 @@ raises `BudgetNotMetError` unless the user allowed it.
 
 from __future__ import annotations
 
-import re
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -269,23 +268,35 @@ def _greedy(session: RepairSession, base: RepairTry, ranking: Groups, limit: int
     return f"ranking exhausted: all {len(ranking)} quantized layers tried"
 
 
-def layer_role(node: str) -> str:
-    """'/encoder/layer.3/output/dense/MatMul' -> '/encoder/layer.#/output/dense/MatMul': the same MatMul in every block."""
-    return re.sub(r"\d+", "#", node)
+def layer_roles(onnx_path: Path) -> dict[str, str]:
+    """Each weighted node's role in a transformer's repeated block: its op, its weight's shape and the op that feeds
+    it ('MatMul [1536, 384] after Mul' is every block's FFN output). Structural, because exporters name nodes
+    differently: the TorchScript exporter writes '/encoder/layer.3/output/dense/MatMul', the dynamo exporter
+    'node_MatMul_131'."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    producer = {output: node.op_type for node in graph.node for output in node.output}
+    return {node.name: f"{node.op_type} {shapes.get(node.input[1], 'activations') if len(node.input) > 1 else ''} "
+                       f"after {producer.get(node.input[0], 'the input') if node.input else ''}"
+            for node in graph.node}
 
 
-def _by_role(ranked: list[LayerError]) -> Groups:
+def _by_role(ranked: list[LayerError], roles: dict[str, str]) -> Groups:
     """A transformer's layers grouped by their role in the repeated block, the roles whose layers add most noise first.
 
     Each block's activations differ from the padding positions' and from one sentence to the next; one MatMul's
     measured error is a noisy guide, while the same MatMul in every block (the FFN output after GELU, the attention
     projections) is where outliers repeat: measured on a sentence encoder, keeping the six FFN-output MatMuls float
     took neighbour agreement from 92.5% to 95%, and no single layer did."""
-    roles: dict[str, list[LayerError]] = {}
+    grouped: dict[str, list[LayerError]] = {}
     for layer in ranked:
-        roles.setdefault(layer_role(layer.node), []).append(layer)
-    ordered = sorted(roles.values(), key=lambda layers: -sum(
-        layer.added_noise if layer.added_noise is not None else layer.lost_db for layer in layers))
+        grouped.setdefault(roles.get(layer.node, layer.node), []).append(layer)
+    # by the noise a layer of the role adds on average: query, key and value share one role of three layers a block,
+    # and a sum would keep them float first for their number, not their damage
+    ordered = sorted(grouped.values(), key=lambda layers: -sum(
+        layer.added_noise if layer.added_noise is not None else layer.lost_db for layer in layers) / len(layers))
     return [tuple(dict.fromkeys(node for layer in layers for node in layer.exclusion_group)) for layers in ordered]
 
 
@@ -308,7 +319,7 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
         diagnosis = diagnosis or start_diagnosis
         ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
         in_model = _node_names(session.fp32_path)  # the prepared model may add nodes (e.g. Transpose_token_N)
-        groups = _by_role(ranked) if start.recipe.op_types else [g.exclusion_group for g in ranked]
+        groups = _by_role(ranked, layer_roles(session.fp32_path)) if start.recipe.op_types else [g.exclusion_group for g in ranked]
         ranking = [group for g in groups if g[0] not in start.recipe.nodes_to_exclude
                    if (group := tuple(node for node in g if node in in_model))]
         reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")

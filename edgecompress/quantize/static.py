@@ -250,9 +250,10 @@ def _quantize_dynamic(prepared: Path, out: Path, recipe: QuantRecipe) -> None:
 UNBOUNDED_MAGNITUDE = 1e30  # beyond any activation a network computes: a fill value (finfo.min in a mask), not data
 
 
-def unbounded_tensors(prepared: Path, calibration: CalibrationSet, samples: int = 1) -> list[str]:
+def unbounded_tensors(prepared: Path, calibration: CalibrationSet, samples: int = 4) -> list[str]:
     """Float tensors that carry infinities, NaN or fill values like finfo(float32).min on calibration inputs (a BERT
-    export adds (1 - mask) * finfo.min to its attention scores): no int8 range can hold them."""
+    export adds (1 - mask) * finfo.min to its attention scores): no int8 range can hold them. The first `samples`
+    inputs, one at a time (a sentence without padding shows no fill value, so one is not enough)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -266,10 +267,14 @@ def unbounded_tensors(prepared: Path, calibration: CalibrationSet, samples: int 
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as the graph names it
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
-    feed = calibration.batch_layout.take(calibration.arrays, 0, min(samples, len(calibration)))
-    with np.errstate(all="ignore"):
-        return [name for name, value in zip(outputs, session.run(outputs, feed))
-                if value.dtype.kind == "f" and value.size and not (np.abs(value) < UNBOUNDED_MAGNITUDE).all()]
+    found: dict[str, None] = {}
+    step = calibration.batch_layout.fixed_batch or 1  # a model exported at a fixed batch takes only that many
+    for start in range(0, min(samples, len(calibration)), step):
+        feed = calibration.batch_layout.take(calibration.arrays, start, start + step)
+        with np.errstate(all="ignore"):
+            found.update((name, None) for name, value in zip(outputs, session.run(outputs, feed))
+                         if value.dtype.kind == "f" and value.size and not (np.abs(value) < UNBOUNDED_MAGNITUDE).all())
+    return list(found)
 
 
 def _without_unbounded_tensors(prepared: Path, recipe: QuantRecipe, calibration: CalibrationSet) -> QuantRecipe:

@@ -1,7 +1,7 @@
 """The int8 recipe of a transformer encoder: what to quantize, how, and what stays float.
 
 Measured on a pretrained 6-layer sentence encoder (all-MiniLM-L6-v2, 64 tokens, ORT 1.32, 2-core AVX2 host;
-benchmarks/transformers.py), embedding cosine with fp32 mean / worst and nearest-neighbour agreement among 200
+benchmarks/transformer_encoders.py), embedding cosine with fp32 mean / worst and nearest-neighbour agreement among 200
 held-out sentences:
 
 - ORT's static QDQ of every op (its defaults): 0.347 / 0.120, 20% neighbours, 0.58x ORT fp32. The attention mask

