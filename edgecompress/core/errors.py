@@ -101,3 +101,7 @@ class CalibrationChecksumError(CalibrationError):
 
 class DataFreeError(CalibrationError):
     """Data-free calibration is impossible for this model (no BatchNorm statistics to match)."""
+
+
+class DeviceOnlyEngineError(EdgecompressError):
+    """The engine is a device kit: it is built and runs on the device, so this host cannot load it."""

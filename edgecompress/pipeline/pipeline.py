@@ -153,14 +153,19 @@ BUILD_STEPS = (
 )
 
 
-def build(config: BuildConfig) -> list[dict[str, Any]]:
-    """Run the whole build; returns one report.json dict per target."""
+StepRun = Callable[[BuildContext], BuildContext]
+
+
+def build(config: BuildConfig, context: BuildContext | None = None,
+          replaced: dict[StepRun, StepRun] | None = None) -> list[dict[str, Any]]:
+    """Run the whole build; returns one report.json dict per target. The Python API starts from a context that holds
+    the user's in-memory model and replaces the steps whose artifacts it already has (`replaced`: step run -> run)."""
     profiles = checked_profiles(config.target)  # a typo in --target or in a profile's options fails before any work
     require_torch_source(profiles, config.model)  # an ONNX file for an ExecuTorch target: before any work too
     config.out.mkdir(parents=True, exist_ok=True)
-    context = BuildContext(config)
+    context = context or BuildContext(config)
     for step in BUILD_STEPS:
-        context = step.run(context)
+        context = (replaced or {}).get(step.run, step.run)(context)
     ready = TargetContext.after_steps(context)
     return [build_target(ready, profile).to_dict() for profile in profiles]
 
@@ -227,10 +232,15 @@ def calibration_stage(source: SourceModel, fp32: OnnxModelInfo, config: BuildCon
         calibration = calibration_set_from_arrays(arrays, fp32.inputs, f"{config.data} train split")
     else:
         raise CalibrationError(f"model '{source.name}' needs calibration data for int8 (--calib PATH)", MAKE_A_SET)
+    warn_calibration_findings(calibration)
+    return calibration
+
+
+def warn_calibration_findings(calibration: CalibrationSet) -> None:
+    """The calibration diagnostics (constant or near-duplicate samples, too few), each one warning."""
     batched_on_axis_0 = {name: a for name, a in calibration.arrays.items() if calibration.batch_layout.axis(name, a) == 0}
     for finding in diagnose(batched_on_axis_0):  # the checks read samples on axis 0
         warn(f"calibration: {finding}")
-    return calibration
 
 
 def eval_stage(source: SourceModel, fp32: OnnxModelInfo, calibration: CalibrationSet, config: BuildConfig,
