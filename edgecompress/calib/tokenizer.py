@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.core.errors import CalibrationError
+from edgecompress.core.logs import third_party_output
 
 # The files `AutoTokenizer.from_pretrained` reads for WordPiece (BERT), BPE (RoBERTa, GPT-2) and SentencePiece models.
 TOKENIZER_FILES = (
@@ -74,7 +75,8 @@ def load_tokenizer(tokenizer_dir: Path) -> Any:
             "or re-save the tokenizer with save_pretrained(DIR)",
         )
     try:
-        from transformers import AutoTokenizer
+        with third_party_output("transformers"):  # it imports torchao, whose import is noisy
+            from transformers import AutoTokenizer
     except ImportError as exc:
         raise CalibrationError(
             f"text calibration needs the Hugging Face tokenizers (transformers), which cannot be imported: {exc}",

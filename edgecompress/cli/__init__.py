@@ -36,7 +36,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     log_level: str = typer.Option(
         "warning", "--log-level", help="Least severe log record shown on stderr: debug, info, warning or error "
-        "(onnxruntime's own log lines are shown at debug).", case_sensitive=False,
+        "(what onnxruntime, torch, ExecuTorch and transformers print is shown at debug).", case_sensitive=False,
     ),
 ) -> None:
     """edgecompress: compress, export, quantize, build, verify and ship edge engines."""

@@ -105,11 +105,13 @@ def check_release(
 ) -> None:
     """Do what an app does (device/app_release.py): verify signature and hashes, check the runtime, load, golden check."""
     from edgecompress.core.errors import BundleError
+    from edgecompress.core.logs import third_party_output
     from edgecompress.core.progress import out_console
     from edgecompress.device.app_release import ReleaseRefused, load_release
 
     try:
-        loaded = load_release(version_dir, key, target)
+        with third_party_output("release"):  # the runtime's import and thread-pool noise (shown with --log-level debug)
+            loaded = load_release(version_dir, key, target)
     except ReleaseRefused as refused:
         raise BundleError(f"release refused: {refused.reason}", "rebuild the release, or check the key and the runtime") from None
     out_console.print(f"OK {loaded.manifest['model']['name']} {loaded.manifest['model']['version']} {target}: signature, "

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.core.errors import EngineBuildError
+from edgecompress.core.logs import third_party_output
 from edgecompress.core.targets import TargetProfile
 from edgecompress.engines.base import EngineArtifact, TorchEngineRequest, TorchModel, profile_options
 from edgecompress.source.specs import TensorSpec
@@ -152,8 +153,9 @@ class ExecuTorchBuilder:
 
     def available(self) -> str | None:
         try:
-            import executorch.exir  # noqa: F401
-            import executorch.runtime  # noqa: F401
+            with third_party_output("executorch"):  # torchao's import logs missing CUDA kernels, torch warns
+                import executorch.exir  # noqa: F401
+                import executorch.runtime  # noqa: F401
         except ImportError:
             return f"executorch is not installed ({INSTALL_FIX})"
         return None
@@ -173,12 +175,13 @@ class ExecuTorchBuilder:
         options = executorch_options(profile)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        if request.precision == "int8":
-            exported = quantize_pt2e(model, options, request.keep_float)
-        else:
-            exported = _export(model.module, _torch_inputs(model.example_inputs, list(model.example_inputs)), "fp32")
         engine = out_dir / ENGINE_NAME
-        outside = lower_to_pte(exported, engine)
+        with third_party_output("executorch"):  # torch's pytree FutureWarnings on every export, and more
+            if request.precision == "int8":
+                exported = quantize_pt2e(model, options, request.keep_float)
+            else:
+                exported = _export(model.module, _torch_inputs(model.example_inputs, list(model.example_inputs)), "fp32")
+            outside = lower_to_pte(exported, engine)
         layers = compute_layers(model.module, request.keep_float) if request.precision == "int8" else {}
         label = request.precision if not layers else next(iter(layers)) if len(layers) == 1 else "mixed"
         version = executorch_version() or "unknown"
@@ -233,11 +236,12 @@ class ExecuTorchRunner:
     N / (the program's batch) calls, the outputs concatenated."""
 
     def __init__(self, engine: Path, input_names: list[str], output_names: list[str], threads: int = 0) -> None:
-        from executorch.runtime import Runtime, Verification
+        with third_party_output("executorch"):  # the thread pool's cpuinfo probe writes to fd 2 ("Failed to open midr file")
+            from executorch.runtime import Runtime, Verification
 
-        set_threads(threads)
-        program = Runtime.get().load_program(Path(engine), verification=Verification.InternalConsistency)
-        self._method = program.load_method("forward")
+            set_threads(threads)
+            program = Runtime.get().load_program(Path(engine), verification=Verification.InternalConsistency)
+            self._method = program.load_method("forward")
         meta = self._method.metadata
         self._input_shapes = [tuple(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
         self._batch = self._input_shapes[0][0] if self._input_shapes and self._input_shapes[0] else 1

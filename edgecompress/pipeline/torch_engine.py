@@ -19,6 +19,7 @@ import numpy as np
 
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.core.errors import ModelLoadError, TargetError
+from edgecompress.core.logs import third_party_output
 from edgecompress.core.progress import info
 from edgecompress.core.targets import TargetProfile
 from edgecompress.engines.base import EngineArtifact, Runner, TorchEngineBuilder, TorchEngineRequest, TorchModel, engine_input
@@ -116,14 +117,16 @@ class TorchTargetModels:
         import hashlib
 
         key = hashlib.sha256(repr((request.precision, request.keep_float)).encode()).hexdigest()[:16]
-        artifact = self._builder.build(self._model, request, self._profile, self._workdir / key)
+        with third_party_output(self._builder.kind):
+            artifact = self._builder.build(self._model, request, self._profile, self._workdir / key)
         assert artifact.path is not None, "a torch-built engine always runs here"
         self._artifacts[artifact.path] = artifact
         return artifact.path
 
     def load(self, model_path: Path) -> Runner:
         if model_path not in self._runners:
-            self._runners[model_path] = self._builder.load(self._artifacts[model_path], self._profile)
+            with third_party_output(self._builder.kind):
+                self._runners[model_path] = self._builder.load(self._artifacts[model_path], self._profile)
         return self._runners[model_path]
 
     def promote(self, model_path: Path, target_dir: Path, runtime: str | None = None) -> EngineArtifact:

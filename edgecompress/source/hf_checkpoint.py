@@ -20,6 +20,7 @@ import torch
 
 from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.errors import InputShapeError, ModelLoadError
+from edgecompress.core.logs import third_party_output
 
 POOLINGS = ("auto", "mean", "cls", "none")
 DEFAULT_SEQUENCE_LENGTH = 128
@@ -115,7 +116,8 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
 def _load_encoder(path: Path) -> tuple[Any, bool]:
     """The model, and whether it has a pooler with trained weights (a missing one would be random)."""
     try:
-        import transformers
+        with third_party_output("transformers"):
+            import transformers
     except ImportError:
         raise ModelLoadError(
             f"loading the Hugging Face checkpoint {path} needs transformers",
@@ -136,9 +138,10 @@ def _load_encoder(path: Path) -> tuple[Any, bool]:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     try:
-        encoder, loading = transformers.AutoModel.from_pretrained(
-            str(path), local_files_only=True, output_loading_info=True
-        )
+        with third_party_output("transformers"):  # the first model imports torchao, whose import is noisy
+            encoder, loading = transformers.AutoModel.from_pretrained(
+                str(path), local_files_only=True, output_loading_info=True
+            )
     except Exception as exc:  # transformers raises many types for a bad or mismatched checkpoint
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelLoadError(
