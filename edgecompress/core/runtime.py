@@ -49,3 +49,17 @@ def session_options(threads: int, level: str = "all", optimized_path: Path | Non
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     return options
+
+
+def session_with_outputs(model, names: list[str], level: str = "all"):
+    """A CPU session on `model` (an onnx.ModelProto, changed in place) that also returns the intermediate tensors
+    `names`: what calibration statistics, diagnosis and distillation read from inside a graph."""
+    import onnx
+    import onnxruntime as ort
+
+    declared = {o.name for o in model.graph.output}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = _level(level)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

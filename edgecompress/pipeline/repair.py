@@ -12,7 +12,6 @@ raises `BudgetNotMetError` unless the user allowed it.
 
 from __future__ import annotations
 
-
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal

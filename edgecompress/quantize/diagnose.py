@@ -19,6 +19,7 @@ import numpy as np
 
 from edgecompress.source.layout import BatchLayout
 from edgecompress.core.logs import onnxruntime_logs
+from edgecompress.core.runtime import session_with_outputs
 from edgecompress.core.progress import warn
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -110,11 +111,15 @@ def _sqnr_and_cosine(reference: Sequence[np.ndarray] | np.ndarray, value: Sequen
     `compute_activation_error` flattens every tensor four times per metric.
     """
     signal, other = _flat(reference), _flat(value)
-    noise = float(np.sum((signal - other) ** 2))
-    signal_power, other_power = float(np.dot(signal, signal)), float(np.dot(other, other))
-    sqnr = SQNR_CAP_DB if noise == 0.0 else min(SQNR_CAP_DB, 10.0 * float(np.log10(max(signal_power, 1e-30) / noise)))
-    norm = np.sqrt(signal_power * other_power)
-    return sqnr, float(np.dot(signal, other) / norm) if norm > 0 else 1.0
+    return _sqnr_and_cosine_of_sums(float(np.dot(signal, signal)), float(np.sum((signal - other) ** 2)),
+                                    float(np.dot(signal, other)), float(np.dot(other, other)))
+
+
+def _sqnr_and_cosine_of_sums(signal: float, noise: float, dot: float, other: float) -> tuple[float, float]:
+    """SQNR (capped) and cosine from Σref², Σ(ref − value)², Σref·value and Σvalue²."""
+    sqnr = SQNR_CAP_DB if noise == 0.0 else min(SQNR_CAP_DB, 10.0 * float(np.log10(max(signal, 1e-30) / noise)))
+    norm = np.sqrt(signal * other)
+    return sqnr, float(dot / norm) if norm > 0 else 1.0
 
 
 def _activations(model_path: Path, inputs: dict[str, np.ndarray], workdir: Path, batch_size: int,
@@ -277,21 +282,7 @@ class _PairStatistics:
         self.noise += float((ref - got) @ (ref - got))
 
     def error(self, tensor: str) -> TensorError:
-        sqnr = SQNR_CAP_DB if self.noise == 0 else min(SQNR_CAP_DB, 10.0 * float(np.log10(max(self.signal, 1e-30) / self.noise)))
-        norm = np.sqrt(self.signal * self.other)
-        return TensorError(tensor, "activation", sqnr, float(self.dot / norm) if norm > 0 else 1.0)
-
-
-def _session_with_outputs(model_path: Path, names: list[str]):
-    import onnx
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    declared = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return TensorError(tensor, "activation", *_sqnr_and_cosine_of_sums(self.signal, self.noise, self.dot, self.other))
 
 
 def dynamic_diagnosis(fp32_path: Path, int8_path: Path, inputs: dict[str, np.ndarray], layout: BatchLayout, count: int,
@@ -303,7 +294,7 @@ def dynamic_diagnosis(fp32_path: Path, int8_path: Path, inputs: dict[str, np.nda
     quantized = set(dynamic_int8_nodes(int8_path))
     nodes = [n for n in onnx.load(str(fp32_path), load_external_data=False).graph.node if n.name in quantized]
     tensors = list(dict.fromkeys(name for n in nodes for name in (n.input[0], n.output[0])))
-    fp32, int8 = _session_with_outputs(fp32_path, tensors), _session_with_outputs(int8_path, tensors)
+    fp32, int8 = (session_with_outputs(onnx.load(str(path)), tensors) for path in (fp32_path, int8_path))
     statistics = {name: _PairStatistics() for name in tensors}
     for batch in layout.batches(inputs, batch_size):
         for name, reference, value in zip(tensors, fp32.run(tensors, batch), int8.run(tensors, batch)):

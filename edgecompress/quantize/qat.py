@@ -177,7 +177,7 @@ class OrtTeacher:
     def _session(self, outputs: tuple[str, ...]):
         """A session whose graph outputs are `outputs` (intermediate tensors too, e.g. the logits before a Softmax)."""
         if outputs not in self.sessions:
-            import onnxruntime as ort
+            from edgecompress.core.runtime import session_with_outputs
 
             model = onnx.ModelProto()
             model.CopyFrom(self.model)
@@ -189,11 +189,7 @@ class OrtTeacher:
                     dim.dim_param = f"{graph_input.name}_dim{axis}"
             for graph_output in model.graph.output:
                 graph_output.type.tensor_type.ClearField("shape")
-            declared = {o.name for o in model.graph.output}
-            model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs if name not in declared)
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            self.sessions[outputs] = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            self.sessions[outputs] = session_with_outputs(model, list(outputs))
         return self.sessions[outputs]
 
     def run(self, inputs: dict[str, torch.Tensor], outputs: list[str] | None = None) -> list[torch.Tensor]:

@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgecompress.core.runtime import session_with_outputs
+
 SCALE_LIMITS = (1e-4, 1e4)  # a channel that never fires (max 0) keeps s = 1; others are kept within these
 
 
@@ -38,14 +40,7 @@ def weighted_matmuls(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
 
 def channel_absmax(model_path: Path, feeds: Iterable[dict[str, np.ndarray]], tensors: list[str]) -> dict[str, np.ndarray]:
     """max |x| per last-axis channel of each tensor in `tensors` over every calibration batch (ONNX Runtime)."""
-    import onnxruntime as ort
-
-    model = onnx.load(str(model_path))
-    declared = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors if name not in declared)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = session_with_outputs(onnx.load(str(model_path)), tensors)
     found: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(tensors, session.run(tensors, feed)):

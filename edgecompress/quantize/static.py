@@ -255,17 +255,13 @@ def unbounded_tensors(prepared: Path, calibration: CalibrationSet, samples: int 
     export adds (1 - mask) * finfo.min to its attention scores): no int8 range can hold them. The first `samples`
     inputs, one at a time (a sentence without padding shows no fill value, so one is not enough)."""
     import numpy as np
-    import onnxruntime as ort
+
+    from edgecompress.core.runtime import session_with_outputs
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(prepared)))  # the element types of the intermediate tensors
     floats = {v.name for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     names = [o for node in model.graph.node for o in node.output if o in floats]
-    declared = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names if name not in declared)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as the graph names it
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = session_with_outputs(model, names, level="disable")  # every tensor as the graph names it
     outputs = [o.name for o in session.get_outputs()]
     found: dict[str, None] = {}
     step = calibration.batch_layout.fixed_batch or 1  # a model exported at a fixed batch takes only that many
