@@ -250,17 +250,10 @@ def _sample_shapes(data: InMemoryData, config: BuildConfig, batch_one: bool) -> 
 
 
 def _npz_sample_shapes(path: Path, config: BuildConfig) -> dict[str, tuple[int, ...]]:
-    import numpy as np
-
     from edgecompress.calib.batches import InMemoryData
-    from edgecompress.calib.load import LABEL_KEYS
-    from edgecompress.core.errors import CalibrationError
+    from edgecompress.calib.load import LABEL_KEYS, read_array_file
 
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {key: stored[key] for key in stored.files if key not in LABEL_KEYS}
-    except (OSError, ValueError) as error:
-        raise CalibrationError(f"cannot read calibration file {path} ({error})", "pass a calibration .npz") from None
+    arrays = {key: array for key, array in read_array_file(Path(path)).items() if key not in LABEL_KEYS}
     return _sample_shapes(InMemoryData(arrays, len(arrays) == 1, None, str(path)), config, True)  # one array: "input"
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from edgecompress.calib.load import LABEL_KEYS
+from edgecompress.calib.load import LABEL_KEYS, check_finite
 from edgecompress.core.errors import CalibrationError
 from edgecompress.source.layout import BatchLayout
 
@@ -138,6 +138,4 @@ def _check_finite(arrays: Mapping[str, np.ndarray], what: str) -> None:
     for name, array in arrays.items():
         if array.dtype == object:
             raise CalibrationError(f"{what}: input '{name}' is not numeric ({array.dtype})", "pass arrays or tensors")
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            bad = int(np.sum(~np.isfinite(array)))
-            raise CalibrationError(f"{what}: input '{name}' contains {bad} NaN/Inf values", "fix or drop those samples")
+        check_finite(name, array, what)

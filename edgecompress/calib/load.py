@@ -57,13 +57,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CalibrationError(f"{path} is not a readable .npz/.npy file ({exc})", MAKE_A_SET) from exc
 
 
-def _read_any(path: Path) -> dict[str, np.ndarray]:
+def read_array_file(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a calibration .npz (by key) or .npy (as `x`), or a CalibrationError that says how to make one."""
     if path.suffix == ".npy":
         try:
             return {"x": np.load(path, allow_pickle=False)}
         except (ValueError, OSError) as exc:
             raise CalibrationError(f"{path} is not a readable .npy file ({exc})", MAKE_A_SET) from exc
     return _read_npz(path)
+
+
+def check_finite(name: str, array: np.ndarray, where: str) -> None:
+    """NaN or Inf in a float input is named, with how many, before any range is calibrated on it."""
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        bad = int(np.sum(~np.isfinite(array)))
+        raise CalibrationError(f"{where}: input '{name}' contains {bad} NaN/Inf values", "fix or drop those samples")
 
 
 def match_inputs(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: str) -> dict[str, np.ndarray]:
@@ -114,9 +122,7 @@ def check_fits(arrays: dict[str, np.ndarray], inputs: list[TensorSpec], where: s
                 f"{where}: input '{spec.name}' is {array.dtype} but the model expects {spec.dtype}",
                 "store the preprocessed model inputs, not raw pixels or labels",
             )
-        if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-            bad = int(np.sum(~np.isfinite(array)))
-            raise CalibrationError(f"{where}: input '{spec.name}' contains {bad} NaN/Inf values", "fix or drop those samples")
+        check_finite(spec.name, array, where)
         if axis is not None:
             counts[spec.name] = array.shape[axis]
         fitted[spec.name] = np.ascontiguousarray(array.astype(spec.dtype, copy=False))
@@ -132,7 +138,7 @@ def load_calibration_set(path: Path, inputs: list[TensorSpec], layout: BatchLayo
     the same set as `<name>.json`; without, it is the hash of the fitted arrays.
     """
     path = Path(path)
-    raw = _read_any(path)
+    raw = read_array_file(path)
     manifest = verify_manifest(path, raw)
     arrays = check_fits(match_inputs(raw, inputs, str(path)), inputs, str(path), layout)
     labels = next((raw[key] for key in LABEL_KEYS if key in raw), None)
