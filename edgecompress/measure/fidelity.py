@@ -105,10 +105,7 @@ class Comparator(Protocol):
 
 
 def mean_cosine(reference: np.ndarray, engine: np.ndarray) -> float:
-    ref = reference.reshape(len(reference), -1).astype(np.float64)
-    got = engine.reshape(len(engine), -1).astype(np.float64)
-    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
-    return float(np.mean(np.sum(ref * got, axis=1) / np.where(norms == 0, 1.0, norms)))
+    return float(np.mean(np.sum(unit_rows(reference) * unit_rows(engine), axis=1)))
 
 
 SQNR_OF_IDENTICAL_OUTPUTS_DB = 200.0  # reported instead of infinity, which JSON cannot hold
