@@ -157,3 +157,43 @@ def test_a_sentence_encoder_checkpoint_builds_for_cpu_judged_as_an_embedding(tmp
     recipe = report["quantization"]["recipe"]
     assert recipe["activations"] == "dynamic" and recipe["op_types"] == ["MatMul", "Gemm"]
     assert report["fidelity"]["met"]  # whatever precision ships, it is within the embed budget
+
+
+def test_repair_of_dynamic_int8_tries_8_bit_weights_then_single_matmuls_then_roles(bert, calibration, tmp_path):
+    """Where int8 misses the budget, repair tries uint8 weights if the recipe had 7-bit ones, then keeps single MatMuls
+    float by the noise each adds, then whole roles, and says so. (Judged against an encoder with perturbed weights,
+    which no recipe can match: every rung of the search runs.)"""
+    from dataclasses import replace
+
+    from onnx import numpy_helper
+
+    from edgecompress.engines.ort_cpu import OrtRunner
+    from edgecompress.measure.evaluate import EvalSet
+    from edgecompress.measure.fidelity import Budget
+    from edgecompress.pipeline.repair import RepairOptions, RepairSession, repair
+
+    other = onnx.load(str(bert))
+    rng = np.random.default_rng(0)
+    for tensor in other.graph.initializer:
+        if len(tensor.dims) == 2:
+            weight = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(weight + rng.standard_normal(weight.shape).astype(weight.dtype) * weight.std(),
+                                                    tensor.name))
+    onnx.save(other, tmp_path / "other.onnx")
+    recipe = replace(transformer_recipe(recipe_for_target(load_profile("cpu")), "ort-cpu"), weight_type="int8", reduce_range=True)
+    quantize = lambda r: quantize_model(bert, calibration, r, tmp_path / f"{abs(hash(r))}.onnx")  # noqa: E731
+    load = lambda p: OrtRunner(p, threads=1)  # noqa: E731
+    options = RepairOptions(latency_runs=0, diagnose_samples=16, max_excluded_layers=2)
+    session = RepairSession(bert, EvalSet(bert_inputs(batch=40, seed=8), None, "other sentences"), quantize, load,
+                            load(tmp_path / "other.onnx"), Budget(), options=options)
+    result = repair(session, recipe)
+    steps = [t.step for t in result.tries]
+    assert not result.met and steps[:2] == ["target recipe (minmax)", "uint8 weights (8-bit, no reduce_range)"]
+    wide = result.tries[1]
+    assert wide.recipe.weight_type == "uint8" and not wide.recipe.reduce_range
+    assert [i for i in onnx.load(str(wide.model_path)).graph.initializer
+            if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) == 2]  # the engine's MatMul weights are 8-bit unsigned
+    exclusions = [t for t in result.tries if t.recipe.nodes_to_exclude]
+    assert exclusions[0].step == "exclude top 1" and len(exclusions[0].recipe.nodes_to_exclude) == 1  # one MatMul first
+    assert "by role" in result.stop_reason  # single MatMuls did not reach it, so roles were tried
+    assert max(len(t.recipe.nodes_to_exclude) for t in exclusions) >= 4  # a role: two MatMuls in each of both blocks

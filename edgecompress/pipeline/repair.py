@@ -4,7 +4,8 @@ Order (cheapest first): the target's recipe as chosen → the other calibration 
 (keep the best) → cross-layer equalization (edgecompress/quantize/equalize.py) → bias correction
 toggled (edgecompress/quantize/biascorrect.py) → keep the nodes the diagnosis ranks most damaging in fp32, found by
 doubling + bisection (few re-quantizations) or greedily (one node at a time, a node
-kept only if it helps). For a detector, the decode tail (edgecompress/quantize/detect_tail.py)
+kept only if it helps). A transformer's dynamic int8 instead tries 8-bit uint8 weights (where the recipe has 7-bit
+ones) and other SmoothQuant strengths, then single MatMuls in fp32, then whole roles of the repeated block. For a detector, the decode tail (edgecompress/quantize/detect_tail.py)
 is kept in fp32 first, before any of these. Every try is recorded with its accuracy and latency, and why
 the search stopped; when the budget is missed the best engine is kept and the caller
 raises `BudgetNotMetError` unless the user allowed it.
@@ -180,6 +181,15 @@ def _try_recipe_changes(session: RepairSession, recipe: QuantRecipe) -> RepairTr
         return tail
     if tail is not None and tail.quality() > first.quality():
         recipe = tail.recipe  # later steps keep the tail in fp32
+    if recipe.activations == "dynamic" and recipe.reduce_range:
+        # 7-bit weights keep VPMADDUBSW (x86 without VNNI) from saturating; asymmetric 8-bit uint8 weights take the
+        # u8u8 kernels instead, which widen to 16 bits first: slower, but a full 8 bits for the smoothed weights
+        # (a sentence encoder, every MatMul int8: neighbours 89.5% -> 93.5%, benchmarks/transformer_encoders.py)
+        wide = session.attempt("uint8 weights (8-bit, no reduce_range)", replace(recipe, weight_type="uint8", reduce_range=False))
+        if wide.quality() > first.quality():
+            if wide.met:
+                return wide
+            recipe = wide.recipe
     if recipe.smooth_alpha is not None:  # a transformer's MatMuls: how much of the outliers moves into the weights
         for alpha in SMOOTH_ALPHAS_TO_TRY:
             if alpha != recipe.smooth_alpha:
@@ -285,10 +295,10 @@ def layer_roles(onnx_path: Path) -> dict[str, str]:
 def _by_role(ranked: list[LayerError], roles: dict[str, str]) -> Groups:
     """A transformer's layers grouped by their role in the repeated block, the roles whose layers add most noise first.
 
-    Each block's activations differ from the padding positions' and from one sentence to the next; one MatMul's
-    measured error is a noisy guide, while the same MatMul in every block (the FFN output after GELU, the attention
-    projections) is where outliers repeat: measured on a sentence encoder, keeping the six FFN-output MatMuls float
-    took neighbour agreement from 92.5% to 95%, and no single layer did."""
+    Tried after single MatMuls: one MatMul's measured error is a noisy guide, while the same MatMul in every block
+    (the FFN output after GELU, the attention projections) is where outliers repeat. Measured on a sentence encoder
+    with 7-bit weights, keeping the six FFN-output MatMuls float took neighbour agreement from 92.5% to 95% and no
+    single layer did; with 8-bit weights the four noisiest single MatMuls reach 95% at a sixth of the cost."""
     grouped: dict[str, list[LayerError]] = {}
     for layer in ranked:
         grouped.setdefault(roles.get(layer.node, layer.node), []).append(layer)
@@ -308,7 +318,8 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
     # The most accurate calibration is not always the one that needs the fewest fp32 layers
     # (clipping spreads damage over many layers, one outlier channel damages one), so the
     # exclusion search also starts from the target's own recipe when that differs.
-    starts = [base] + [t for t in session.tries[:1] if t.recipe != base.recipe]
+    # Ranges per call (dynamic int8) have no calibration to clip: the best recipe is the only start.
+    starts = [base] + [t for t in session.tries[:1] if t.recipe != base.recipe and base.recipe.activations != "dynamic"]
     search = _bisect if session.options.strategy == "bisect" else _greedy
     reasons, diagnosis = [], None
     for start in starts:
@@ -318,9 +329,14 @@ def repair(session: RepairSession, recipe: QuantRecipe) -> RepairResult:
         diagnosis = diagnosis or start_diagnosis
         ranked = start_diagnosis.ranking() if start_diagnosis else []  # no diagnosis: nothing to rank, no exclusions
         in_model = _node_names(session.fp32_path)  # the prepared model may add nodes (e.g. Transpose_token_N)
-        groups = _by_role(ranked, layer_roles(session.fp32_path)) if start.recipe.op_types else [g.exclusion_group for g in ranked]
-        ranking = [group for g in groups if g[0] not in start.recipe.nodes_to_exclude
-                   if (group := tuple(node for node in g if node in in_model))]
-        reasons.append(f"from {start.recipe.calibration_method}: {search(session, start, ranking, session.options.max_excluded_layers)}")
+        rankings = [("", [g.exclusion_group for g in ranked])]
+        if start.recipe.op_types:  # a transformer: where single MatMuls cannot reach the budget, whole roles may
+            rankings.append((" by role", _by_role(ranked, layer_roles(session.fp32_path))))
+        for how, groups in rankings:
+            ranking = [group for g in groups if g[0] not in start.recipe.nodes_to_exclude
+                       if (group := tuple(node for node in g if node in in_model))]
+            reasons.append(f"from {start.step}{how}: {search(session, start, ranking, session.options.max_excluded_layers)}")
+            if any(t.met for t in session.tries):
+                break
     best = _pick_best(session.tries)
     return RepairResult(best, session.tries, best.met, "; ".join(reasons), session.budget, diagnosis)
