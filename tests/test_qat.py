@@ -14,8 +14,8 @@ from edgecompress.core.targets import load_profile
 from edgecompress.engines.ort_cpu import OrtRunner
 from edgecompress.quantize.isa import host_isa, recipe_for_target
 from edgecompress.quantize.qat import (
-    ActivationQuant, FakeQuantGraph, QatOptions, WeightQuant, distillation_targets, finetune, read_quant_plan,
-    weight_scale, write_weights,
+    ActivationQuant, FakeQuantGraph, QatOptions, WeightQuant, distillation_targets, finetune, quantize_fine_tuned,
+    read_quant_plan, weight_scale, write_weights,
 )
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.quantize.static import prepare_model, quantize_model
@@ -103,8 +103,8 @@ def fine_tuned(request, quantized, digits_case):  # noqa: F811
     options = QatOptions(steps=12, batch_size=16, lr=1e-3, validate_every=4, learn_ranges=request.param, range_lr=1e-2)
     tag = "lsq" if request.param else "fixed"
     result = finetune(prepared, qdq, train, BatchLayout({}), recipe, options, root / f"qat.{tag}.onnx")
-    requantized = quantize_model(result.model_path, digits_case.calibration, replace(recipe, equalize=False, bias_correction=False),
-                                 root / f"qat.{tag}.int8.onnx", activation_ranges=result.plan.activation_ranges())
+    requantized = quantize_fine_tuned(result.model_path, digits_case.calibration, recipe, result.plan.activation_ranges(),
+                                      root / f"qat.{tag}.int8.onnx")
     return recipe, prepared, result, requantized
 
 
@@ -146,12 +146,48 @@ def test_the_engine_computes_what_the_fine_tuning_saw(fine_tuned, digits_case): 
     # the optimized int8 engine itself where this host's kernels run the recipe exactly; a full-range recipe on an
     # x86 host without VNNI would run on saturating VPMADDUBSW kernels that are not its target's (ARM's and TensorRT's
     # accumulate in int32), so there the QDQ graph runs as ONNX defines it: each op in float between its DQ and Q
+    _assert_engine_matches_fake_quant(requantized, recipe, result, x, fake)
+
+
+def _assert_engine_matches_fake_quant(requantized, recipe: QuantRecipe, result, x: np.ndarray, fake: np.ndarray) -> None:
     exact_here = not (host_isa().saturates_u8s8 and not recipe.reduce_range)
     engine = OrtRunner(requantized, threads=1, level="all" if exact_here else "disable").run({"input": x})[0]
     step = result.plan.activations["logits"].scale
     # Stated tolerance, as for the QDQ model: 2 output steps, top-1 the same for 99% of samples
     assert np.abs(fake - engine).max() <= 2 * step + 1e-6
     assert np.mean(fake.argmax(1) == engine.argmax(1)) >= 0.99
+
+
+STARTS = {"minmax": {}, "entropy": {"calibration_method": "entropy"}, "percentile": {"calibration_method": "percentile"},
+          "bias correction": {"bias_correction": True}, "equalization": {"equalize": True},
+          "excluded nodes": {"nodes_to_exclude": ("/conv2/Conv",)},
+          "percentile, equalization, bias correction, excluded nodes": {
+              "calibration_method": "percentile", "equalize": True, "bias_correction": True, "nodes_to_exclude": ("/conv2/Conv",)}}
+
+
+@pytest.mark.parametrize("start", list(STARTS))
+def test_from_every_start_the_ladder_can_pick_the_engine_computes_what_the_fine_tuning_saw(start, digits_case, tmp_path):  # noqa: F811
+    """The QAT rung starts from repair's best try, whatever it is: the prepared graph of that recipe is fine-tuned under
+    the fake quantization read from that try's QDQ model, and the re-quantized engine must compute the same."""
+    recipe = replace(RECIPES["cpu"], **STARTS[start])
+    prepared = prepare_model(digits_case.clean, digits_case.calibration, recipe, tmp_path / "prepared.onnx")
+    qdq = quantize_model(digits_case.clean, digits_case.calibration, recipe, tmp_path / "ptq.onnx")
+    train = {"input": digits_case.calibration.arrays["input"]}
+    result = finetune(prepared, qdq, train, BatchLayout({}), recipe, QatOptions(steps=4, batch_size=16, validate_every=4),
+                      tmp_path / "qat.onnx")
+    requantized = quantize_fine_tuned(result.model_path, digits_case.calibration, recipe, result.plan.activation_ranges(),
+                                      tmp_path / "qat.int8.onnx")
+    plan = read_quant_plan(onnx.load(str(requantized)), recipe)
+    assert plan.activations == result.plan.activations and plan.weights.keys() == result.plan.weights.keys()
+    if recipe.nodes_to_exclude:  # the excluded convolution keeps its float weight after the write-back too
+        graph = onnx.load(str(requantized)).graph
+        conv2 = next(n for n in graph.node if n.name == "/conv2/Conv")
+        weight = next(t for t in graph.initializer if t.name == conv2.input[1])
+        assert weight.data_type == onnx.TensorProto.FLOAT
+    x = digits_case.eval_set.inputs["input"][:200]
+    with torch.no_grad():
+        fake = FakeQuantGraph(onnx.load(str(result.model_path)), result.plan).run({"input": torch.from_numpy(x)})[0].numpy()
+    _assert_engine_matches_fake_quant(requantized, recipe, result, x, fake)
 
 
 def test_fine_tuning_keeps_its_best_weights_and_records_its_curve(fine_tuned):
@@ -278,3 +314,13 @@ def test_qat_trains_on_the_data_train_and_validation_splits_never_the_test_split
     assert len(x) == len(splits.train.x) + len(splits.val.x) and "train and validation" in described
     seen = {row.tobytes() for row in x}
     assert not any(row.tobytes() in seen for row in splits.test.x)
+
+
+def test_fine_tuning_stops_when_the_validation_loss_stops_falling(quantized, digits_case):  # noqa: F811
+    """A plateau ends the rung early (the ladder's time is better spent on the next rung), and says so."""
+    recipe, prepared, qdq, root = quantized
+    options = QatOptions(steps=50, batch_size=16, lr=1e-12, validate_every=2, patience=2, augment=False)
+    result = finetune(prepared, qdq, {"input": digits_case.calibration.arrays["input"]}, BatchLayout({}), recipe, options,
+                      root / "qat.plateau.onnx")
+    assert result.steps == 4 and result.stopped == "validation loss flat for 2 checks after 4 steps"
+    assert result.seconds_per_step == pytest.approx(result.seconds / 4)

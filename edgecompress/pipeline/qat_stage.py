@@ -9,7 +9,7 @@ judges the result by the one budget, like every other candidate.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.cache import cached_artifact
 from edgecompress.core.errors import QuantizationError
 from edgecompress.core.progress import info, progress_bar, warn
-from edgecompress.quantize.qat import ActivationQuant, QatOptions, QuantPlan, finetune
+from edgecompress.quantize.qat import ActivationQuant, QatOptions, QuantPlan, finetune, fine_tuned_recipe, quantize_fine_tuned
 from edgecompress.quantize.recipe import QuantRecipe
-from edgecompress.quantize.static import prepare_model, quantize_model
+from edgecompress.quantize.static import prepare_model
 from edgecompress.source.data import DigitsSplits as Splits
 from edgecompress.source.layout import BatchLayout
 
@@ -51,7 +51,8 @@ class QatOutcome:
 def qat_options(context: QatSources) -> QatOptions:
     config = context.config
     return QatOptions(steps=config.qat_steps, lr=config.qat_lr, max_seconds=60.0 * config.qat_minutes, seed=config.seed,
-                      learn_ranges=config.qat_ranges == "learned", augment=config.qat_augment)
+                      learn_ranges=config.qat_ranges == "learned", augment=config.qat_augment,
+                      patience=config.qat_patience)
 
 
 def training_inputs(context: QatSources) -> tuple[dict[str, np.ndarray], BatchLayout, str]:
@@ -105,7 +106,8 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
             prepared = prepare_model(context.fp32_path, context.calibration, recipe, Path(workdir) / "prepared.onnx")
             result = finetune(prepared, post_training_int8, inputs, layout, recipe, options, out, progress)
         return {
-            "steps": result.steps, "seconds": result.seconds, "stopped": result.stopped, "data": described,
+            "steps": result.steps, "seconds": result.seconds, "seconds_per_step": round(result.seconds_per_step, 3),
+            "stopped": result.stopped, "data": described,
             "training_inputs": result.samples, "lr": options.lr, "batch_size": options.batch_size,
             "temperature": options.temperature, "loss": "distillation from the fp32 model (KL on class scores, MSE otherwise)",
             "ranges": "learned (LSQ)" if options.learn_ranges else "calibrated, frozen",
@@ -119,13 +121,11 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
     record, reused = cached_artifact(trained_path, key, fine_tune)
     int8_path = config.out / "int8" / f"model.int8.qat.{name}.onnx"
     ranges = _plan_from_record(record["activations"]).activation_ranges()
-    # the fine-tuned graph already has the recipe's equalization and bias correction in its weights
-    baked = replace(recipe, equalize=False, bias_correction=False)
 
     def quantize(out: Path) -> None:
-        quantize_model(trained_path, context.calibration, baked, out, ranges)
+        quantize_fine_tuned(trained_path, context.calibration, recipe, ranges, out)
 
-    cached_artifact(int8_path, {**key, "quantized": baked.cache_key()}, quantize)
+    cached_artifact(int8_path, {**key, "quantized": fine_tuned_recipe(recipe).cache_key()}, quantize)
     info(f"quantization-aware training: {'reused' if reused else 'wrote'} {int8_path} "
-         f"({record['steps']} steps, {record['seconds']} s, {record['stopped']})")
+         f"({record['steps']} steps, {record['seconds']} s, {record.get('seconds_per_step', 0):.2f} s/step, {record['stopped']})")
     return QatOutcome(int8_path, {k: v for k, v in record.items() if k != "activations"} | {"reused": reused})

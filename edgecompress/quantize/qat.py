@@ -27,6 +27,7 @@ import torch
 from onnx import numpy_helper
 from torch.nn import functional as F
 
+from edgecompress.calib.load import CalibrationSet
 from edgecompress.calib.onnx_torch import OnnxGraphModule
 from edgecompress.core.errors import ConfigError
 from edgecompress.quantize.augment import augment_images, is_image_batch
@@ -263,6 +264,21 @@ def write_weights(prepared: onnx.ModelProto, module: OnnxGraphModule, out_path: 
     return Path(out_path)
 
 
+def fine_tuned_recipe(recipe: QuantRecipe) -> QuantRecipe:
+    """The recipe the fine-tuned graph is quantized with: the start's, without equalization and bias correction,
+    which the graph the training started from (prepare_model's) already has in its weights."""
+    return replace(recipe, equalize=False, bias_correction=False)
+
+
+def quantize_fine_tuned(trained_path: Path, calibration: CalibrationSet, recipe: QuantRecipe,
+                        ranges: dict[str, list[dict[str, Any]]], out_path: Path) -> Path:
+    """The fine-tuned graph as a QDQ model that computes what the training saw: the training's activation ranges
+    (QuantPlan.activation_ranges), not a new calibration, the start's types, exclusions and per-channel weights."""
+    from edgecompress.quantize.static import quantize_model
+
+    return quantize_model(trained_path, calibration, fine_tuned_recipe(recipe), out_path, ranges)
+
+
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: LossKind, temperature: float) -> torch.Tensor:
     """KL at `temperature` over the last axis (class scores, per step for sequences), T² scaled; or MSE relative to
     the teacher's variance, so outputs in pixels and in [0, 1] weigh alike."""
@@ -292,9 +308,11 @@ class QatOptions:
     learn_ranges: bool = False  # LSQ: train the activation scales too (benchmarks/qat.py measures both)
     range_lr: float = 1e-4  # Adam learning rate of the learned scales
     augment: bool = True  # train on random views of image inputs (quantize/augment.py); the teacher labels each view
+    patience: int = 4  # stop after this many validations in a row without a lower validation loss (a plateau)
 
     def __post_init__(self) -> None:
-        for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("validate_every", self.validate_every)):
+        for name, value in (("steps", self.steps), ("batch_size", self.batch_size), ("validate_every", self.validate_every),
+                            ("patience", self.patience)):
             if value < 1:
                 raise ConfigError(f"QAT {name} must be at least 1, not {value}", f"set {name} to a positive whole number")
         if not 0 < self.lr < 1 or not 0 < self.range_lr < 1 or self.temperature <= 0 or self.max_seconds <= 0:
@@ -314,6 +332,10 @@ class QatResult:
     validation_loss_before: float = 0.0
     validation_loss_after: float = 0.0
     augmented: bool = False  # trained on random views of the inputs (QatOptions.augment, image inputs only)
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.seconds / self.steps if self.steps else 0.0
 
 
 def _take(arrays: dict[str, np.ndarray], layout: BatchLayout, indices: np.ndarray) -> dict[str, torch.Tensor]:
@@ -426,7 +448,7 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     shown = _shown_metric(first)
     started, step, stopped = time.perf_counter(), 0, f"{options.steps} steps"
     order = rng.permutation(train_index)
-    cursor = 0
+    cursor, flat = 0, 0
     task = progress.add_task("QAT", total=options.steps) if progress is not None else None
     with torch.enable_grad():
         while step < options.steps:
@@ -451,12 +473,19 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
                 entry |= validation_entry(step)
                 shown = _shown_metric(entry)
                 if entry["validation_loss"] < best_loss:
-                    best_loss = entry["validation_loss"]
+                    best_loss, flat = entry["validation_loss"], 0
                     best_state = state()
+                else:
+                    flat += 1
             curve.append(entry)
             if progress is not None:
+                seconds_per_step = (time.perf_counter() - started) / step
                 progress.update(task, advance=1, description=(
-                    f"QAT step {step} loss {entry['loss']:.4f} validation {best_loss:.4f} (before {before:.4f}){shown}"))
+                    f"QAT step {step} ({seconds_per_step:.2f} s/step) loss {entry['loss']:.4f} "
+                    f"validation {best_loss:.4f} (before {before:.4f}){shown}"))
+            if flat >= options.patience:
+                stopped = f"validation loss flat for {flat} checks after {step} steps"
+                break
     with torch.no_grad():
         for key, value in graph.module.weights.items():
             value.copy_(best_state[f"weight:{key}"])
