@@ -247,6 +247,13 @@ def test_the_ladder_runs_the_qat_rung_for_an_engine_built_here_and_for_a_kit(dig
         assert any(line.startswith("Quantization-aware training (6 steps") for line in report["verdict"])
         names = [c["name"] for c in report["quantization"]["precision"]["candidates"]]
         assert "int8 QAT" in names and qat["shipped"] == (report["quantization"]["precision"]["chosen"] == "int8 QAT")
+        # the report's ladder: what each rung cost and what it bought, and one line of it in the verdict
+        ladder = report["quantization"]["ladder"]
+        assert [rung["rung"] for rung in ladder] == ["repair", "quantization-aware training", "precision choice"]
+        assert all(rung["seconds"] >= 0 for rung in ladder) and ladder[1]["seconds"] >= qat["seconds"]
+        assert qat["after"] in ladder[1]["outcome"] and "tries" in ladder[0]["outcome"]
+        assert any(line.startswith("Ladder: repair ") for line in report["verdict"])
+        assert all(t["seconds"] > 0 for t in report["quantization"]["tries"])
     assert (tmp_path / "out" / "qat").is_dir() and list((tmp_path / "out" / "int8").glob("model.int8.qat.*.onnx"))
 
 

@@ -333,6 +333,7 @@ class TargetQuantization:
     choice: PrecisionChoice | None
     diagnosis: Diagnosis | None
     qat: dict[str, Any] | None = None  # the quantization-aware rung, when it ran (report.json quantization.qat)
+    ladder: list[LadderRung] = field(default_factory=list)  # each rung's time and what it bought
 
     def report_fields(self, target_dir: Path | None = None) -> dict[str, Any]:
         """report.json's `quantization` additions; with `target_dir`, also the per-layer SQNR plot."""
@@ -349,7 +350,25 @@ class TargetQuantization:
             "tries": [t.to_dict() for t in self.repair.tries],
             "precision": None if self.choice is None else self.choice.to_dict(),
             "qat": None if self.qat is None else {**self.qat, "shipped": self.choice is not None and self.choice.chosen.name == QAT_NAME},
+            "ladder": [vars(rung) for rung in self.ladder],
         }
+
+
+@dataclass(frozen=True)
+class LadderRung:
+    """One rung of the precision ladder as the report shows it: what it cost and what it bought."""
+
+    rung: str
+    seconds: float
+    outcome: str
+
+    def describe(self) -> str:
+        return f"{self.rung} {self.seconds:.0f} s ({self.outcome})"
+
+
+def ladder_sentence(rungs: list[LadderRung]) -> str:
+    """'Ladder: repair 85 s (...), quantization-aware training 0 s (...), precision choice 12 s (...).'"""
+    return "Ladder: " + ", ".join(rung.describe() for rung in rungs) + "."
 
 
 @dataclass(frozen=True)
@@ -430,6 +449,9 @@ def quantize_for_target(
     where repair missed it (settings.qat), diagnose, then pick the precision."""
     from edgecompress.quantize.detect_tail import detector_tail_nodes
 
+    import time
+
+    started = time.perf_counter()
     reference = RememberedOutputs(models.load(fp32_path))  # evaluated against, never timed: tries time models.load's
     session = RepairSession(fp32_path, eval_set, quantize, models.load, reference, settings.budget, feeds, settings.repair,
                             settings.fidelity, detector_tail_nodes, timing_reference=models.load(fp32_path))
@@ -439,9 +461,17 @@ def quantize_for_target(
     if settings.diagnose and (diagnosis is None or best.recipe.nodes_to_exclude):
         diagnosis = diagnose_or_warn(fp32_path, best.model_path, eval_set.inputs, settings.repair.diagnose_samples, eval_set.layout)
     evaluate_model = lambda path: evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity)  # noqa: E731
+    headline = lambda evaluation: settings.budget.headline(evaluation).fidelity.result.describe()  # noqa: E731
+    repaired = time.perf_counter()
+    ladder = [LadderRung("repair", repaired - started, f"{len(result.tries)} tries, {headline(result.tries[0].evaluation)} -> "
+                                                       f"{headline(best.evaluation)}, {'met' if result.met else 'missed'}")]
     fine_tuned, qat_record = None, None
     if fine_tune is not None and (settings.qat == "on" or (settings.qat == "auto" and not result.met)):
         fine_tuned, qat_record = _qat_rung(result, fine_tune, evaluate_model, settings.budget)
+        outcome = (f"{qat_record['before']} -> {qat_record['after']}, {'met' if qat_record['met'] else 'missed'}"
+                   if qat_record["ran"] else "could not run")
+        ladder.append(LadderRung("quantization-aware training", time.perf_counter() - repaired, outcome))
+    chosen_at = time.perf_counter()
     candidates = _candidates(
         result, fp32_path, fp16_path, settings, evaluate_model,
         lambda: evaluate(reference, models.onnx_reference(fp32_path), eval_set, fidelity=settings.fidelity), fine_tuned,
@@ -479,7 +509,10 @@ def quantize_for_target(
         choice.summary.insert(0, _fp16_layers_sentence(choice.chosen))
     if qat_record is not None:
         choice.summary.insert(0, qat_record["summary"])
-    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis, qat_record)
+    ladder.append(LadderRung("precision choice", time.perf_counter() - chosen_at,
+                             f"{len(candidates)} candidates, {choice.chosen.name} ships"))
+    choice.summary.insert(0, ladder_sentence(ladder))
+    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis, qat_record, ladder)
 
 
 def _qat_rung(result: RepairResult, fine_tune: FineTune, evaluate_model: Callable[[Path], Evaluation],

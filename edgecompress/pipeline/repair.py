@@ -46,6 +46,7 @@ class RepairTry:
     met: bool
     latency_ms: float | None = None
     fp32_latency_ms: float | None = None
+    seconds: float = 0.0  # what the try cost: quantization, evaluation and timing
 
     def quality(self) -> tuple[float, ...]:
         """Higher is better: each output's task metric (a classifier's accuracy drop negated), then the first
@@ -69,6 +70,7 @@ class RepairTry:
             "fp32_latency_ms_p50": self.fp32_latency_ms,
             "speedup_vs_fp32": None if speedup is None else round(speedup, 3),
             "met": self.met,
+            "seconds": round(self.seconds, 1),
             "model_path": str(self.model_path),
         }
 
@@ -103,8 +105,11 @@ class RepairSession:
     tries: list[RepairTry] = field(default_factory=list)
 
     def attempt(self, step: str, recipe: QuantRecipe) -> RepairTry:
+        import time
+
         from edgecompress.core.progress import info
 
+        started = time.perf_counter()
         model_path = self.quantize(recipe)
         runner = self.load(model_path)
         evaluation = evaluate(runner, self.reference, self.eval_set, fidelity=self.fidelity)
@@ -115,6 +120,7 @@ class RepairSession:
             fp32 = self.timing_reference or self.reference
             stats, _ = benchmark({"try": runner, "fp32": fp32}, self.bench_feeds, runs=self.options.latency_runs, warmup=3)
             result.latency_ms, result.fp32_latency_ms = stats["try"].p50, stats["fp32"].p50
+        result.seconds = time.perf_counter() - started
         self.tries.append(result)
         headline = self.budget.headline(evaluation)
         info(f"repair: {step}: {headline.fidelity.result.describe()} ({headline.fidelity.task}) -> "
