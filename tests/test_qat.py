@@ -331,3 +331,42 @@ def test_fine_tuning_stops_when_the_validation_loss_stops_falling(quantized, dig
                       root / "qat.plateau.onnx")
     assert result.steps == 4 and result.stopped == "validation loss flat for 2 checks after 4 steps"
     assert result.seconds_per_step == pytest.approx(result.seconds / 4)
+
+
+@pytest.mark.slow  # two torchrun processes fine-tune
+def test_two_torchrun_processes_fine_tune_what_one_process_does(digits_case, tmp_path):  # noqa: F811
+    """Each process trains on its share of every global batch (the views one process would draw), the gradients are
+    averaged: the same weights as one process within float noise (atol 1e-4), and the same ranges to quantize with."""
+    from edgecompress.quantize.qat_ddp import run_job, write_job
+
+    recipe = RECIPES["cpu"]
+    # the model with an outlier channel: its post-training int8 is poor, so the fine-tuning has something to learn
+    prepared = prepare_model(digits_case.fragile, digits_case.calibration, recipe, tmp_path / "prepared.onnx")
+    qdq = quantize_model(digits_case.fragile, digits_case.calibration, recipe, tmp_path / "ptq.onnx")
+    train = {"input": digits_case.calibration.arrays["input"]}
+    options = QatOptions(steps=8, batch_size=16, lr=1e-3, validate_every=4, validation_fraction=0.3)
+    one = finetune(prepared, qdq, train, BatchLayout({}), recipe, options, tmp_path / "one.onnx")
+    job = write_job(tmp_path / "job", prepared, qdq, train, BatchLayout({}), recipe, options, tmp_path / "two.onnx")
+    two = run_job(job, processes=2, timeout=300)
+    assert one.augmented and two.augmented and two.steps == one.steps == 8 and two.plan.activations == one.plan.activations
+    weights = {name: {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+               for name, path in (("before", prepared), ("one", one.model_path), ("two", two.model_path))}
+    assert any(not np.array_equal(weights["before"][k], weights["one"][k]) for k in weights["one"]), one.curve  # it trained
+    for name, value in weights["one"].items():
+        np.testing.assert_allclose(weights["two"][name], value, atol=1e-4, rtol=1e-3, err_msg=name)
+
+
+@pytest.mark.slow  # a build whose QAT rung runs in two torchrun processes
+def test_a_build_runs_its_qat_rung_in_two_processes(digits_case, tmp_path):  # noqa: F811
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    np.savez(tmp_path / "calib.npz", input=digits_case.calibration.arrays["input"])
+    np.savez(tmp_path / "eval.npz", input=digits_case.eval_set.inputs["input"][:128])
+    config = BuildConfig(model=str(digits_case.fragile), target=["cpu"], calib=tmp_path / "calib.npz",
+                         eval_data=tmp_path / "eval.npz", out=tmp_path / "out", bench_runs=10, bench_warmup=1,
+                         qat="on", qat_steps=4, qat_processes=2, diagnose=False)
+    report, = build(config)
+    qat = report["quantization"]["qat"]
+    assert qat["ran"] and qat["processes"] == 2 and qat["steps"] == 4 and qat["seconds_per_step"] > 0
+    assert "int8 QAT" in [c["name"] for c in report["quantization"]["precision"]["candidates"]]

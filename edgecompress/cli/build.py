@@ -72,6 +72,7 @@ def build(
     qat_steps: Optional[int] = _opt("qat_steps", "--qat-steps", panel=QUANT_PANEL, metavar="N"),
     qat_minutes: Optional[float] = _opt("qat_minutes", "--qat-minutes", panel=QUANT_PANEL, metavar="MIN"),
     qat_patience: Optional[int] = _opt("qat_patience", "--qat-patience", panel=QUANT_PANEL, metavar="CHECKS"),
+    qat_processes: Optional[int] = _opt("qat_processes", "--qat-processes", panel=QUANT_PANEL, metavar="N"),
     qat_lr: Optional[float] = _opt("qat_lr", "--qat-lr", panel=QUANT_PANEL, metavar="LR"),
     qat_ranges: Optional[str] = _opt("qat_ranges", "--qat-ranges", panel=QUANT_PANEL, metavar="RANGES"),
     qat_augment: Optional[bool] = _opt("qat_augment", "--qat-augment/--no-qat-augment", panel=QUANT_PANEL, metavar=""),

@@ -35,17 +35,44 @@ def is_main_process() -> bool:
     return world()[0] == 0
 
 
+def rank_share(index: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """This rank's share of a global batch's sample indices, and the loss weight that makes the ranks' averaged
+    gradient the global batch's mean one (a rank left without samples takes one at weight 0: every rank must take
+    part in the all-reduce)."""
+    rank, size = world()
+    share = torch.tensor_split(index, size)[rank]
+    if len(share) == 0:
+        return index[:1], 0.0
+    return share, len(share) * size / len(index)
+
+
 def local_batches(data: LabelledArrays, order: torch.Tensor, batch_size: int) -> Iterator[tuple[Batch, float]]:
     """This rank's share of each global batch, with the loss weight that keeps the global mean."""
-    rank, size = world()
     x_all, y_all = torch.from_numpy(data.x), torch.from_numpy(data.y)
     for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        share = torch.tensor_split(index, size)[rank]
-        weight = len(share) * size / len(index)
-        if len(share) == 0:  # every rank must take part in the gradient all-reduce
-            share, weight = index[:1], 0.0
+        share, weight = rank_share(order[start : start + batch_size])
         yield Batch(x_all[share], y_all[share], share), weight
+
+
+def average_gradients(parameters: list[torch.nn.Parameter]) -> None:
+    """The mean of every rank's gradients, in place (nothing to do in one process): data parallelism for a module
+    that is not called through DDP's forward (QAT's ONNX graph runs by its own `run`)."""
+    _, size = world()
+    if size == 1:
+        return
+    for parameter in parameters:
+        grad = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+        dist.all_reduce(grad)
+        parameter.grad = grad / size
+
+
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is true on any rank: a stop decision (a time limit) every rank takes together."""
+    if world()[1] == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 if TYPE_CHECKING:  # the mixin only ever sits in front of a batch norm: check it against one

@@ -135,6 +135,9 @@ class BuildConfig(BaseModel):
     )
     qat_steps: int = Field(300, ge=1, le=100_000, description="most fine-tuning steps of quantization-aware training")
     qat_minutes: float = Field(10.0, gt=0, description="time limit of quantization-aware fine-tuning per target")
+    qat_processes: int = Field(1, ge=1, le=64, description="processes quantization-aware fine-tuning runs in (torchrun, "
+                               "gloo): each trains on its share of every batch, the cores split between them; for hosts "
+                               "with more than one socket")
     qat_patience: int = Field(4, ge=1, le=1000, description="stop quantization-aware fine-tuning after this many "
                               "validations in a row without a lower validation loss (one every 25 steps)")
     qat_lr: float = Field(1e-5, gt=0, lt=1, description="Adam learning rate of quantization-aware fine-tuning")

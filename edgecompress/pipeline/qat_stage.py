@@ -22,7 +22,7 @@ from edgecompress.core.artifacts import sha256_file, sha256_json
 from edgecompress.core.cache import cached_artifact
 from edgecompress.core.errors import QuantizationError
 from edgecompress.core.progress import info, progress_bar, warn
-from edgecompress.quantize.qat import ActivationQuant, QatOptions, QuantPlan, finetune, fine_tuned_recipe, quantize_fine_tuned
+from edgecompress.quantize.qat import QatOptions, QuantPlan, finetune, fine_tuned_recipe, quantize_fine_tuned
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.quantize.static import prepare_model
 from edgecompress.source.data import DigitsSplits as Splits
@@ -68,14 +68,6 @@ def training_inputs(context: QatSources) -> tuple[dict[str, np.ndarray], BatchLa
     return calibration.arrays, calibration.batch_layout, f"{calibration.source} (the calibration set, {len(calibration)} inputs)"
 
 
-def _plan_record(plan: QuantPlan) -> dict[str, list]:
-    return {name: [q.scale, q.zero_point, q.dtype] for name, q in plan.activations.items()}
-
-
-def _plan_from_record(record: dict[str, list]) -> QuantPlan:
-    return QuantPlan({name: ActivationQuant(float(scale), int(zero), str(dtype)) for name, (scale, zero, dtype) in record.items()}, {})
-
-
 def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path) -> QatOutcome:
     """Fine-tune under `recipe`'s fake quantization (mirroring `post_training_int8`, its QDQ model) and quantize the
     result with the same ranges; both cached by content."""
@@ -95,7 +87,7 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
     key = {
         "fp32": sha256_file(context.fp32_path), "calibration": context.calibration.sha256, "training": arrays_sha256(inputs),
         "recipe": recipe.cache_key(), "options": asdict(options), "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__, "stage": "qat-v3",
+        "torch": torch.__version__, "stage": "qat-v3", "processes": config.qat_processes,
     }
     name = sha256_json(key)[:12]
     trained_path = config.out / "qat" / f"model.qat.{name}.onnx"
@@ -104,10 +96,16 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
         info(f"quantization-aware training: up to {options.steps} steps or {config.qat_minutes:g} min on {described}")
         with tempfile.TemporaryDirectory(prefix="edgecompress-qat-") as workdir, progress_bar() as progress:
             prepared = prepare_model(context.fp32_path, context.calibration, recipe, Path(workdir) / "prepared.onnx")
-            result = finetune(prepared, post_training_int8, inputs, layout, recipe, options, out, progress)
+            if config.qat_processes > 1:  # torchrun: each process trains on its share of every batch
+                from edgecompress.quantize.qat_ddp import run_job, write_job
+
+                job = write_job(Path(workdir) / "job", prepared, post_training_int8, inputs, layout, recipe, options, out)
+                result = run_job(job, config.qat_processes, timeout=options.max_seconds * 1.5 + 300)
+            else:
+                result = finetune(prepared, post_training_int8, inputs, layout, recipe, options, out, progress)
         return {
             "steps": result.steps, "seconds": result.seconds, "seconds_per_step": round(result.seconds_per_step, 3),
-            "stopped": result.stopped, "data": described,
+            "stopped": result.stopped, "data": described, "processes": config.qat_processes,
             "training_inputs": result.samples, "lr": options.lr, "batch_size": options.batch_size,
             "temperature": options.temperature, "loss": "distillation from the fp32 model (KL on class scores, MSE otherwise)",
             "ranges": "learned (LSQ)" if options.learn_ranges else "calibrated, frozen",
@@ -115,12 +113,12 @@ def qat_stage(context: QatSources, recipe: QuantRecipe, post_training_int8: Path
             "validation_loss_before": round(result.validation_loss_before, 6),
             "validation_loss_after": round(result.validation_loss_after, 6),
             "curve": [{k: round(v, 6) for k, v in entry.items()} for entry in result.curve],
-            "activations": _plan_record(result.plan),
+            "activations": result.plan.activation_record(),
         }
 
     record, reused = cached_artifact(trained_path, key, fine_tune)
     int8_path = config.out / "int8" / f"model.int8.qat.{name}.onnx"
-    ranges = _plan_from_record(record["activations"]).activation_ranges()
+    ranges = QuantPlan.from_activation_record(record["activations"]).activation_ranges()
 
     def quantize(out: Path) -> None:
         quantize_fine_tuned(trained_path, context.calibration, recipe, ranges, out)

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.calib.onnx_torch import OnnxGraphModule
+from edgecompress.compress.parallel import any_rank, average_gradients, rank_share, world
 from edgecompress.core.errors import ConfigError
 from edgecompress.quantize.augment import augment_images, is_image_batch
 from edgecompress.quantize.recipe import QuantRecipe
@@ -65,6 +66,15 @@ class QuantPlan:
 
     activations: dict[str, ActivationQuant]
     weights: dict[str, WeightQuant]
+
+    def activation_record(self) -> dict[str, list]:
+        """The activations as JSON (report.json, the torchrun launcher's result): name -> [scale, zero point, dtype]."""
+        return {name: [q.scale, q.zero_point, q.dtype] for name, q in self.activations.items()}
+
+    @classmethod
+    def from_activation_record(cls, record: dict[str, list]) -> "QuantPlan":
+        """A plan of activation ranges only (what quantizing the fine-tuned graph needs) from `activation_record`."""
+        return cls({name: ActivationQuant(float(scale), int(zero), str(dtype)) for name, (scale, zero, dtype) in record.items()}, {})
 
     def activation_ranges(self) -> dict[str, list[dict[str, Any]]]:
         """ORT `TensorQuantOverrides` that make the quantizer use exactly these activation parameters."""
@@ -438,6 +448,7 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     groups: list[dict[str, Any]] = [{"params": list(graph.module.weights.parameters()), "lr": options.lr}]
     if graph.scales:
         groups.append({"params": list(graph.scales.values()), "lr": options.range_lr})
+    trained = [parameter for group in groups for parameter in group["params"]]
     optimizer = torch.optim.Adam(groups)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.steps)
     rng = np.random.default_rng(options.seed)
@@ -452,19 +463,24 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     task = progress.add_task("QAT", total=options.steps) if progress is not None else None
     with torch.enable_grad():
         while step < options.steps:
-            if time.perf_counter() - started > options.max_seconds:
+            if any_rank(time.perf_counter() - started > options.max_seconds):  # every process stops at the same step
                 stopped = f"time limit {options.max_seconds:.0f} s after {step} steps"
                 break
             if cursor + options.batch_size > len(order):
                 order, cursor = rng.permutation(train_index), 0
             indices = order[cursor: cursor + options.batch_size]
-            batch = _take(inputs, layout, indices)
-            if augmenting:
-                batch = {name: augment_images(value, generator) for name, value in batch.items()}
             cursor += options.batch_size
-            loss = loss_of(graph.run(batch, targets), teacher(indices, batch))
+            # under torchrun each process trains on its share of the global batch (one process: all of it)
+            positions, weight = rank_share(torch.arange(len(indices)))
+            share = positions.numpy()
+            if augmenting:  # the views one process would draw for the whole batch, then this process's share of them
+                batch = {name: augment_images(value, generator)[positions] for name, value in _take(inputs, layout, indices).items()}
+            else:
+                batch = _take(inputs, layout, indices[share])
+            loss = loss_of(graph.run(batch, targets), teacher(indices[share], batch))
             optimizer.zero_grad()
-            loss.backward()
+            (loss * weight).backward()
+            average_gradients(trained)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -491,6 +507,7 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
             value.copy_(best_state[f"weight:{key}"])
         for key, value in graph.scales.items():
             value.copy_(best_state[f"scale:{key}"])
-    write_weights(prepared, graph.module, out_path)
+    if world()[0] == 0:  # the first process writes; the others trained the same weights
+        write_weights(prepared, graph.module, out_path)
     return QatResult(Path(out_path), graph.trained_plan(), step, round(time.perf_counter() - started, 1), len(train_index),
                      stopped, curve, before, best_loss, augmenting)

@@ -6,8 +6,8 @@ quantize again — nothing patches quantized graphs by hand.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 QdqPlacement = Literal["onnxruntime", "tensorrt"]
@@ -77,6 +77,13 @@ class QuantRecipe:
         data["op_types"] = list(self.op_types)
         data["label"] = self.label
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuantRecipe":
+        """The recipe `to_dict` wrote (its label is derived, not stored)."""
+        names = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
+        return cls(**values)
 
     def cache_key(self) -> dict:
         """Everything that changes the quantized bytes (the reason and label do not)."""
