@@ -5,7 +5,7 @@ Floors (issue #13): classifier top-1 agreement ≥ 0.95 and cosine ≥ 0.99; den
 detector F1 ≥ 0.90 (decode tail in fp32); CTC recognizer CER ≤ 0.03 with the default precision
 choice; stateful model max |Δ speech probability| ≤ 0.05 while streaming. The models come from
 the `models` extra (tests/model_corpus.py); without it these tests skip and say how to install it.
-Builds use few samples (the models are real and this machine is small); the figures in the README
+Builds use few samples (the models are real and this machine is small); the figures in docs/benchmarks/model-corpus.md
 come from benchmarks/model_corpus.py.
 """
 

@@ -27,7 +27,7 @@ from edgecompress.core.progress import progress_bar
 @dataclass(frozen=True)
 class DataFreeConfig:
     """How hard to optimize. The defaults were measured on 2 CPU cores (benchmarks/datafree.py, issue #25):
-    EfficientNet-Lite0 (224×224, 4.65 M parameters) at its own resolution, 32 inputs; see the README's table.
+    EfficientNet-Lite0 (224×224, 4.65 M parameters) at its own resolution, 32 inputs; see docs/benchmarks/datafree.md.
 
     Steps run at the model's own input size by default. Optimizing at half size and upsampling (`scale`
     0.5, the previous default) is 4× cheaper a step, but on EfficientNet-Lite0 int8 calibrated on it agreed

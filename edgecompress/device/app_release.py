@@ -12,7 +12,7 @@ have had heap-overflow advisories), so the order is fixed and nothing reaches a 
 4. load the engine from the verified bytes;
 5. run the golden inputs and compare with the golden outputs (tolerance and top-1 from the manifest).
 
-The README's Kotlin and Swift snippets follow the same steps. Standard library + numpy + the engine's runtime, and
+The Kotlin and Swift snippets of docs/how-to/phones.md follow the same steps. Standard library + numpy + the engine's runtime, and
 `cryptography` for ed25519 (the platform's own API on a phone: Android Tink/BouncyCastle, iOS CryptoKit).
 """
 

@@ -75,7 +75,7 @@ def run_emulated(engines: dict[str, Path], feeds: dict[str, np.ndarray], repeats
     root = root or arm64_root()
     reason = unavailable_reason(root)
     if reason:
-        raise EngineBuildError(f"cannot run on emulated aarch64: {reason}", "see README.md, 'arm64 under QEMU'")
+        raise EngineBuildError(f"cannot run on emulated aarch64: {reason}", "see docs/concepts/targets.md, 'Real aarch64 under QEMU'")
     with tempfile.TemporaryDirectory(prefix="ec-arm64-job.") as job_name:
         job = Path(job_name)
         for label, engine in engines.items():

@@ -13,7 +13,7 @@ each weight, so it is exactly what the int8 kernels run) and E[x] from the fp32 
 the calibration set. Only biases change, so the weight quantization — and ε — stay the same
 when the corrected model is quantized again.
 
-Measured results are in the README ("Accuracy-aware quantization") and benchmarks/bias_correction.py.
+Measured results are in docs/concepts/ladder.md ("Bias correction") and benchmarks/bias_correction.py.
 Like equalization this is a recipe option (`QuantRecipe.bias_correction`); quantize applies it
 to its own prepared copy of the model, never to the user's file.
 """
