@@ -187,3 +187,34 @@ def test_repair_keeps_modules_out_of_the_quantizer_then_ships_fp32_when_only_fp3
     assert report["quantization"]["precision"]["chosen"] == "fp32" and report["engine"]["precision"] == "fp32"
     assert any("shipping fp32, which meets it" in line for line in report["verdict"])
     assert report["fidelity"]["met"]
+
+
+@needs_executorch
+def test_a_repair_candidate_executorch_cannot_lower_is_skipped_and_the_ladder_goes_on(tmp_path, monkeypatch, capsys):
+    """ExecuTorch's lowering refuses some int8/float mixes (a pretrained EfficientNet-Lite0 with 4 modules kept out:
+    'Weight and Input should both be quantized'). Such a candidate is one try fewer, said in a warning and in the
+    repair's stop reason; the build still ends in its verdict (here fp32, the only candidate within the budget)."""
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.core.errors import EngineBuildError
+    from edgecompress.pipeline import torch_engine
+    from edgecompress.pipeline.pipeline import build
+
+    lower = torch_engine.TorchTargetModels.build
+
+    def refusing_two(self, request):  # the refusal ExecuTorch gave on Lite0, for the two-module candidate here
+        if len(request.keep_float) == 2:
+            raise EngineBuildError("ExecuTorch could not lower the model to XNNPACK: Weight and Input should both be "
+                                   "quantized", "ops XNNPACK lacks must be replaced in the model")
+        return lower(self, request)
+
+    monkeypatch.setattr(torch_engine.TorchTargetModels, "build", refusing_two)
+    _digits_files(tmp_path, evaluated=20)
+    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["ios-arm64-executorch"],
+                         calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
+                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["70"])
+    (report,) = build(config)
+    tries = report["quantization"]["tries"]
+    assert [len(t["nodes_to_exclude"]) for t in tries] == [0, 1]  # the two-module candidate was never built
+    assert "not built: keep 2 module(s) out of the quantizer" in report["quantization"]["repair"]["stop_reason"]
+    assert "could not build this candidate" in capsys.readouterr().err
+    assert report["quantization"]["precision"]["chosen"] == "fp32" and report["fidelity"]["met"]

@@ -18,9 +18,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgecompress.calib.load import CalibrationSet
-from edgecompress.core.errors import ModelLoadError, TargetError
+from edgecompress.core.errors import EngineBuildError, ModelLoadError, TargetError
 from edgecompress.core.logs import third_party_output
-from edgecompress.core.progress import info
+from edgecompress.core.progress import info, warn
 from edgecompress.core.targets import TargetProfile
 from edgecompress.engines.base import EngineArtifact, Runner, TorchEngineBuilder, TorchEngineRequest, TorchModel, engine_input
 from edgecompress.measure.evaluate import EvalSet, evaluate
@@ -173,9 +173,19 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     models = TorchTargetModels(builder, profile, model, target_dir / ".candidates")
     reference = RememberedOutputs(OrtRunner(fp32_path, threads=profile.threads))
     tries: list[RepairTry] = []
+    unbuilt: list[str] = []  # repair candidates ExecuTorch could not lower, and why
 
-    def attempt(step: str, keep: tuple[str, ...]) -> RepairTry:
-        path = models.build(TorchEngineRequest("int8", keep))
+    def attempt(step: str, keep: tuple[str, ...]) -> RepairTry | None:
+        try:
+            path = models.build(TorchEngineRequest("int8", keep))
+        except EngineBuildError as error:
+            if not keep:  # the recipe itself: nothing to fall back on but fp32, which --precision fp32 builds
+                raise
+            # a mix of int8 and float modules the delegate cannot take (e.g. a float conv fed by a quantized
+            # activation): one candidate fewer, never the end of the build
+            warn(f"{profile.name}: {step}: ExecuTorch could not build this candidate ({error.problem}); repair goes on")
+            unbuilt.append(f"{step} ({error.problem[:120]})")
+            return None
         evaluation = evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity)
         tried = RepairTry(step, torch_recipe(profile, keep), path, evaluation, settings.budget.met(evaluation))
         tries.append(tried)
@@ -185,15 +195,21 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
         return tried
 
     first = attempt("recipe (XNNPACKQuantizer)", ())
+    assert first is not None  # the recipe's own failure raised
     stop = "the recipe meets the budget"
     if not first.met:
         ranked = weight_quantization_ranking(model.module)[:settings.max_excluded_layers]
         count, stop = 1, f"no more than {settings.max_excluded_layers} modules may stay fp32 (--max-excluded-layers)"
         while count <= len(ranked):
-            if attempt(f"keep {count} module(s) out of the quantizer", tuple(ranked[:count])).met:
+            tried = attempt(f"keep {count} module(s) out of the quantizer", tuple(ranked[:count]))
+            if tried is not None and tried.met:
                 stop = f"keeping {count} module(s) fp32 meets the budget"
                 break
-            count = count * 2 if count * 2 <= len(ranked) or count == len(ranked) else len(ranked)
+            if count == len(ranked):
+                break
+            count = min(count * 2, len(ranked))
+        if unbuilt:
+            stop += f"; not built: {'; '.join(unbuilt)}"
     met_tries = [t for t in tries if t.met]
     best = met_tries[0] if met_tries else max(tries, key=RepairTry.quality)
     result = RepairResult(best, tries, best.met, stop, settings.budget)
