@@ -53,8 +53,9 @@ def build(model: Any, *, calib: Any, eval_data: Any = None, targets: Sequence[st
         transform_fn: batch -> the model's input(s) (a tensor, a tuple in forward's order or a dict by input name),
             as nncf.Dataset's transform_fn.
         progress: False silences progress bars and info lines (warnings still show).
-        **options: any BuildConfig field (max_accuracy_drop=1.0, precision="int8", qat="off", bench_runs=50, ...),
-            `calib_count` (most calibration samples kept, default 512) and `example_input` (a module's example input).
+        **options: any BuildConfig field listed under Options (max_accuracy_drop=1.0, precision="int8", qat="off",
+            bench_runs=50, ...), `calib_count` (most calibration samples kept, default 512) and `example_input` (a
+            module's example input).
 
     Returns the BuildResult of every target; errors are EdgecompressError subclasses carrying the fix.
     """
@@ -67,6 +68,42 @@ def build(model: Any, *, calib: Any, eval_data: Any = None, targets: Sequence[st
         source, config = _source(model, config, example_input, calibration)
         reports = _run(config, source, calibration, held_out)
     return BuildResult.from_reports(reports, config.out)
+
+
+def _options_section() -> str:
+    """build()'s Options section, generated from the BuildConfig fields that `**options` takes, in the words of
+    `edgecompress build --help` (`describe`): help(edgecompress.build) documents every option and cannot drift."""
+    import inspect
+    import textwrap
+
+    from edgecompress.core.config import BuildConfig, describe
+
+    parameters = inspect.signature(build).parameters
+    lines = ["    Options:"]
+    for name, config_field in BuildConfig.model_fields.items():
+        if name not in parameters:  # model, calib, eval_data, out, input_shape: under Args, in their Python forms
+            entry = f"{name} ({_type_name(config_field.annotation)}): {describe(name)}"
+            lines += textwrap.wrap(entry, 120, initial_indent=" " * 8, subsequent_indent=" " * 12,
+                                   break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    """A field's type as a user writes it: `float | None`, `list[str]`, `Path`; a Literal is its choices' type."""
+    import types
+    from typing import Literal, Union, get_args, get_origin
+
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return " | ".join(dict.fromkeys(type(choice).__name__ for choice in args))
+    if origin in (Union, types.UnionType):
+        return " | ".join(dict.fromkeys(_type_name(arg) for arg in args))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(arg) for arg in args)}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
+
+
+build.__doc__ = f"{(build.__doc__ or '').rstrip()}\n\n{_options_section()}\n"  # pydantic only: torch and numpy still load on first build
 
 
 # --- options -> BuildConfig ------------------------------------------------------------------------------------------
@@ -132,7 +169,7 @@ def _shape_specs(input_shape: Any) -> list[str]:
     if isinstance(input_shape, Mapping):
         return [f"{name}:{_dims(shape)}" for name, shape in input_shape.items()]
     items = list(input_shape)
-    if all(isinstance(item, int) for item in items):
+    if items and all(isinstance(item, int) for item in items):  # [] is BuildConfig's default: no shapes, not one empty
         return [_dims(items)]
     return [item if isinstance(item, str) else _dims(item) for item in items]
 

@@ -218,3 +218,22 @@ def test_a_repair_candidate_executorch_cannot_lower_is_skipped_and_the_ladder_go
     assert "not built: keep 2 module(s) out of the quantizer" in report["quantization"]["repair"]["stop_reason"]
     assert "could not build this candidate" in capsys.readouterr().err
     assert report["quantization"]["precision"]["chosen"] == "fp32" and report["fidelity"]["met"]
+
+
+@needs_executorch
+def test_fp16_pte_is_the_rung_between_int8_and_fp32(tmp_path):
+    """A budget int8 misses and float16 meets (output SQNR 60 dB; int8 reaches 47, float16 69): the fp16 .pte
+    (XNNPACK float16, float32 at the app's inputs and outputs) is built, judged like the others, and ships labelled."""
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    _digits_files(tmp_path, evaluated=20)
+    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["android-arm64-executorch"],
+                         calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
+                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["60"], max_excluded_layers=0)
+    (report,) = build(config)
+    candidates = {c["name"]: c for c in report["quantization"]["precision"]["candidates"]}
+    assert list(candidates) == ["int8", "fp16", "fp32"] and not candidates["int8"]["within_budget"]
+    assert candidates["fp16"]["within_budget"] and report["quantization"]["precision"]["chosen"] == "fp16"
+    assert report["engine"]["precision"] == "fp16" and report["fidelity"]["met"]
+    assert any("shipping fp16" in line for line in report["verdict"])

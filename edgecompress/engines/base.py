@@ -103,10 +103,11 @@ class TorchModel:
 
 @dataclass(frozen=True)
 class TorchEngineRequest:
-    """One engine of a torch-built kind: `precision` int8 or fp32; `keep_float` names modules left out of int8
-    (repair keeps modules out of the quantizer, as the ONNX route keeps nodes out of Q/DQ)."""
+    """One engine of a torch-built kind: `precision` int8, fp16 (float16 weights and arithmetic, float32 at the
+    inputs and outputs) or fp32; `keep_float` names modules left out of int8 (repair keeps modules out of the
+    quantizer, as the ONNX route keeps nodes out of Q/DQ)."""
 
-    precision: Literal["int8", "fp32"] = "int8"
+    precision: Literal["int8", "fp16", "fp32"] = "int8"
     keep_float: tuple[str, ...] = ()
 
 

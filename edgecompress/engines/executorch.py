@@ -78,6 +78,27 @@ def _torch_inputs(feeds: dict[str, np.ndarray], names: list[str]) -> tuple:
     return tuple(torch.from_numpy(np.ascontiguousarray(feeds[name])) for name in names)
 
 
+def half_precision(module: Any) -> Any:
+    """A float16 copy of `module` between casts: the app feeds and reads float32 as from the fp32 and int8 engines,
+    XNNPACK computes in fp16 (the casts run outside the delegate, on ExecuTorch's portable kernels)."""
+    import copy
+
+    import torch
+
+    class HalfPrecision(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = copy.deepcopy(inner).half()
+
+        def forward(self, *inputs: torch.Tensor) -> Any:
+            outputs = self.inner(*(x.half() if x.is_floating_point() else x for x in inputs))
+            if isinstance(outputs, torch.Tensor):
+                return outputs.float()
+            return type(outputs)(o.float() if o.is_floating_point() else o for o in outputs)
+
+    return HalfPrecision(module).eval()
+
+
 def _export(module: Any, example: tuple, what: str):
     import torch
 
@@ -177,10 +198,13 @@ class ExecuTorchBuilder:
         out_dir.mkdir(parents=True, exist_ok=True)
         engine = out_dir / ENGINE_NAME
         with third_party_output("executorch"):  # torch's pytree FutureWarnings on every export, and more
+            example = _torch_inputs(model.example_inputs, list(model.example_inputs))
             if request.precision == "int8":
                 exported = quantize_pt2e(model, options, request.keep_float)
+            elif request.precision == "fp16":
+                exported = _export(half_precision(model.module), example, "fp16")
             else:
-                exported = _export(model.module, _torch_inputs(model.example_inputs, list(model.example_inputs)), "fp32")
+                exported = _export(model.module, example, "fp32")
             outside = lower_to_pte(exported, engine)
         layers = compute_layers(model.module, request.keep_float) if request.precision == "int8" else {}
         label = request.precision if not layers else next(iter(layers)) if len(layers) == 1 else "mixed"

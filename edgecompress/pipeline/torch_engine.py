@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 
@@ -217,13 +217,31 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     if best is not first:
         candidates.append(Candidate("int8 repaired", best.model_path, best.met, best.evaluation))
     candidates[-1].within_budget = candidates[-1].within_budget or settings.allow_over_budget
-    fp32_path_pte = models.build(TorchEngineRequest("fp32"))
-    fp32_eval = evaluate(models.load(fp32_path_pte), reference, eval_set, fidelity=settings.fidelity)
-    candidates.append(Candidate("fp32", fp32_path_pte, settings.budget.met(fp32_eval), fp32_eval))
+    if settings.precision == "fp16" or (settings.precision == "auto" and not best.met):  # between int8 and fp32
+        fp16 = _float_candidate(models, "fp16", reference, eval_set, settings)
+        if fp16 is not None:
+            candidates.append(fp16)
+    fp32 = _float_candidate(models, "fp32", reference, eval_set, settings)
+    assert fp32 is not None  # an fp32 .pte that cannot be built raised: there is nothing below it
+    candidates.append(fp32)
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds,
                               settings.bench_warmup, models.where)
     _decide(choice, candidates, result, settings)
     return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, None), models
+
+
+def _float_candidate(models: TorchTargetModels, precision: Literal["fp16", "fp32"], reference: Runner, eval_set: EvalSet,
+                     settings: TorchLadderSettings) -> Candidate | None:
+    """The fp16 or fp32 .pte, judged by the one budget; an fp16 engine ExecuTorch cannot build is said and skipped."""
+    try:
+        path = models.build(TorchEngineRequest(precision))
+    except EngineBuildError as error:
+        if precision == "fp32":
+            raise
+        warn(f"ExecuTorch could not build the fp16 .pte ({error.problem}); the ladder goes on to fp32")
+        return None
+    evaluation = evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity)
+    return Candidate(precision, path, settings.budget.met(evaluation), evaluation)
 
 
 def _decide(choice: PrecisionChoice, candidates: list[Candidate], result: RepairResult, settings: TorchLadderSettings) -> None:
@@ -232,12 +250,16 @@ def _decide(choice: PrecisionChoice, candidates: list[Candidate], result: Repair
     by_name = {c.name: c for c in candidates}
     int8 = by_name.get("int8 repaired", by_name["int8"])
     if settings.precision != "auto":
-        choice.chosen = int8 if settings.precision == "int8" else by_name["fp32"]
+        choice.chosen = int8 if settings.precision == "int8" else by_name.get(settings.precision, by_name["fp32"])
         choice.summary[-1] = f"Shipping {choice.chosen.name} as requested (precision = {settings.precision})."
     elif int8.within_budget:
         choice.chosen = int8
         choice.summary[-1] = (f"Shipping {int8.name}: the profile's first precision, within the budget (timings on this "
                               "host, x86 XNNPACK, cannot choose for the phone).")
+    elif "fp16" in by_name and by_name["fp16"].within_budget:
+        choice.chosen = by_name["fp16"]
+        choice.summary[-1] = (f"WARNING: int8 misses the budget ({settings.budget.describe(result.best.evaluation)}): "
+                              f"{result.stop_reason}; shipping fp16 (XNNPACK float16, half the size of fp32), which meets it.")
     elif by_name["fp32"].within_budget:
         choice.chosen = by_name["fp32"]
         choice.summary[-1] = (f"WARNING: int8 misses the budget ({settings.budget.describe(result.best.evaluation)}): "
