@@ -184,6 +184,8 @@ def test_repair_keeps_modules_out_of_the_quantizer_then_ships_fp32_when_only_fp3
     tries = report["quantization"]["tries"]
     assert [sorted(t["nodes_to_exclude"]) for t in tries][:2] == [[], [tries[1]["nodes_to_exclude"][0]]]
     assert sorted(tries[2]["nodes_to_exclude"]) == ["conv", "fc"] and not any(t["met"] for t in tries)
+    # ranked by the int8 program's per-module diagnosis, which the report shows as the ONNX route's layer table
+    assert {layer["node"] for layer in report["quantization"]["layers"]} == {"conv", "fc"}
     assert report["quantization"]["precision"]["chosen"] == "fp32" and report["engine"]["precision"] == "fp32"
     assert any("shipping fp32, which meets it" in line for line in report["verdict"])
     assert report["fidelity"]["met"]
@@ -237,3 +239,21 @@ def test_fp16_pte_is_the_rung_between_int8_and_fp32(tmp_path):
     assert candidates["fp16"]["within_budget"] and report["quantization"]["precision"]["chosen"] == "fp16"
     assert report["engine"]["precision"] == "fp16" and report["fidelity"]["met"]
     assert any("shipping fp16" in line for line in report["verdict"])
+
+
+@needs_executorch
+def test_the_int8_program_is_diagnosed_per_module_against_the_fp32_module():
+    """PT2E's converted program run beside the fp32 module: each Conv/Linear module's SQNR at its input and output
+    and the noise it adds; a module kept out of the quantizer loses less at its output (its weights stay fp32)."""
+    builder, profile = get_builder("executorch"), load_profile("android-arm64-executorch")
+    model = _torch_model()
+    feeds = [{"input": x[None]} for x in _inputs(8, seed=3)]
+    diagnosis = builder.diagnose(model, profile, feeds)
+    layers = {layer.node: layer for layer in diagnosis.layers}
+    assert set(layers) == {"stem", "depthwise", "pointwise", "fc"} and diagnosis.samples == 8
+    assert all(10 < layer.output_sqnr_db < 100 and layer.added_noise is not None and layer.added_noise >= 0
+               for layer in layers.values())
+    assert layers["stem"].input_sqnr_db > layers["fc"].input_sqnr_db  # error accumulates along the network
+    kept = {layer.node: layer for layer in builder.diagnose(model, profile, feeds, keep_float=("depthwise",)).layers}
+    assert kept["depthwise"].output_sqnr_db > layers["depthwise"].output_sqnr_db
+    assert kept["depthwise"].input_sqnr_db == pytest.approx(layers["depthwise"].input_sqnr_db)  # its input is still int8

@@ -23,6 +23,8 @@ from edgecompress.source.specs import TensorSpec
 if TYPE_CHECKING:
     import onnx
 
+    from edgecompress.quantize.diagnose import Diagnosis
+
 
 @dataclass
 class EngineArtifact:
@@ -122,6 +124,11 @@ class TorchEngineBuilder(Protocol):
     def build(self, model: TorchModel, request: TorchEngineRequest, profile: TargetProfile, out_dir: Path) -> EngineArtifact: ...
 
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...
+
+    def diagnose(self, model: TorchModel, profile: TargetProfile, feeds: list[dict[str, np.ndarray]],
+                 keep_float: tuple[str, ...] = ()) -> Diagnosis:
+        """Per compute module, the int8 engine's error against the fp32 module (repair ranks modules by it)."""
+        ...
 
 
 @dataclass(frozen=True)

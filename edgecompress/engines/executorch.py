@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgecompress.core.artifacts import atomic_path, sha256_file
 from edgecompress.core.errors import EngineBuildError
+from edgecompress.quantize.diagnose import Diagnosis
 from edgecompress.core.logs import third_party_output
 from edgecompress.core.targets import TargetProfile
 from edgecompress.engines.base import EngineArtifact, TorchEngineRequest, TorchModel, profile_options
@@ -121,6 +122,13 @@ def _inside(node: Any, modules: tuple[str, ...]) -> bool:
 def quantize_pt2e(model: TorchModel, options: ExecuTorchOptions, keep_float: tuple[str, ...]):
     """PT2E with ExecuTorch's XNNPACK quantizer, calibrated on the build's calibration feeds; modules named in
     `keep_float` get no quantization config (they stay fp32 and run as float XNNPACK ops)."""
+    example = _torch_inputs(model.example_inputs, list(model.example_inputs))
+    return _export(converted_pt2e(model, options, keep_float), example, "after quantization")
+
+
+def converted_pt2e(model: TorchModel, options: ExecuTorchOptions, keep_float: tuple[str, ...]):
+    """The calibrated, converted PT2E graph module: quantize/dequantize around float ops, what the .pte computes in
+    int8, runnable in torch (the diagnosis runs it beside the fp32 module)."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -139,7 +147,61 @@ def quantize_pt2e(model: TorchModel, options: ExecuTorchOptions, keep_float: tup
             seen += 1
     if not seen:
         raise EngineBuildError("the calibration set gave no samples for ExecuTorch's quantizer", "pass --calib with samples")
-    return _export(convert_pt2e(prepared), example, "after quantization")
+    return convert_pt2e(prepared)
+
+
+COMPUTE_OPS = ("conv1d", "conv2d", "conv3d", "linear")  # aten ops of the modules repair can keep out of the quantizer
+
+
+def pt2e_diagnosis(model: TorchModel, options: ExecuTorchOptions, feeds: list[dict[str, np.ndarray]],
+                   keep_float: tuple[str, ...] = ()) -> Diagnosis:
+    """Per Conv/Linear module, the int8 program's error against the fp32 module at the module's input and output
+    (SQNR, the noise it adds): the ONNX route's sensitivity table for a .pte, and repair's ranking."""
+    import torch
+    from torch.fx import Interpreter
+
+    from edgecompress.quantize.diagnose import PairStatistics, input_output_error
+
+    converted = converted_pt2e(model, options, keep_float)
+    wanted = {name: type(child).__name__ for name, child in model.module.named_modules() if type(child).__name__ in COMPUTE_MODULES}
+    nodes = {}  # the converted graph's compute op of each module (its last one, where a module calls several)
+    for node in converted.graph.nodes:
+        stack = [str(entry[0]) for entry in node.meta.get("nn_module_stack", {}).values()]
+        if node.op == "call_function" and stack and stack[-1] in wanted and any(op in str(node.target) for op in COMPUTE_OPS):
+            nodes[stack[-1]] = node
+    captured: dict[str, dict[str, torch.Tensor]] = {"fp32": {}, "int8": {}}
+
+    def hook(name: str):
+        def record(_module, args, output) -> None:
+            captured["fp32"][f"{name}:in"], captured["fp32"][f"{name}:out"] = args[0].detach(), output.detach()
+        return record
+
+    class Recording(Interpreter):
+        def run_node(self, node):
+            value = super().run_node(node)
+            for name, compute in nodes.items():
+                if node is compute:
+                    captured["int8"][f"{name}:in"], captured["int8"][f"{name}:out"] = self.env[node.args[0]], value
+            return value
+
+    modules = dict(model.module.named_modules())
+    handles = [modules[name].register_forward_hook(hook(name)) for name in nodes]
+    statistics = {f"{name}:{side}": PairStatistics() for name in nodes for side in ("in", "out")}
+    names = list(model.example_inputs)
+    try:
+        with torch.no_grad():
+            for feed in feeds:
+                inputs = _torch_inputs(feed, names)
+                model.module(*inputs)
+                Recording(converted, garbage_collect_values=False).run(*inputs)
+                for key, stats in statistics.items():
+                    stats.add(captured["fp32"][key].numpy(), captured["int8"][key].numpy())
+    finally:
+        for handle in handles:
+            handle.remove()
+    errors = {key: stats.error(key) for key, stats in statistics.items()}
+    layers = [input_output_error(name, wanted[name], errors[f"{name}:in"], errors[f"{name}:out"]) for name in nodes]
+    return Diagnosis(layers, list(errors.values()), len(feeds))
 
 
 def _op_name(target: Any) -> str:
@@ -232,6 +294,11 @@ class ExecuTorchBuilder:
                 ],
             },
         )
+
+    def diagnose(self, model: TorchModel, profile: TargetProfile, feeds: list[dict[str, np.ndarray]],
+                 keep_float: tuple[str, ...] = ()) -> Diagnosis:
+        with third_party_output("executorch"):
+            return pt2e_diagnosis(model, executorch_options(profile), feeds, keep_float)
 
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> ExecuTorchRunner:
         if artifact.path is None or not Path(artifact.path).is_file():

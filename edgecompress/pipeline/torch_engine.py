@@ -25,6 +25,7 @@ from edgecompress.core.targets import TargetProfile
 from edgecompress.engines.base import EngineArtifact, Runner, TorchEngineBuilder, TorchEngineRequest, TorchModel, engine_input
 from edgecompress.measure.evaluate import EvalSet, evaluate
 from edgecompress.measure.fidelity import Budget, FidelityOptions
+from edgecompress.quantize.diagnose import Diagnosis
 from edgecompress.pipeline.precision import Candidate, PrecisionChoice, RememberedOutputs, TargetQuantization, choose_precision
 from edgecompress.pipeline.repair import RepairResult, RepairTry
 from edgecompress.quantize.recipe import QuantRecipe
@@ -197,8 +198,11 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     first = attempt("recipe (XNNPACKQuantizer)", ())
     assert first is not None  # the recipe's own failure raised
     stop = "the recipe meets the budget"
+    diagnosis = None
     if not first.met:
-        ranked = weight_quantization_ranking(model.module)[:settings.max_excluded_layers]
+        diagnosis = _diagnose(builder, model, profile)
+        ranked = ([layer.node for layer in diagnosis.ranking()] if diagnosis is not None
+                  else weight_quantization_ranking(model.module))[:settings.max_excluded_layers]
         count, stop = 1, f"no more than {settings.max_excluded_layers} modules may stay fp32 (--max-excluded-layers)"
         while count <= len(ranked):
             tried = attempt(f"keep {count} module(s) out of the quantizer", tuple(ranked[:count]))
@@ -227,7 +231,23 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     choice = choose_precision(candidates, models.load, feeds, settings.bench_runs, settings.bench_max_seconds,
                               settings.bench_warmup, models.where)
     _decide(choice, candidates, result, settings)
-    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, None), models
+    return TargetQuantization(best.recipe, choice.chosen.model_path, result, choice, diagnosis), models
+
+
+DIAGNOSE_SAMPLES = 32  # calibration samples the per-module diagnosis runs (fp32 module and int8 program, in torch)
+
+
+def _diagnose(builder: TorchEngineBuilder, model: TorchModel, profile: TargetProfile) -> Diagnosis | None:
+    """The int8 program's per-module error, the ranking repair keeps modules out by; a failure is one warning, and
+    repair ranks by the weights' own rounding error instead."""
+    from itertools import islice
+
+    try:
+        return builder.diagnose(model, profile, list(islice(model.calibration(), DIAGNOSE_SAMPLES)))
+    except Exception as error:  # any failure in torch.fx or the quantizer: the build goes on with the weight ranking
+        warn(f"{profile.name}: per-module diagnosis skipped ({error.__class__.__name__}: {' '.join(str(error).split())[:200]}); "
+             "repair ranks modules by their weights' int8 rounding instead")
+        return None
 
 
 def _float_candidate(models: TorchTargetModels, precision: Literal["fp16", "fp32"], reference: Runner, eval_set: EvalSet,

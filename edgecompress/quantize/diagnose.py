@@ -268,7 +268,7 @@ def dynamic_int8_nodes(int8_path: Path) -> list[str]:
     return [n.name.removesuffix(DYNAMIC_SUFFIX) for n in graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
 
 
-class _PairStatistics:
+class PairStatistics:
     """Running SQNR and cosine of one tensor in two models, batch by batch (no activation is kept)."""
 
     def __init__(self) -> None:
@@ -295,19 +295,22 @@ def dynamic_diagnosis(fp32_path: Path, int8_path: Path, inputs: dict[str, np.nda
     nodes = [n for n in onnx.load(str(fp32_path), load_external_data=False).graph.node if n.name in quantized]
     tensors = list(dict.fromkeys(name for n in nodes for name in (n.input[0], n.output[0])))
     fp32, int8 = (session_with_outputs(onnx.load(str(path)), tensors) for path in (fp32_path, int8_path))
-    statistics = {name: _PairStatistics() for name in tensors}
+    statistics = {name: PairStatistics() for name in tensors}
     for batch in layout.batches(inputs, batch_size):
         for name, reference, value in zip(tensors, fp32.run(tensors, batch), int8.run(tensors, batch)):
             statistics[name].add(reference, value)
     errors = {name: stats.error(name) for name, stats in statistics.items()}
-    def noise(tensor: str) -> float:
-        return 0.0 if errors[tensor].sqnr_db >= SQNR_CAP_DB else 10.0 ** (-errors[tensor].sqnr_db / 10.0)
-
-    layers = [LayerError(n.name, n.op_type, n.output[0], errors[n.output[0]].sqnr_db, errors[n.output[0]].cosine,
-                         errors[n.input[0]].sqnr_db, None, max(0.0, errors[n.input[0]].sqnr_db - errors[n.output[0]].sqnr_db),
-                         added_noise=max(0.0, noise(n.output[0]) - noise(n.input[0])))
-              for n in nodes]
+    layers = [input_output_error(n.name, n.op_type, errors[n.input[0]], errors[n.output[0]]) for n in nodes]
     return Diagnosis(layers, list(errors.values()), count)
+
+
+def input_output_error(node: str, op_type: str, at_input: TensorError, at_output: TensorError) -> LayerError:
+    """A layer judged by the error at its input and at its output: what it loses (dB) and the noise it adds."""
+    def noise(error: TensorError) -> float:
+        return 0.0 if error.sqnr_db >= SQNR_CAP_DB else 10.0 ** (-error.sqnr_db / 10.0)
+
+    return LayerError(node, op_type, at_output.tensor, at_output.sqnr_db, at_output.cosine, at_input.sqnr_db, None,
+                      max(0.0, at_input.sqnr_db - at_output.sqnr_db), added_noise=max(0.0, noise(at_output) - noise(at_input)))
 
 
 def layer_label(node: str) -> str:
