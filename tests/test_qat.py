@@ -253,7 +253,8 @@ def test_the_ladder_runs_the_qat_rung_for_an_engine_built_here_and_for_a_kit(dig
         assert all(rung["seconds"] >= 0 for rung in ladder) and ladder[1]["seconds"] >= qat["seconds"]
         assert qat["after"] in ladder[1]["outcome"] and "tries" in ladder[0]["outcome"]
         assert any(line.startswith("Ladder: repair ") for line in report["verdict"])
-        assert all(t["seconds"] > 0 for t in report["quantization"]["tries"])
+        assert all(t["seconds"] >= 0 for t in report["quantization"]["tries"])  # rounded to 0.1 s: a kit's tries are fast
+        assert sum(t["seconds"] for t in report["quantization"]["tries"]) <= ladder[0]["seconds"] + 0.5
     assert (tmp_path / "out" / "qat").is_dir() and list((tmp_path / "out" / "int8").glob("model.int8.qat.*.onnx"))
 
 

@@ -126,16 +126,13 @@ def test_repair_groups_a_transformers_matmuls_by_their_role_in_the_repeated_bloc
     assert groups == [(ffn_out, ffn_out_1), (key_1, key_0)]  # ... but an FFN output adds more on average
 
 
-def test_a_sentence_encoder_checkpoint_builds_for_cpu_judged_as_an_embedding(tmp_path):
-    """From a checkpoint folder (mean pooling + normalisation, as all-MiniLM ships) to a built engine: the mask's
-    fill values never reach a calibrator, the output is judged by neighbours and cosine, and the build exits clean."""
+def _sentence_encoder_folder(tmp_path: Path) -> Path:
+    """A tiny BERT saved as a sentence-transformers folder (mean pooling + normalisation, as all-MiniLM ships), with
+    calib.npz and eval.npz of token ids beside it."""
     import json
 
     import torch
     from transformers import BertConfig, BertModel
-
-    from edgecompress.core.config import BuildConfig
-    from edgecompress.pipeline.pipeline import build
 
     folder = tmp_path / "encoder"
     torch.manual_seed(0)
@@ -149,6 +146,16 @@ def test_a_sentence_encoder_checkpoint_builds_for_cpu_judged_as_an_embedding(tmp
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     np.savez(tmp_path / "calib.npz", **bert_inputs(batch=32, seed=6))
     np.savez(tmp_path / "eval.npz", **bert_inputs(batch=40, seed=7))
+    return folder
+
+
+def test_a_sentence_encoder_checkpoint_builds_for_cpu_judged_as_an_embedding(tmp_path):
+    """From a checkpoint folder (mean pooling + normalisation, as all-MiniLM ships) to a built engine: the mask's
+    fill values never reach a calibrator, the output is judged by neighbours and cosine, and the build exits clean."""
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    folder = _sentence_encoder_folder(tmp_path)
     config = BuildConfig(model=str(folder), target=["cpu"], calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz",
                          out=tmp_path / "out", input_shape=["input_ids:1,16"], bench_runs=10, bench_warmup=1)
     report, = build(config)
@@ -197,3 +204,22 @@ def test_repair_of_dynamic_int8_tries_8_bit_weights_then_single_matmuls_then_rol
     assert exclusions[0].step == "exclude top 1" and len(exclusions[0].recipe.nodes_to_exclude) == 1  # one MatMul first
     assert "by role" in result.stop_reason  # single MatMuls did not reach it, so roles were tried
     assert max(len(t.recipe.nodes_to_exclude) for t in exclusions) >= 4  # a role: two MatMuls in each of both blocks
+
+
+def test_an_encoder_executorchs_int8_quantizer_cannot_run_is_a_clear_error_naming_the_onnx_phone_route(tmp_path):
+    """PT2E's prepared graph of a transformers BERT turns an int64 constant of the attention-mask arithmetic into
+    float32 (torchao 0.17 / transformers 5), so calibration fails inside torch: a typed error with the route that works
+    for phones (ONNX Runtime Mobile), never an internal error."""
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.core.errors import EngineBuildError
+    from edgecompress.engines import get_builder
+    from edgecompress.pipeline.pipeline import build
+
+    if get_builder("executorch").available() is not None:
+        pytest.skip('needs the mobile extra (pip install -e ".[mobile]"): executorch is not installed')
+    folder = _sentence_encoder_folder(tmp_path)
+    config = BuildConfig(model=str(folder), target=["android-arm64-executorch"], calib=tmp_path / "calib.npz",
+                         eval_data=tmp_path / "eval.npz", out=tmp_path / "out", input_shape=["input_ids:1,16"], bench_runs=10)
+    with pytest.raises(EngineBuildError) as raised:
+        build(config)
+    assert "PT2E" in raised.value.problem and "--target android-arm64" in raised.value.fix

@@ -78,7 +78,8 @@ def onnxruntime_logs() -> Iterator[None]:
 
 
 NOISY_LIBRARIES = ("torch", "torchao", "executorch", "transformers")
-_NOISY_LOGGERS = ("torch", "torch._export", "torch.utils._pytree", "torchao", "executorch", "transformers")
+_NOISY_LOGGERS = ("torch", "torch._export", "torch.utils._pytree", "torch.onnx", "onnxscript", "torchao", "executorch",
+                  "transformers")
 _NOISY_WARNINGS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning)
 _WARNING_HELPERS = ("typing_extensions", "deprecated")  # @deprecated decorators: the warning is their caller's
 _active = False  # third_party_output() nests as one block: fd 2 is redirected once

@@ -143,7 +143,15 @@ def converted_pt2e(model: TorchModel, options: ExecuTorchOptions, keep_float: tu
     seen = 0
     with torch.no_grad():
         for feeds in model.calibration():
-            prepared(*_torch_inputs(feeds, names))
+            try:
+                prepared(*_torch_inputs(feeds, names))
+            except Exception as exc:  # the prepared graph is torchao's rewrite of the export: any op may fail in it
+                raise EngineBuildError(
+                    f"ExecuTorch's int8 quantizer (PT2E) could not run the model on the calibration set: "
+                    f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:200]}",
+                    f"build this model for phones through the ONNX route (--target {ORT_PHONE_TARGETS.split()[0]}: ONNX "
+                    "Runtime Mobile), which quantizes the exported ONNX graph instead",
+                ) from exc
             seen += 1
     if not seen:
         raise EngineBuildError("the calibration set gave no samples for ExecuTorch's quantizer", "pass --calib with samples")

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgecompress.core.logs import third_party_output
 from edgecompress.core.errors import ExportError
 from edgecompress.export.graph import BATCH_DIM, DEFAULT_OPSET, MIN_OPSET, OnnxModelInfo, finalize_model, model_info
 
@@ -92,7 +93,8 @@ def _run_exporter(module, examples, names: list[str], output_names: list[str], p
     common: dict[str, Any] = dict(input_names=names, output_names=output_names, opset_version=opset, dynamic_axes=dynamic_axes)
     use_dynamo = exporter == "dynamo" and not isinstance(module, torch.jit.ScriptModule)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # the dynamo exporter's onnxscript optimizer logs its constant-folding misses ('Evaluation failed: ...') as warnings
+    with third_party_output("torch.onnx"), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, examples, str(path), dynamo=use_dynamo, verbose=False, **common)
