@@ -169,18 +169,24 @@ def test_build_for_the_android_executorch_target_judges_the_pte_by_the_budget(tm
     assert not (tmp_path / "out" / "android-arm64-executorch" / ".candidates").exists()
 
 
-@needs_executorch
-def test_repair_keeps_modules_out_of_the_quantizer_then_ships_fp32_when_only_fp32_meets_the_budget(tmp_path):
-    """An SQNR budget no int8 engine reaches (pooling stays int8 even with every Conv/Linear kept out): repair keeps 1,
-    then both compute modules fp32, misses, and the fp32 .pte ships, said plainly, without an error."""
+def _tiny_net_build(tmp_path, target: str, sqnr_budget: str, **options) -> dict:
+    """tests.conftest's tiny net built for a phone target, judged by an output-SQNR budget; its report."""
     from edgecompress.core.config import BuildConfig
     from edgecompress.pipeline.pipeline import build
 
     _digits_files(tmp_path, evaluated=20)
-    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["ios-arm64-executorch"],
+    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=[target],
                          calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
-                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["70"])
+                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=[sqnr_budget], **options)
     (report,) = build(config)
+    return report
+
+
+@needs_executorch
+def test_repair_keeps_modules_out_of_the_quantizer_then_ships_fp32_when_only_fp32_meets_the_budget(tmp_path):
+    """An SQNR budget no int8 engine reaches (pooling stays int8 even with every Conv/Linear kept out): repair keeps 1,
+    then both compute modules fp32, misses, and the fp32 .pte ships, said plainly, without an error."""
+    report = _tiny_net_build(tmp_path, "ios-arm64-executorch", "80")  # int8 reaches 47 dB, fp16 69
     tries = report["quantization"]["tries"]
     assert [sorted(t["nodes_to_exclude"]) for t in tries][:2] == [[], [tries[1]["nodes_to_exclude"][0]]]
     assert sorted(tries[2]["nodes_to_exclude"]) == ["conv", "fc"] and not any(t["met"] for t in tries)
@@ -196,10 +202,8 @@ def test_a_repair_candidate_executorch_cannot_lower_is_skipped_and_the_ladder_go
     """ExecuTorch's lowering refuses some int8/float mixes (a pretrained EfficientNet-Lite0 with 4 modules kept out:
     'Weight and Input should both be quantized'). Such a candidate is one try fewer, said in a warning and in the
     repair's stop reason; the build still ends in its verdict (here fp32, the only candidate within the budget)."""
-    from edgecompress.core.config import BuildConfig
     from edgecompress.core.errors import EngineBuildError
     from edgecompress.pipeline import torch_engine
-    from edgecompress.pipeline.pipeline import build
 
     lower = torch_engine.TorchTargetModels.build
 
@@ -210,11 +214,7 @@ def test_a_repair_candidate_executorch_cannot_lower_is_skipped_and_the_ladder_go
         return lower(self, request)
 
     monkeypatch.setattr(torch_engine.TorchTargetModels, "build", refusing_two)
-    _digits_files(tmp_path, evaluated=20)
-    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["ios-arm64-executorch"],
-                         calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
-                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["70"])
-    (report,) = build(config)
+    report = _tiny_net_build(tmp_path, "ios-arm64-executorch", "80")  # int8 reaches 47 dB, fp16 69
     tries = report["quantization"]["tries"]
     assert [len(t["nodes_to_exclude"]) for t in tries] == [0, 1]  # the two-module candidate was never built
     assert "not built: keep 2 module(s) out of the quantizer" in report["quantization"]["repair"]["stop_reason"]
@@ -226,14 +226,7 @@ def test_a_repair_candidate_executorch_cannot_lower_is_skipped_and_the_ladder_go
 def test_fp16_pte_is_the_rung_between_int8_and_fp32(tmp_path):
     """A budget int8 misses and float16 meets (output SQNR 60 dB; int8 reaches 47, float16 69): the fp16 .pte
     (XNNPACK float16, float32 at the app's inputs and outputs) is built, judged like the others, and ships labelled."""
-    from edgecompress.core.config import BuildConfig
-    from edgecompress.pipeline.pipeline import build
-
-    _digits_files(tmp_path, evaluated=20)
-    config = BuildConfig(model="tests.conftest:make_tiny_net", input_shape=["1,1,8,8"], target=["android-arm64-executorch"],
-                         calib=tmp_path / "calib.npz", eval_data=tmp_path / "eval.npz", out=tmp_path / "out",
-                         bench_runs=10, bench_warmup=1, task=["regress"], fidelity_budget=["60"], max_excluded_layers=0)
-    (report,) = build(config)
+    report = _tiny_net_build(tmp_path, "android-arm64-executorch", "60", max_excluded_layers=0)
     candidates = {c["name"]: c for c in report["quantization"]["precision"]["candidates"]}
     assert list(candidates) == ["int8", "fp16", "fp32"] and not candidates["int8"]["within_budget"]
     assert candidates["fp16"]["within_budget"] and report["quantization"]["precision"]["chosen"] == "fp16"
