@@ -184,12 +184,14 @@ def pt2e_diagnosis(model: TorchModel, options: ExecuTorchOptions, feeds: list[di
             captured["fp32"][f"{name}:in"], captured["fp32"][f"{name}:out"] = args[0].detach(), output.detach()
         return record
 
+    module_of = {node: name for name, node in nodes.items()}
+
     class Recording(Interpreter):
         def run_node(self, node):
             value = super().run_node(node)
-            for name, compute in nodes.items():
-                if node is compute:
-                    captured["int8"][f"{name}:in"], captured["int8"][f"{name}:out"] = self.env[node.args[0]], value
+            if node in module_of:
+                name = module_of[node]
+                captured["int8"][f"{name}:in"], captured["int8"][f"{name}:out"] = self.env[node.args[0]], value
             return value
 
     modules = dict(model.module.named_modules())

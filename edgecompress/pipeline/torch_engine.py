@@ -180,7 +180,7 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
         try:
             path = models.build(TorchEngineRequest("int8", keep))
         except EngineBuildError as error:
-            if not keep:  # the recipe itself: nothing to fall back on but fp32, which --precision fp32 builds
+            if not keep:  # the recipe itself: no int8 try to repair from (the error names the route that works)
                 raise
             # a mix of int8 and float modules the delegate cannot take (e.g. a float conv fed by a quantized
             # activation): one candidate fewer, never the end of the build
@@ -276,14 +276,12 @@ def _decide(choice: PrecisionChoice, candidates: list[Candidate], result: Repair
         choice.chosen = int8
         choice.summary[-1] = (f"Shipping {int8.name}: the profile's first precision, within the budget (timings on this "
                               "host, x86 XNNPACK, cannot choose for the phone).")
-    elif "fp16" in by_name and by_name["fp16"].within_budget:
-        choice.chosen = by_name["fp16"]
+    elif (fallback := next((by_name[name] for name in ("fp16", "fp32") if name in by_name and by_name[name].within_budget),
+                           None)) is not None:  # the float rungs in order: fp16 (when built), then fp32
+        what = " (XNNPACK float16, half the size of fp32)" if fallback.name == "fp16" else ""
+        choice.chosen = fallback
         choice.summary[-1] = (f"WARNING: int8 misses the budget ({settings.budget.describe(result.best.evaluation)}): "
-                              f"{result.stop_reason}; shipping fp16 (XNNPACK float16, half the size of fp32), which meets it.")
-    elif by_name["fp32"].within_budget:
-        choice.chosen = by_name["fp32"]
-        choice.summary[-1] = (f"WARNING: int8 misses the budget ({settings.budget.describe(result.best.evaluation)}): "
-                              f"{result.stop_reason}; shipping fp32, which meets it.")
+                              f"{result.stop_reason}; shipping {fallback.name}{what}, which meets it.")
     else:
         choice.chosen = int8
         choice.summary[-1] = f"WARNING: int8 misses the budget: {result.stop_reason}; best int8 kept."
