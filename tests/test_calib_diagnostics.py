@@ -47,3 +47,10 @@ def test_preprocessing_unlike_training_is_flagged_against_the_first_batchnorm():
 def test_a_set_that_does_not_fit_the_model_is_an_error():
     with pytest.raises(CalibrationError, match="do not fit the model"):
         diagnose({"x": np.zeros((MIN_RECOMMENDED_COUNT, 3, 8, 8), np.float32) + varied(1)}, tiny_bn_model())
+
+
+def test_integer_inputs_are_not_judged_as_images():
+    """Token ids and attention masks are not quantized: all-ones masks and repeated sentences are normal text input."""
+    masks = np.ones((MIN_RECOMMENDED_COUNT, 16), np.int64)
+    ids = np.tile(np.arange(16, dtype=np.int64), (MIN_RECOMMENDED_COUNT, 1))
+    assert diagnose({"input_ids": ids, "attention_mask": masks}) == []

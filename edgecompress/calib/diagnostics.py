@@ -24,6 +24,8 @@ def diagnose(arrays: Mapping[str, np.ndarray], model=None) -> list[str]:
     arrays = {name: array for name, array in arrays.items() if np.ndim(array)}  # a 0-d input is one value for all samples
     findings = [*too_small(arrays)] if arrays else []
     for name, array in arrays.items():
+        if not np.issubdtype(np.asarray(array).dtype, np.floating):
+            continue  # token ids and masks are not quantized: an all-ones mask or a repeated prompt costs no range
         findings += [f"input '{name}': {text}" for text in constant_samples(array) + near_duplicates(array)]
     if model is not None:
         findings += batchnorm_mismatch(model, arrays)

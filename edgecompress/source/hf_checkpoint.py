@@ -30,6 +30,9 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # sentence-transformers modules the export reproduces; any other (Dense, ...) would change the embedding
 SENTENCE_TRANSFORMERS_MODULES = ("Transformer", "Pooling", "Normalize")
+# The additive attention mask the wrapper passes (BERT's original fill): finite and inside fp16, where transformers'
+# own finfo(float32).min reads as +-inf to calibrators, and its int64 mask arithmetic breaks PT2E's prepared graph.
+MASK_FILL = -10000.0
 OUTSIDE_FIX = "export it to ONNX yourself (e.g. with optimum) and pass the .onnx file as --model"
 
 
@@ -323,7 +326,9 @@ class TextEncoder(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+        dtype = self.encoder.get_input_embeddings().weight.dtype
+        additive = (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_FILL  # 4-D: transformers uses it as is
+        hidden = self.encoder(input_ids=input_ids, attention_mask=additive, **extra).last_hidden_state
         if self.pooling.mode == "none":
             return hidden
         if self.pooling.mode == "mean":
