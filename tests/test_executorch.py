@@ -247,6 +247,6 @@ def test_the_int8_program_is_diagnosed_per_module_against_the_fp32_module():
     assert all(10 < layer.output_sqnr_db < 100 and layer.added_noise is not None and layer.added_noise >= 0
                for layer in layers.values())
     assert layers["stem"].input_sqnr_db > layers["fc"].input_sqnr_db  # error accumulates along the network
-    kept = {layer.node: layer for layer in builder.diagnose(model, profile, feeds, keep_float=("depthwise",)).layers}
+    kept = {layer.node: layer for layer in builder.diagnose(model, profile, feeds, TorchEngineRequest("int8", ("depthwise",))).layers}
     assert kept["depthwise"].output_sqnr_db > layers["depthwise"].output_sqnr_db
     assert kept["depthwise"].input_sqnr_db == pytest.approx(layers["depthwise"].input_sqnr_db)  # its input is still int8

@@ -208,8 +208,8 @@ def test_repair_of_dynamic_int8_tries_8_bit_weights_then_single_matmuls_then_rol
 
 def test_a_sentence_encoder_checkpoint_builds_a_pte_for_phones(tmp_path):
     """transformers builds its own mask with int64 arithmetic that PT2E's prepared graph turns into float32 (torchao
-    0.17 / transformers 5); the wrapper passes a finite 4-D additive mask instead, so the encoder calibrates, lowers
-    to XNNPACK and is judged as an embedding on the .pte."""
+    0.17 / transformers 5); the wrapper passes a finite 4-D additive mask instead, so the encoder quantizes (dynamic
+    int8 Linear layers, as on the ONNX route), lowers to XNNPACK and is judged as an embedding on the .pte."""
     from edgecompress.core.config import BuildConfig
     from edgecompress.engines import get_builder
     from edgecompress.pipeline.pipeline import build
@@ -222,6 +222,9 @@ def test_a_sentence_encoder_checkpoint_builds_a_pte_for_phones(tmp_path):
                          bench_runs=10, bench_warmup=1, allow_over_budget=True)
     report, = build(config)
     assert report["engine"]["path"].endswith(".pte")
+    recipe = report["quantization"]["recipe"]  # Linear layers only, ranges per call: the ONNX route's recipe for encoders
+    assert recipe["activations"] == "dynamic" and recipe["op_types"] == ["Linear"]
+    assert "dynamic" in report["engine"]["metadata"]["quantizer"]["activations"]
     assert report["fidelity"]["task"] == "embed"
     cosine = report["fidelity"]["outputs"][0]["result"]["details"]["embedding cosine"]
     assert cosine > 0.95, report["fidelity"]

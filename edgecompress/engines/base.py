@@ -107,10 +107,12 @@ class TorchModel:
 class TorchEngineRequest:
     """One engine of a torch-built kind: `precision` int8, fp16 (float16 weights and arithmetic, float32 at the
     inputs and outputs) or fp32; `keep_float` names modules left out of int8 (repair keeps modules out of the
-    quantizer, as the ONNX route keeps nodes out of Q/DQ)."""
+    quantizer, as the ONNX route keeps nodes out of Q/DQ); `activations` static (calibrated ranges) or dynamic
+    (ranges per call on the Linear layers only: the recipe for transformer encoders, as on the ONNX route)."""
 
     precision: Literal["int8", "fp16", "fp32"] = "int8"
     keep_float: tuple[str, ...] = ()
+    activations: Literal["static", "dynamic"] = "static"
 
 
 class TorchEngineBuilder(Protocol):
@@ -126,7 +128,7 @@ class TorchEngineBuilder(Protocol):
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> Runner: ...
 
     def diagnose(self, model: TorchModel, profile: TargetProfile, feeds: list[dict[str, np.ndarray]],
-                 keep_float: tuple[str, ...] = ()) -> Diagnosis:
+                 request: TorchEngineRequest = TorchEngineRequest()) -> Diagnosis:
         """Per compute module, the int8 engine's error against the fp32 module (repair ranks modules by it)."""
         ...
 

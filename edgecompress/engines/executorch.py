@@ -119,30 +119,33 @@ def _inside(node: Any, modules: tuple[str, ...]) -> bool:
     return any(path == name or path.startswith(name + ".") for path in paths for name in modules)
 
 
-def quantize_pt2e(model: TorchModel, options: ExecuTorchOptions, keep_float: tuple[str, ...]):
+def quantize_pt2e(model: TorchModel, options: ExecuTorchOptions, request: TorchEngineRequest):
     """PT2E with ExecuTorch's XNNPACK quantizer, calibrated on the build's calibration feeds; modules named in
-    `keep_float` get no quantization config (they stay fp32 and run as float XNNPACK ops)."""
+    `request.keep_float` get no quantization config (they stay fp32 and run as float XNNPACK ops)."""
     example = _torch_inputs(model.example_inputs, list(model.example_inputs))
-    return _export(converted_pt2e(model, options, keep_float), example, "after quantization")
+    return _export(converted_pt2e(model, options, request), example, "after quantization")
 
 
-def converted_pt2e(model: TorchModel, options: ExecuTorchOptions, keep_float: tuple[str, ...]):
+def converted_pt2e(model: TorchModel, options: ExecuTorchOptions, request: TorchEngineRequest):
     """The calibrated, converted PT2E graph module: quantize/dequantize around float ops, what the .pte computes in
-    int8, runnable in torch (the diagnosis runs it beside the fp32 module)."""
+    int8, runnable in torch (the diagnosis runs it beside the fp32 module). Dynamic activations (XNNPACK's
+    dynamically quantized fully-connected kernels, Linear layers only) need no calibration: one example sets them up."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     names = list(model.example_inputs)
     example = _torch_inputs(model.example_inputs, names)
+    dynamic = request.activations == "dynamic"
     quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=options.per_channel))
+    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=options.per_channel, is_dynamic=dynamic))
+    keep_float = request.keep_float
     if keep_float:  # set_module_name(name, None) is not supported yet: a filter on each node's module path instead
         quantizer.set_filter_function(lambda node: not _inside(node, keep_float))
     prepared = prepare_pt2e(_export(model.module, example, "before quantization").module(), quantizer)
     seen = 0
     with torch.no_grad():
-        for feeds in model.calibration():
+        for feeds in [model.example_inputs] if dynamic else model.calibration():
             try:
                 prepared(*_torch_inputs(feeds, names))
             except Exception as exc:  # the prepared graph is torchao's rewrite of the export: any op may fail in it
@@ -162,7 +165,7 @@ COMPUTE_OPS = ("conv1d", "conv2d", "conv3d", "linear")  # aten ops of the module
 
 
 def pt2e_diagnosis(model: TorchModel, options: ExecuTorchOptions, feeds: list[dict[str, np.ndarray]],
-                   keep_float: tuple[str, ...] = ()) -> Diagnosis:
+                   request: TorchEngineRequest = TorchEngineRequest()) -> Diagnosis:
     """Per Conv/Linear module, the int8 program's error against the fp32 module at the module's input and output
     (SQNR, the noise it adds): the ONNX route's sensitivity table for a .pte, and repair's ranking."""
     import torch
@@ -170,7 +173,7 @@ def pt2e_diagnosis(model: TorchModel, options: ExecuTorchOptions, feeds: list[di
 
     from edgecompress.quantize.diagnose import PairStatistics, input_output_error
 
-    converted = converted_pt2e(model, options, keep_float)
+    converted = converted_pt2e(model, options, request)
     wanted = {name: type(child).__name__ for name, child in model.module.named_modules() if type(child).__name__ in COMPUTE_MODULES}
     nodes = {}  # the converted graph's compute op of each module (its last one, where a module calls several)
     for node in converted.graph.nodes:
@@ -272,7 +275,7 @@ class ExecuTorchBuilder:
         with third_party_output("executorch"):  # torch's pytree FutureWarnings on every export, and more
             example = _torch_inputs(model.example_inputs, list(model.example_inputs))
             if request.precision == "int8":
-                exported = quantize_pt2e(model, options, request.keep_float)
+                exported = quantize_pt2e(model, options, request)
             elif request.precision == "fp16":
                 exported = _export(half_precision(model.module), example, "fp16")
             else:
@@ -293,7 +296,8 @@ class ExecuTorchBuilder:
                 "input_shapes": {name: list(a.shape) for name, a in model.example_inputs.items()},
                 "quantizer": None if request.precision != "int8" else {
                     "name": "XNNPACKQuantizer (PT2E)", "weights": "int8 symmetric " + ("per-channel" if options.per_channel else "per-tensor"),
-                    "activations": "int8 affine per-tensor", "modules_kept_float": list(request.keep_float)},
+                    "activations": ("int8 per call (dynamic), Linear layers only" if request.activations == "dynamic"
+                                    else "int8 affine per-tensor"), "modules_kept_float": list(request.keep_float)},
                 "ops_outside_delegate": outside, "threads": profile.threads, "sha256": sha256_file(engine),
                 "measured_where": where,
                 "summary": [
@@ -306,9 +310,9 @@ class ExecuTorchBuilder:
         )
 
     def diagnose(self, model: TorchModel, profile: TargetProfile, feeds: list[dict[str, np.ndarray]],
-                 keep_float: tuple[str, ...] = ()) -> Diagnosis:
+                 request: TorchEngineRequest = TorchEngineRequest()) -> Diagnosis:
         with third_party_output("executorch"):
-            return pt2e_diagnosis(model, executorch_options(profile), feeds, keep_float)
+            return pt2e_diagnosis(model, executorch_options(profile), feeds, request)
 
     def load(self, artifact: EngineArtifact, profile: TargetProfile) -> ExecuTorchRunner:
         if artifact.path is None or not Path(artifact.path).is_file():

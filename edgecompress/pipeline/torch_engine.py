@@ -117,7 +117,7 @@ class TorchTargetModels:
     def build(self, request: TorchEngineRequest) -> Path:
         import hashlib
 
-        key = hashlib.sha256(repr((request.precision, request.keep_float)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(repr((request.precision, request.keep_float, request.activations)).encode()).hexdigest()[:16]
         with third_party_output(self._builder.kind):
             artifact = self._builder.build(self._model, request, self._profile, self._workdir / key)
         assert artifact.path is not None, "a torch-built engine always runs here"
@@ -155,13 +155,31 @@ class TorchLadderSettings:
     bench_warmup: int = 5
 
 
-def torch_recipe(profile: TargetProfile, keep_float: tuple[str, ...] = ()) -> QuantRecipe:
+def torch_recipe(profile: TargetProfile, request: TorchEngineRequest = TorchEngineRequest()) -> QuantRecipe:
     """The recipe as the report records it: what ExecuTorch's XNNPACK quantizer does (s8 activations, s8 symmetric
-    per-channel weights, min/max observers); `nodes_to_exclude` holds the modules kept out of it."""
+    per-channel weights, min/max observers, or ranges per call on Linear layers for a transformer encoder);
+    `nodes_to_exclude` holds the modules kept out of it."""
     per_channel = bool(profile.options.get("per_channel", True))
-    return QuantRecipe(activation_type="int8", weight_type="int8", per_channel=per_channel, nodes_to_exclude=keep_float,
-                       reason=f"ExecuTorch XNNPACKQuantizer (PT2E) for {profile.name}: int8 activations, symmetric "
-                              f"{'per-channel' if per_channel else 'per-tensor'} int8 weights, min/max calibration")
+    weights = f"symmetric {'per-channel' if per_channel else 'per-tensor'} int8 weights"
+    if request.activations == "dynamic":
+        return QuantRecipe(activation_type="int8", weight_type="int8", per_channel=per_channel, activations="dynamic",
+                           op_types=("Linear",), nodes_to_exclude=request.keep_float,
+                           reason=f"ExecuTorch XNNPACKQuantizer (PT2E) for {profile.name}, transformer encoder: Linear "
+                                  f"layers only, int8 activation ranges per call (XNNPACK's dynamically quantized "
+                                  f"fully-connected kernels), {weights}; LayerNorm, Softmax, GELU and the mask stay float")
+    return QuantRecipe(activation_type="int8", weight_type="int8", per_channel=per_channel, nodes_to_exclude=request.keep_float,
+                       reason=f"ExecuTorch XNNPACKQuantizer (PT2E) for {profile.name}: int8 activations, {weights}, "
+                              "min/max calibration")
+
+
+def int8_activations(fp32_path: Path) -> Literal["static", "dynamic"]:
+    """Dynamic ranges for a transformer encoder (static per-tensor ranges of its Linear inputs lose its meaning, as
+    on the ONNX route), static calibrated ranges for everything else."""
+    import onnx
+
+    from edgecompress.quantize.transformer import is_transformer_encoder
+
+    return "dynamic" if is_transformer_encoder(onnx.load(str(fp32_path), load_external_data=False)) else "static"
 
 
 def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, profile: TargetProfile,
@@ -170,6 +188,8 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     """int8 -> repair (modules kept out of the quantizer) -> fp32, judged by the one budget, timed together here."""
     from edgecompress.engines.ort_cpu import OrtRunner
 
+    activations = int8_activations(fp32_path)
+
     settings.budget.check_measurable(eval_set)
     models = TorchTargetModels(builder, profile, model, target_dir / ".candidates")
     reference = RememberedOutputs(OrtRunner(fp32_path, threads=profile.threads))
@@ -177,8 +197,9 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     unbuilt: list[str] = []  # repair candidates ExecuTorch could not lower, and why
 
     def attempt(step: str, keep: tuple[str, ...]) -> RepairTry | None:
+        request = TorchEngineRequest("int8", keep, activations)
         try:
-            path = models.build(TorchEngineRequest("int8", keep))
+            path = models.build(request)
         except EngineBuildError as error:
             if not keep:  # the recipe itself: no int8 try to repair from (the error names the route that works)
                 raise
@@ -188,7 +209,7 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
             unbuilt.append(f"{step} ({error.problem[:120]})")
             return None
         evaluation = evaluate(models.load(path), reference, eval_set, fidelity=settings.fidelity)
-        tried = RepairTry(step, torch_recipe(profile, keep), path, evaluation, settings.budget.met(evaluation))
+        tried = RepairTry(step, torch_recipe(profile, request), path, evaluation, settings.budget.met(evaluation))
         tries.append(tried)
         headline = settings.budget.headline(evaluation)
         info(f"{profile.name}: {step}: {headline.fidelity.result.describe()} -> "
@@ -200,7 +221,7 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
     stop = "the recipe meets the budget"
     diagnosis = None
     if not first.met:
-        diagnosis = _diagnose(builder, model, profile)
+        diagnosis = _diagnose(builder, model, profile, TorchEngineRequest("int8", (), activations))
         ranked = ([layer.node for layer in diagnosis.ranking()] if diagnosis is not None
                   else weight_quantization_ranking(model.module))[:settings.max_excluded_layers]
         count, stop = 1, f"no more than {settings.max_excluded_layers} modules may stay fp32 (--max-excluded-layers)"
@@ -237,13 +258,14 @@ def torch_target_stage(model: TorchModel, fp32_path: Path, eval_set: EvalSet, pr
 DIAGNOSE_SAMPLES = 32  # calibration samples the per-module diagnosis runs (fp32 module and int8 program, in torch)
 
 
-def _diagnose(builder: TorchEngineBuilder, model: TorchModel, profile: TargetProfile) -> Diagnosis | None:
+def _diagnose(builder: TorchEngineBuilder, model: TorchModel, profile: TargetProfile,
+              request: TorchEngineRequest) -> Diagnosis | None:
     """The int8 program's per-module error, the ranking repair keeps modules out by; a failure is one warning, and
     repair ranks by the weights' own rounding error instead."""
     from itertools import islice
 
     try:
-        return builder.diagnose(model, profile, list(islice(model.calibration(), DIAGNOSE_SAMPLES)))
+        return builder.diagnose(model, profile, list(islice(model.calibration(), DIAGNOSE_SAMPLES)), request)
     except Exception as error:  # any failure in torch.fx or the quantizer: the build goes on with the weight ranking
         warn(f"{profile.name}: per-module diagnosis skipped ({error.__class__.__name__}: {' '.join(str(error).split())[:200]}); "
              "repair ranks modules by their weights' int8 rounding instead")
