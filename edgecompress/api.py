@@ -6,8 +6,12 @@ BUILD_STEPS and per-target build as `edgecompress build`, so the cache keys are 
 weights and arrays (an in-memory module is keyed by `module_hash`, arrays by `arrays_sha256`) and the reports are the
 same report.json dicts. Every option is a BuildConfig field, validated there: the CLI's flags come from the same fields.
 
+The one-step functions (`export_onnx`, `quantize_int8`, `make_calibration`, `bundle`, `release`) are for users who
+want one stage's file, not a whole build: each calls the code the CLI runs for that step (the pipeline's steps, with
+the same cache keys, or the ship functions), so their files are the ones a build or a command would write.
+
 Nothing heavy is imported at module level (`import edgecompress` stays fast): torch, numpy and the pipeline load
-on the first `build`.
+on the first call.
 """
 
 from __future__ import annotations
@@ -24,8 +28,13 @@ if TYPE_CHECKING:
     from edgecompress.calib.batches import InMemoryData
     from edgecompress.calib.load import CalibrationSet
     from edgecompress.core.config import BuildConfig
+    from edgecompress.core.targets import TargetProfile
     from edgecompress.engines.base import Runner
-    from edgecompress.pipeline.pipeline import BuildContext
+    from edgecompress.export.graph import OnnxModelInfo
+    from edgecompress.pipeline.pipeline import BuildContext, StepRun
+    from edgecompress.quantize.recipe import QuantRecipe
+    from edgecompress.ship.bundle import BundleArtifact
+    from edgecompress.ship.release import ReleaseArtifact
     from edgecompress.source.layout import BatchLayout
     from edgecompress.source.model import SourceModel
 
@@ -33,6 +42,11 @@ CALIB_COUNT = 512  # calibration samples kept from an in-memory source (the rest
 # keywords of `build` that are not BuildConfig fields: they say how to read in-memory data and modules
 API_OPTIONS = ("calib_count", "example_input")
 IN_MEMORY_MODEL = "in-memory torch.nn.Module"
+# the BuildConfig fields each one-step function takes as **options (every one documented from the field, as build's)
+EXPORT_OPTIONS = ("weights", "pooling", "batch_axis", "opset", "exporter", "export_tolerance")
+QUANTIZE_OPTIONS = ("batch_axis", "calibration_method", "percentile", "per_channel", "nodes_to_exclude", "equalize",
+                    "bias_correction")
+SELFTEST_SAMPLES = 4  # bundle's and release's sample inputs: the CLI's --samples default (ship/bundle.py's, tested)
 
 
 def build(model: Any, *, calib: Any, eval_data: Any = None, targets: Sequence[str] = ("cpu",), out: str | Path = "build",
@@ -70,22 +84,28 @@ def build(model: Any, *, calib: Any, eval_data: Any = None, targets: Sequence[st
     return BuildResult.from_reports(reports, config.out)
 
 
-def _options_section() -> str:
-    """build()'s Options section, generated from the BuildConfig fields that `**options` takes, in the words of
-    `edgecompress build --help` (`describe`): help(edgecompress.build) documents every option and cannot drift."""
+def _options_section(function: Callable[..., Any], names: Sequence[str] | None = None) -> str:
+    """The Options section of `function`, generated from the BuildConfig fields its `**options` takes (`names`; None:
+    every field that is not a parameter), in the words of `edgecompress build --help` (`describe`): help() documents
+    every option and cannot drift."""
     import inspect
     import textwrap
 
     from edgecompress.core.config import BuildConfig, describe
 
-    parameters = inspect.signature(build).parameters
+    parameters = inspect.signature(function).parameters
     lines = ["    Options:"]
     for name, config_field in BuildConfig.model_fields.items():
-        if name not in parameters:  # model, calib, eval_data, out, input_shape: under Args, in their Python forms
+        # not a parameter (model, calib, eval_data, out, input_shape: under Args, in their Python forms)
+        if name not in parameters and (names is None or name in names):
             entry = f"{name} ({_type_name(config_field.annotation)}): {describe(name)}"
             lines += textwrap.wrap(entry, 120, initial_indent=" " * 8, subsequent_indent=" " * 12,
                                    break_long_words=False, break_on_hyphens=False)
     return "\n".join(lines)
+
+
+def _with_options_documented(function: Callable[..., Any], names: Sequence[str] | None = None) -> None:
+    function.__doc__ = f"{(function.__doc__ or '').rstrip()}\n\n{_options_section(function, names)}\n"
 
 
 def _type_name(annotation: Any) -> str:
@@ -103,18 +123,19 @@ def _type_name(annotation: Any) -> str:
     return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
 
 
-build.__doc__ = f"{(build.__doc__ or '').rstrip()}\n\n{_options_section()}\n"  # pydantic only: torch and numpy still load on first build
+_with_options_documented(build)  # pydantic only: torch and numpy still load on first build
 
 
 # --- options -> BuildConfig ------------------------------------------------------------------------------------------
 
 
 def _config(model: Any, calib: Any, eval_data: Any, targets: Sequence[str], out: str | Path, input_shape: Any,
-            options: dict[str, Any]) -> BuildConfig:
-    """Keywords -> the one BuildConfig, validated by it: a wrong name or value fails before any work."""
+            options: dict[str, Any], known: Sequence[str] | None = None, where: str = "edgecompress.build()") -> BuildConfig:
+    """Keywords -> the one BuildConfig, validated by it: a wrong name or value fails before any work. `known`: the
+    option names `where` takes (None: build's, every field)."""
     from edgecompress.core.config import make_config
 
-    _check_option_names(options)
+    _check_option_names(options, known, where)
     values = {
         "model": _model_string(model, Path(out)),
         "target": [targets] if isinstance(targets, str) else list(targets),
@@ -123,21 +144,22 @@ def _config(model: Any, calib: Any, eval_data: Any, targets: Sequence[str], out:
         "calib": _path_or_none(calib),
         "eval_data": _path_or_none(eval_data),
     }
-    return make_config({}, values | options, where="edgecompress.build()")
+    return make_config({}, values | options, where=where)
 
 
-def _check_option_names(options: Mapping[str, Any]) -> None:
+def _check_option_names(options: Mapping[str, Any], known: Sequence[str] | None = None,
+                        where: str = "edgecompress.build()") -> None:
     """A misspelt keyword names the closest real ones instead of being ignored or failing deep in pydantic."""
     import difflib
 
     from edgecompress.core.config import BuildConfig
     from edgecompress.core.errors import ConfigError
 
-    known = [*BuildConfig.model_fields, *API_OPTIONS]
+    known = list(known) if known is not None else [*BuildConfig.model_fields, *API_OPTIONS]
     for name in options:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3)
-            raise ConfigError(f"edgecompress.build() has no option '{name}'",
+            raise ConfigError(f"{where} has no option '{name}'",
                               f"did you mean {' or '.join(repr(c) for c in close)}?" if close
                               else f"valid options: {', '.join(known)}")
 
@@ -198,6 +220,11 @@ def _is_module(model: Any) -> bool:
 def _is_model_proto(model: Any) -> bool:
     onnx = sys.modules.get("onnx")
     return onnx is not None and isinstance(model, onnx.ModelProto)
+
+
+def _is_exported(model: Any) -> bool:
+    graph = sys.modules.get("edgecompress.export.graph")  # whoever holds an export_onnx result has loaded it
+    return graph is not None and isinstance(model, graph.OnnxModelInfo)
 
 
 # --- in-memory data ---------------------------------------------------------------------------------------------------
@@ -267,7 +294,8 @@ def _module_inputs(config: BuildConfig, example_input: Any,
         shapes = _npz_sample_shapes(config.calib, config)
     else:
         raise InputShapeError(f"{config.model} needs an example input shape to export",
-                              "pass input_shape=(1, 3, 224, 224), example_input=tensor, or in-memory calib data")
+                              "pass input_shape=(1, 3, 224, 224) or example_input=tensor (build also reads it from "
+                              "in-memory calib data)")
     dtypes = {} if data is None else {name: str(array.dtype) for name, array in zip(shapes, data.inputs.values())
                                       if array.dtype.kind in "iub"}  # token ids and masks are exported as such
     return shapes, dtypes
@@ -300,16 +328,35 @@ def _npz_sample_shapes(path: Path, config: BuildConfig) -> dict[str, tuple[int, 
 def _run(config: BuildConfig, source: SourceModel | None, calibration: InMemoryData | None,
          held_out: InMemoryData | None) -> list[dict[str, Any]]:
     """pipeline.build with the module, calibration and evaluation sets given here in place of their steps' files."""
-    from edgecompress.pipeline.pipeline import BuildContext, build, calibration_step, eval_step, load_step
+    from edgecompress.pipeline.pipeline import BuildContext, build
 
-    replaced: dict[Callable[[BuildContext], BuildContext], Callable[[BuildContext], BuildContext]] = {}
+    return build(config, BuildContext(config, source=source), _replacements(source, calibration, held_out))
+
+
+def _steps(config: BuildConfig, source: SourceModel | None, calibration: InMemoryData | None, runs: list[StepRun],
+           exported: OnnxModelInfo | None = None) -> BuildContext:
+    """A few of the build's steps (a one-step function's), with the same replacements as `_run`'s."""
+    from edgecompress.pipeline.pipeline import BuildContext, run_steps
+
+    return run_steps(BuildContext(config, source=source), runs, _replacements(source, calibration, None, exported))
+
+
+def _replacements(source: SourceModel | None, calibration: InMemoryData | None, held_out: InMemoryData | None,
+                  exported: OnnxModelInfo | None = None) -> dict[StepRun, StepRun]:
+    """Step -> what runs in its place: the module, fp32 ONNX, calibration and evaluation sets given here, not made
+    from files."""
+    from edgecompress.pipeline.pipeline import calibration_step, eval_step, export_step, load_step
+
+    replaced: dict[StepRun, StepRun] = {}
     if source is not None:
         replaced[load_step] = lambda context: context
+    if exported is not None:  # export_onnx's result: the export step has run (re-preparing it would be a no-op)
+        replaced[export_step] = lambda context: replace(context, fp32=exported)
     if calibration is not None:
         replaced[calibration_step] = lambda context: _with_calibration(context, calibration)
     if held_out is not None:
         replaced[eval_step] = lambda context: _with_eval_set(context, held_out)
-    return build(config, BuildContext(config, source=source), replaced)
+    return replaced
 
 
 def _fitted(context: BuildContext, data: InMemoryData) -> CalibrationSet:
@@ -337,7 +384,357 @@ def _with_eval_set(context: BuildContext, data: InMemoryData) -> BuildContext:
     return replace(context, eval_set=EvalSet(held_out.arrays, held_out.labels, f"{data.source} (held out)", held_out.layout))
 
 
+# --- one step at a time -----------------------------------------------------------------------------------------------
+
+
+def export_onnx(model: Any, *, input_shape: Any = None, out: str | Path = "build", example_input: Any = None,
+                progress: bool = True, **options: Any) -> OnnxModelInfo:
+    """The checked fp32 ONNX file alone, for users who quantize, inspect or deploy it themselves.
+
+    It is `build`'s export step with its cache key (no distillation or pruning: that is `build`), so a later `build` of
+    the same model into the same `out` reuses the file, and so does `quantize_int8`.
+
+    Args:
+        model: a torch.nn.Module, an ONNX file path or onnx.ModelProto (prepared as a build prepares one: opset,
+            open dimensions fixed, simplified, every node named), or any model string `edgecompress build --model`
+            takes.
+        input_shape: a module's example input shape ("1,3,32,32", "NAME:1,3,32,32", a tuple, or a dict by name);
+            unset: `example_input`'s shapes as given.
+        out: the build folder: the file is OUT/model.fp32.onnx.
+        example_input: a module's example input (a tensor, an array, a tuple in forward's order or a dict by name),
+            read for its shapes and integer dtypes.
+        progress: False silences info lines (warnings still show).
+        **options: the BuildConfig fields listed under Options.
+
+    Returns:
+        The file's path, input and output specs and opset, and for a torch model the largest |ONNX Runtime - PyTorch|
+        difference of the check (an export past `export_tolerance` raises ExportError instead).
+    """
+    from edgecompress.pipeline.pipeline import export_step, load_step
+
+    config = _config(model, None, None, ("cpu",), out, input_shape, options, EXPORT_OPTIONS, "edgecompress.export_onnx()")
+    with _progress_shown(progress):
+        source, config = _source(model, config, example_input, None)
+        fp32 = _steps(config, source, None, [load_step, export_step]).fp32
+    assert fp32 is not None, "the export step fills fp32"
+    return fp32
+
+
+_with_options_documented(export_onnx, EXPORT_OPTIONS)
+
+
+def quantize_int8(onnx_model: Any, *, calib: Any, target: str = "cpu", out: str | Path = "build", input_shape: Any = None,
+                  transform_fn: Callable[[Any], Any] | None = None, calib_count: int = CALIB_COUNT, progress: bool = True,
+                  **options: Any) -> QuantizeResult:
+    """The int8 QDQ ONNX file of the target's recipe, post-training only, for users who build engines themselves.
+
+    The recipe is the one `build` starts its ladder from (the target's ISA, the options, what int8 cannot take kept
+    fp32) and the file is the build's first int8 candidate, under the same cache key. Nothing is evaluated and
+    nothing repaired: a budget, repair, QAT and the engine are `build`'s.
+
+    Args:
+        onnx_model: `export_onnx`'s result (used as it is: the chain for a torch module), or an fp32 ONNX file path
+            or onnx.ModelProto, prepared as `build` prepares one into OUT/model.fp32.onnx.
+        calib: calibration data in the forms `build` takes: a numpy array, a dict of arrays by input name, a torch
+            Tensor, a DataLoader or any iterable of batches, or the path of a calibration .npz.
+        target: the target profile (name or .toml path) whose recipe quantizes; not one whose engine is built from
+            the torch module (ExecuTorch).
+        out: the build folder: the file is `OUT/int8/model.int8.KEY.onnx` (KEY: the content hash of its inputs).
+        input_shape: sizes for the model's open dimensions ("NAME:1,3,224,224", a tuple, or a dict by name).
+        transform_fn: batch -> the model's input(s), as `build`'s.
+        calib_count: most calibration samples kept from in-memory data.
+        progress: False silences info lines (warnings still show).
+        **options: the BuildConfig fields listed under Options.
+
+    Returns:
+        The int8 file's path, the recipe that made it and the target's name.
+    """
+    from edgecompress.engines import checked_profiles
+    from edgecompress.pipeline.pipeline import calibration_step, export_step, load_step, quantize_stage, target_recipe
+
+    exported = onnx_model if _is_exported(onnx_model) else None
+    model = onnx_model if exported is None else exported.path
+    _check_onnx_model(model, "edgecompress.quantize_int8()")
+    config = _config(model, calib, None, (target,), out, input_shape, options, QUANTIZE_OPTIONS,
+                     "edgecompress.quantize_int8()")
+    (profile,) = checked_profiles(config.target)  # a mistyped target fails before any work
+    _check_onnx_engine(profile)
+    with _progress_shown(progress):
+        calibration = _in_memory(calib, transform_fn, config, calib_count, "calib")
+        source, config = _source(model, config, None, calibration)
+        context = _steps(config, source, calibration, [load_step, export_step, calibration_step], exported)
+        assert context.fp32 is not None and context.calibration is not None, "export and calibration steps fill them"
+        recipe = target_recipe(profile, config, context.fp32.path)
+        path = quantize_stage(config.out, context.fp32.path, context.calibration, recipe)
+    return QuantizeResult(path, recipe, profile.name)
+
+
+_with_options_documented(quantize_int8, QUANTIZE_OPTIONS)
+
+
+def _check_onnx_model(model: Any, where: str) -> None:
+    """An ONNX file or ModelProto: a torch module is exported first (its shapes and check are export's business)."""
+    if _is_model_proto(model) or (isinstance(model, (str, Path)) and Path(model).suffix == ".onnx"):
+        return
+    from edgecompress.core.errors import ModelLoadError
+
+    raise ModelLoadError(f"{where} takes an fp32 ONNX file or onnx.ModelProto, not {_what(model)}",
+                         "export a torch model first: edgecompress.export_onnx(model, input_shape=...).path")
+
+
+def _what(model: Any) -> str:
+    return f"'{model}'" if isinstance(model, (str, Path)) else f"a {type(model).__name__}"
+
+
+def _check_onnx_engine(profile: TargetProfile) -> None:
+    """ExecuTorch quantizes the torch module itself (PT2E): no ONNX recipe makes its engine."""
+    from edgecompress.core.errors import TargetError
+    from edgecompress.engines import get_builder
+    from edgecompress.engines.base import engine_input
+
+    if engine_input(get_builder(profile.engine)) == "torch":
+        raise TargetError(f"target '{profile.name}' builds its {profile.engine} engine from the torch module, not from "
+                          "an int8 ONNX file",
+                          f"build it with edgecompress.build(module, calib=..., targets=['{profile.name}'])")
+
+
+def make_calibration(source: str | Path | None = None, *, out: str | Path, count: int | None = None,
+                     seed: int | None = None, recipe: str | Path | None = None, size: int | None = None,
+                     resize: int | Sequence[int] | None = None, crop: int | Sequence[int] | None = None,
+                     color: str | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     layout: str | None = None, input_name: str | None = None, model: str | Path | None = None,
+                     weights: str | Path | None = None, input_shape: Any = None, data_free: bool = False,
+                     steps: int | None = None, class_loss: float = 1.0, text: str | Path | None = None,
+                     tokenizer: str | Path | None = None, max_length: int | None = None, progress: bool = True) -> Path:
+    """Write a calibration set (.npz + manifest .json beside it) that every build and target can reuse.
+
+    What `edgecompress calib` does, with its options as keywords (the command calls this function): a set made once
+    is named by its sha256 in every report, and builds that read it share their int8 cache.
+
+    Args:
+        source: 'digits', a folder of JPEG/PNG images (class sub-folders = labels) or a .npy/.npz file (`--from`).
+        out: the set's .npz path; the manifest goes beside it (.json).
+        count: samples in the set (default 128; data_free: 32; text: the first N lines, default all).
+        seed: seed of the stratified draw (default 0; text: draw the lines at random instead of taking the first N).
+        recipe: a calibration recipe TOML (calibration/); the keywords override it.
+        size: resize the shorter side to S, then center-crop S×S.
+        resize: shorter side S, or exact (H, W).
+        crop: center crop S or (H, W).
+        color: "rgb" or "grayscale" (default rgb; digits: grayscale).
+        mean: per-channel mean after scaling to [0, 1], e.g. (0.485, 0.456, 0.406).
+        std: per-channel std after scaling to [0, 1], e.g. (0.229, 0.224, 0.225).
+        layout: "NCHW" or "NHWC" (default NCHW).
+        input_name: the array's key in the .npz (default x, or the model's input name).
+        model: a model string as `--model` takes, to check the set against (.onnx: shapes; PyTorch: BatchNorm
+            statistics); the source of data_free (unset there: the built-in digits example).
+        weights: state_dict for a package.module:factory model.
+        input_shape: the model's input shape ("1,3,224,224", a tuple, or a dict by name).
+        data_free: synthesize inputs that match the model's BatchNorm statistics (range-only without BatchNorm).
+        steps: data_free: optimization steps per batch of 32 (default: by the model's input size).
+        class_loss: data_free: weight of the loss that makes each sample confidently one class (0 for outputs that
+            are not class scores).
+        text: UTF-8 text, one sentence or passage per line: writes the token arrays the tokenizer names.
+        tokenizer: text: a local Hugging Face tokenizer folder (never downloaded).
+        max_length: text: tokens per row, padded and truncated to it.
+        progress: False silences the info line (warnings still show).
+
+    Returns:
+        The .npz path written.
+    """
+    from edgecompress.calib.manifest import check_out_path
+    from edgecompress.core.progress import info
+
+    out = check_out_path(Path(out))
+    shapes = _shape_specs(input_shape)
+    overrides = _preprocess_overrides(size, resize, crop, color, mean, std, layout)
+    fields = _calibration_fields(source, count, seed, recipe, input_name, overrides)
+    with _progress_shown(progress):
+        if text is not None or tokenizer is not None or max_length is not None:
+            conflicting = {"--from": source, "--recipe": recipe, "--data-free": data_free, "--steps": steps,
+                           "--input-name": input_name, **overrides}
+            made = _text_set(text, tokenizer, max_length, count, seed, [option for option, value in conflicting.items() if value],
+                             model, weights, shapes, out)
+        elif data_free:
+            made = _data_free_set(fields, model, weights, shapes, steps, class_loss, out)
+        else:
+            made = _drawn_set(fields, model, weights, shapes, out)
+        info(f"wrote {out} ({made.manifest['count']} samples, sha256 {made.sha256[:12]}) and {out.with_suffix('.json')}")
+    return out
+
+
+def _calibration_fields(source: str | Path | None, count: int | None, seed: int | None, recipe: str | Path | None,
+                        input_name: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The set's recipe fields: a recipe TOML's, overridden by the keywords given (preprocessing ones over the
+    source's default preprocessing)."""
+    from edgecompress.calib.generate import load_recipe
+
+    fields: dict[str, Any] = load_recipe(Path(recipe)).model_dump(exclude_unset=True) if recipe else {}
+    given = {"source": None if source is None else str(source), "count": count, "seed": seed, "input_name": input_name}
+    fields.update({key: value for key, value in given.items() if value is not None})
+    if overrides:
+        fields["preprocess"] = {**(fields.get("preprocess") or _default_preprocess(fields.get("source"))), **overrides}
+    return fields
+
+
+def _drawn_set(fields: dict[str, Any], model: str | Path | None, weights: str | Path | None, input_shape: list[str],
+               out: Path) -> CalibrationSet:
+    from edgecompress.calib.generate import make_calibration_set, make_recipe
+    from edgecompress.core.errors import ConfigError
+
+    if not fields.get("source"):
+        raise ConfigError("no calibration source given", "pass --from DIR|FILE.npz|digits, --recipe FILE or --data-free")
+    source_model = _calibration_model(model, weights, input_shape) if model else None
+    fields.setdefault("input_name", _single_input_name(source_model))
+    return make_calibration_set(make_recipe(fields), out, source_model)
+
+
+def _text_set(text: str | Path | None, tokenizer: str | Path | None, max_length: int | None, count: int | None,
+              seed: int | None, conflicting: list[str], model: str | Path | None, weights: str | Path | None,
+              input_shape: list[str], out: Path) -> CalibrationSet:
+    from edgecompress.calib.text import make_text_calibration_set
+    from edgecompress.core.errors import ConfigError
+
+    if conflicting:
+        raise ConfigError(f"--text makes a set from text lines; {', '.join(conflicting)} do not apply to it",
+                          f"drop {', '.join(conflicting)}, or drop --text, --tokenizer and --max-length")
+    if text is None or tokenizer is None or max_length is None:
+        missing = [option for option, value in (("--text", text), ("--tokenizer", tokenizer), ("--max-length", max_length))
+                   if value is None]
+        raise ConfigError(f"a text calibration set needs {', '.join(missing)} too",
+                          "pass --text FILE --tokenizer DIR --max-length N")
+    source_model = _calibration_model(model, weights, input_shape) if model else None
+    return make_text_calibration_set(Path(text), Path(tokenizer), max_length, out, count, seed, source_model)
+
+
+def _data_free_set(fields: dict[str, Any], model: str | Path | None, weights: str | Path | None, input_shape: list[str],
+                   steps: int | None, class_loss: float, out: Path) -> CalibrationSet:
+    from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set, single_input, synthesis_module
+    from edgecompress.calib.generate import make_recipe
+    from edgecompress.core.errors import ConfigError
+
+    if fields.get("source"):
+        raise ConfigError("--data-free makes inputs from the model, not from --from", "drop --from, or drop --data-free")
+    source_model = _calibration_model(model, weights, input_shape)
+    synthesis_module(source_model)  # a TorchScript model or an ONNX op the runner lacks fails here, before the shape question
+    name, shape = single_input(source_model)
+    spec = make_recipe({**fields, "source": source_model.name}).spec() or _example_spec(source_model)
+    config = DataFreeConfig(steps=steps, class_loss_weight=class_loss, seed=fields.get("seed", 0))
+    return make_data_free_set(
+        source_model, shape, fields.get("count", 32), out, config, spec, fields.get("input_name", name), source_model.name
+    )
+
+
+def _example_spec(source_model: SourceModel) -> Any:
+    """The built-in example's preprocessing bounds its synthetic pixels like real digits."""
+    from edgecompress.core.config import EXAMPLE_NAME
+    from edgecompress.source.data import DIGITS_SPEC
+
+    return DIGITS_SPEC if source_model.name == EXAMPLE_NAME else None
+
+
+def _calibration_model(model: str | Path | None, weights: str | Path | None, input_shape: list[str]) -> SourceModel:
+    from edgecompress.presets.example import load_model_or_example
+
+    return load_model_or_example(None if model is None else str(model), _path_or_none(weights), input_shape)
+
+
+def _single_input_name(source_model: SourceModel | None) -> str:
+    """Key the set by the model's input name when it has exactly one (else the neutral `x`)."""
+    shapes = getattr(source_model, "input_shapes", {}) or {}
+    names = [name for name in shapes if name]
+    if source_model is not None and source_model.onnx_path is not None:
+        from edgecompress.export.graph import model_io, read_onnx
+
+        names = [spec.name for spec in model_io(read_onnx(source_model.onnx_path))[0]]
+    return names[0] if len(names) == 1 else "x"
+
+
+def _preprocess_overrides(size: int | None, resize: int | Sequence[int] | None, crop: int | Sequence[int] | None,
+                          color: str | None, mean: Sequence[float] | None, std: Sequence[float] | None,
+                          layout: str | None) -> dict[str, Any]:
+    values = {
+        "resize": size if size is not None else _size_value(resize),
+        "center_crop": size if size is not None else _size_value(crop),
+        "color": color,
+        "mean": None if mean is None else [float(value) for value in mean],
+        "std": None if std is None else [float(value) for value in std],
+        "layout": layout.upper() if layout else None,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _size_value(size: int | Sequence[int] | None) -> int | list[int] | None:
+    """S, or [H, W] as the preprocessing spec holds it (a tuple from Python, a list from the CLI)."""
+    return size if size is None or isinstance(size, int) else [int(value) for value in size]
+
+
+def _default_preprocess(source: str | None) -> dict[str, Any]:
+    from edgecompress.calib.sources import default_spec
+
+    return default_spec(source or "").to_dict()
+
+
+def bundle(build_dir: str | Path, *, target: str | None = None, out: str | Path | None = None,
+           sign: str | Path | None = None, passphrase: str | None = None, include_reference: bool = False,
+           samples: int = SELFTEST_SAMPLES) -> BundleArtifact:
+    """Pack one built target into the reproducible, self-describing (optionally signed) archive `edgecompress ship`
+    installs: what `edgecompress bundle` writes, by the same function.
+
+    Args:
+        build_dir: the build folder (`out` of `build`), or a built target folder itself (build/cpu) when `target` is
+            unset, as `edgecompress bundle` takes.
+        target: the target's name: its folder in `build_dir`.
+        out: the archive to write (default: the target folder's bundle.tar.gz).
+        sign: an ed25519 private key from `edgecompress keygen` to sign the manifest with.
+        passphrase: the key's passphrase.
+        include_reference: also carry the fp32 reference ONNX.
+        samples: sample inputs (with this host's outputs for them) kept for the device self-test.
+
+    Returns:
+        The written archive (`path`) with its sha256, sizes, signer and manifest.
+    """
+    from edgecompress.ship.bundle import BundleOptions, build_bundle
+
+    options = BundleOptions(include_reference=include_reference, sign_key=_path_or_none(sign), passphrase=passphrase,
+                            samples=samples)
+    target_dir = Path(build_dir) if target is None else Path(build_dir) / target
+    return build_bundle(target_dir, _path_or_none(out), options)
+
+
+def release(build_dir: str | Path, *, targets: str | Sequence[str] | None = None, out: str | Path, version: str,
+            sign: str | Path, passphrase: str | None = None, samples: int = SELFTEST_SAMPLES) -> ReleaseArtifact:
+    """Write a signed phone release (engines, manifest, golden I/O, index.json) for an app to verify, load and update:
+    what `edgecompress release` writes, by the same function.
+
+    Args:
+        build_dir: the build folder, or one built phone target folder itself when `targets` is unset.
+        targets: the phone targets' names (their folders in `build_dir`), released together.
+        out: the release folder: OUT/index.json, OUT/VERSION/ and OUT/VERSION.zip.
+        version: this release's version, MAJOR[.MINOR[.PATCH]]; an existing version is never rewritten.
+        sign: the ed25519 private key (from `edgecompress keygen`) that signs the manifest.
+        passphrase: the key's passphrase.
+        samples: golden inputs, each with every engine's outputs, for the app's self-check.
+
+    Returns:
+        The written version folder, its zip and index.json, with the signer's key id and the manifest.
+    """
+    from edgecompress.ship.release import build_release
+
+    names = [targets] if isinstance(targets, str) else targets
+    target_dirs = [Path(build_dir)] if names is None else [Path(build_dir) / name for name in names]
+    return build_release(target_dirs, Path(out), version, Path(sign), passphrase, samples)
+
+
 # --- the result -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What `quantize_int8` wrote: the int8 QDQ ONNX file and the recipe (a build's report.json records the same)."""
+
+    path: Path
+    recipe: QuantRecipe
+    target: str
 
 
 @dataclass(frozen=True)
@@ -454,4 +851,5 @@ class EngineRunner:
         return {spec.name: np.ascontiguousarray(arrays[spec.name].astype(spec.dtype, copy=False)) for spec in self.runner.inputs}
 
 
-__all__ = ["BuildResult", "EngineResult", "EngineRunner", "Fidelity", "build"]
+__all__ = ["BuildResult", "EngineResult", "EngineRunner", "Fidelity", "QuantizeResult", "build", "bundle", "export_onnx",
+           "make_calibration", "quantize_int8", "release"]

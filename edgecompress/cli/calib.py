@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -48,105 +48,13 @@ def calib(
     max_length: Optional[int] = typer.Option(None, "--max-length", help="--text: tokens per row, padded and truncated to it (the model's sequence length)", rich_help_panel=TEXT_PANEL, metavar="N"),
 ) -> None:
     """Make a calibration set (arrays + manifest) that every build and target can reuse."""
-    from edgecompress.calib.generate import load_recipe, make_calibration_set, make_recipe
-    from edgecompress.calib.manifest import check_out_path
-    from edgecompress.core.progress import info
+    from edgecompress.api import make_calibration
 
-    check_out_path(out)
-    fields: dict[str, Any] = load_recipe(recipe).model_dump(exclude_unset=True) if recipe else {}
-    given = {"source": source, "count": count, "seed": seed, "input_name": input_name}
-    fields.update({key: value for key, value in given.items() if value is not None})
-    overrides = _preprocess_overrides(size, resize, crop, color, mean, std, layout)
-    if overrides:
-        fields["preprocess"] = {**(fields.get("preprocess") or _default_preprocess(fields.get("source"))), **overrides}
-    if text is not None or tokenizer is not None or max_length is not None:
-        conflicting = {"--from": source, "--recipe": recipe, "--data-free": data_free, "--steps": steps, "--input-name": input_name,
-                       **overrides}
-        made = _text(text, tokenizer, max_length, count, seed, [option for option, value in conflicting.items() if value],
-                     model, weights, input_shape or [], out)
-    elif data_free:
-        made = _data_free(fields, model, weights, input_shape or [], steps, class_loss, out)
-    else:
-        if not fields.get("source"):
-            raise ConfigError("no calibration source given", "pass --from DIR|FILE.npz|digits, --recipe FILE or --data-free")
-        source_model = _load_model(model, weights, input_shape or []) if model else None
-        fields.setdefault("input_name", _single_input_name(source_model))
-        made = make_calibration_set(make_recipe(fields), out, source_model)
-    info(f"wrote {out} ({made.manifest['count']} samples, sha256 {made.sha256[:12]}) and {out.with_suffix('.json')}")
-
-
-def _text(text, tokenizer, max_length, count, seed, conflicting, model, weights, input_shape, out):
-    from edgecompress.calib.text import make_text_calibration_set
-
-    if conflicting:
-        raise ConfigError(f"--text makes a set from text lines; {', '.join(conflicting)} do not apply to it",
-                          f"drop {', '.join(conflicting)}, or drop --text, --tokenizer and --max-length")
-    if text is None or tokenizer is None or max_length is None:
-        missing = [option for option, value in (("--text", text), ("--tokenizer", tokenizer), ("--max-length", max_length))
-                   if value is None]
-        raise ConfigError(f"a text calibration set needs {', '.join(missing)} too",
-                          "pass --text FILE --tokenizer DIR --max-length N")
-    source_model = _load_model(model, weights, input_shape) if model else None
-    return make_text_calibration_set(text, tokenizer, max_length, out, count, seed, source_model)
-
-
-def _data_free(fields, model, weights, input_shape, steps, class_loss, out):
-    from edgecompress.calib.datafree import DataFreeConfig, make_data_free_set, single_input, synthesis_module
-    from edgecompress.calib.generate import make_recipe
-
-    if fields.get("source"):
-        raise ConfigError("--data-free makes inputs from the model, not from --from", "drop --from, or drop --data-free")
-    source_model = _load_model(model, weights, input_shape)
-    synthesis_module(source_model)  # a TorchScript model or an ONNX op the runner lacks fails here, before the shape question
-    name, shape = single_input(source_model)
-    spec = make_recipe({**fields, "source": source_model.name}).spec() or _example_spec(source_model)
-    config = DataFreeConfig(steps=steps, class_loss_weight=class_loss, seed=fields.get("seed", 0))
-    return make_data_free_set(
-        source_model, shape, fields.get("count", 32), out, config, spec, fields.get("input_name", name), source_model.name
-    )
-
-
-def _example_spec(source_model):
-    """The built-in example's preprocessing bounds its synthetic pixels like real digits."""
-    from edgecompress.source.data import DIGITS_SPEC
-    from edgecompress.core.config import EXAMPLE_NAME
-
-    return DIGITS_SPEC if source_model.name == EXAMPLE_NAME else None
-
-
-def _load_model(model: str | None, weights: Path | None, input_shape: list[str]):
-    from edgecompress.presets.example import load_model_or_example
-
-    return load_model_or_example(model, weights, input_shape)
-
-
-def _single_input_name(source_model) -> str:
-    """Key the set by the model's input name when it has exactly one (else the neutral `x`)."""
-    shapes = getattr(source_model, "input_shapes", {}) or {}
-    names = [name for name in shapes if name]
-    if getattr(source_model, "onnx_path", None) is not None:
-        from edgecompress.export.graph import model_io, read_onnx
-
-        names = [spec.name for spec in model_io(read_onnx(source_model.onnx_path))[0]]
-    return names[0] if len(names) == 1 else "x"
-
-
-def _preprocess_overrides(size, resize, crop, color, mean, std, layout) -> dict[str, Any]:
-    values = {
-        "resize": size if size is not None else _ints(resize, "--resize"),
-        "center_crop": size if size is not None else _ints(crop, "--crop"),
-        "color": color,
-        "mean": _floats(mean, "--mean"),
-        "std": _floats(std, "--std"),
-        "layout": layout.upper() if layout else None,
-    }
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def _default_preprocess(source: str | None) -> dict[str, Any]:
-    from edgecompress.calib.sources import default_spec
-
-    return default_spec(source or "").to_dict()
+    make_calibration(source, out=out, count=count, seed=seed, recipe=recipe, size=size, resize=_ints(resize, "--resize"),
+                     crop=_ints(crop, "--crop"), color=color, mean=_floats(mean, "--mean"), std=_floats(std, "--std"),
+                     layout=layout, input_name=input_name, model=model, weights=weights, input_shape=input_shape or [],
+                     data_free=data_free, steps=steps, class_loss=class_loss, text=text, tokenizer=tokenizer,
+                     max_length=max_length)
 
 
 def _ints(text: str | None, option: str) -> int | list[int] | None:

@@ -27,6 +27,8 @@ BATCH_DIM = "batch"
 
 @dataclass(frozen=True)
 class OnnxModelInfo:
+    """An fp32 ONNX file as the later steps need it: its inputs and outputs, and how far it is from PyTorch's."""
+
     path: Path
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]

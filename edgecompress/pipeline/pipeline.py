@@ -163,11 +163,17 @@ def build(config: BuildConfig, context: BuildContext | None = None,
     profiles = checked_profiles(config.target)  # a typo in --target or in a profile's options fails before any work
     require_torch_source(profiles, config.model)  # an ONNX file for an ExecuTorch target: before any work too
     config.out.mkdir(parents=True, exist_ok=True)
-    context = context or BuildContext(config)
-    for step in BUILD_STEPS:
-        context = (replaced or {}).get(step.run, step.run)(context)
+    context = run_steps(context or BuildContext(config), [step.run for step in BUILD_STEPS], replaced)
     ready = TargetContext.after_steps(context)
     return [build_target(ready, profile).to_dict() for profile in profiles]
+
+
+def run_steps(context: BuildContext, runs: list[StepRun], replaced: dict[StepRun, StepRun] | None = None) -> BuildContext:
+    """`runs` in order, each swapped for its replacement where `replaced` has one: the whole build runs BUILD_STEPS,
+    the Python API's one-step functions (api.py) the few a step needs, with the same replacements for in-memory data."""
+    for run in runs:
+        context = (replaced or {}).get(run, run)(context)
+    return context
 
 
 def export_key(source: SourceModel, config: BuildConfig) -> dict[str, Any]:
@@ -282,25 +288,26 @@ def target_recipe(profile: TargetProfile, config: BuildConfig, fp32_path: Path |
     return recipe
 
 
-def quantize_key(context: TargetContext, recipe: QuantRecipe) -> dict[str, Any]:
+def quantize_key(fp32: Path, calibration: CalibrationSet, recipe: QuantRecipe) -> dict[str, Any]:
     """What an int8 model depends on: the fp32 model's bytes, the calibration arrays, the recipe and the runtime."""
     import onnxruntime
 
     return {
-        "fp32": sha256_file(context.fp32.path),
-        "calibration": context.calibration.sha256,
+        "fp32": sha256_file(fp32),
+        "calibration": calibration.sha256,
         "recipe": recipe.cache_key(),
         "onnxruntime": onnxruntime.__version__,
     }
 
 
-def quantize_stage(context: TargetContext, recipe: QuantRecipe) -> Path:
-    """int8 models are shared by targets whose recipes agree (cached by content)."""
-    key = quantize_key(context, recipe)
-    path = context.config.out / "int8" / f"model.int8.{sha256_json(key)[:12]}.onnx"
+def quantize_stage(out: Path, fp32: Path, calibration: CalibrationSet, recipe: QuantRecipe) -> Path:
+    """int8 models are shared by targets whose recipes agree, and with `edgecompress.quantize_int8` (cached by content
+    under the build folder `out`)."""
+    key = quantize_key(fp32, calibration, recipe)
+    path = out / "int8" / f"model.int8.{sha256_json(key)[:12]}.onnx"
 
-    def produce(out: Path) -> None:
-        quantize_model(context.fp32.path, context.calibration, recipe, out)
+    def produce(int8: Path) -> None:
+        quantize_model(fp32, calibration, recipe, int8)
 
     _, reused = cached_artifact(path, key, produce)
     info(f"quantize: {'reused' if reused else 'wrote'} {path} ({recipe.label})")
@@ -469,8 +476,8 @@ def quantize_target_stage(context: TargetContext, profile: TargetProfile, builde
     models = (TargetModels(builder, profile, target_dir / ".candidates", compared_engines(profile)) if here
               else DeviceSimulation(builder, profile, target_dir / ".candidates"))
     quantization = quantize_for_target(
-        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(context, r), models, feeds, settings, fp16,
-        lambda r, post_training: _fine_tuned(context, r, post_training),
+        context.fp32.path, context.eval_set, recipe, lambda r: quantize_stage(config.out, context.fp32.path, context.calibration, r),
+        models, feeds, settings, fp16, lambda r, post_training: _fine_tuned(context, r, post_training),
     )
     return quantization, models
 

@@ -57,6 +57,8 @@ class BundleOptions:
 
 @dataclass(frozen=True)
 class BundleArtifact:
+    """A written bundle; its sha256 names the release on the device, `signed_by` the signing key's id (None: unsigned)."""
+
     path: Path
     sha256: str
     size_bytes: int

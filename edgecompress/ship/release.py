@@ -43,6 +43,8 @@ _VERSION = re.compile(r"^\d+(\.\d+){0,2}$")
 
 @dataclass(frozen=True)
 class ReleaseArtifact:
+    """A written phone release: the version folder, its zip and the index an app polls, signed by `signed_by`."""
+
     version_dir: Path
     archive: Path
     index: Path
