@@ -173,8 +173,7 @@ def build_case(case: Case, args: argparse.Namespace, workdir: Path) -> list[str]
     qat = report["quantization"].get("qat") or {}
     shipped = f"{report['engine']['precision']} ({report['quantization']['precision']['chosen']})"
     fp32_layers = len(report["quantization"]["recipe"].get("nodes_to_exclude", []))
-    reference = report["reference"].get("latency")  # absent when the engine is the fp32 model itself
-    speed = reference["p50"] / report["latency"]["p50"] if reference and report.get("latency") else 1.0
+    speed = report.get("speedup_vs_fp32") or 1.0  # absent when the engine is the fp32 model itself
     qat_cell = f"{qat['steps']} steps, {qat['seconds']:.0f} s ({qat['stopped']})" if qat.get("ran") else "did not run"
     return [f"| {case.name} | {shipped}, {fp32_layers} layer(s) in fp32 | "
             f"{_fidelity(_outputs(fp32, name, held_out), _outputs(Path(engine_path), name, held_out))} | {speed:.2f}x | "

@@ -21,7 +21,11 @@ hidden 384, an upsampling head to a [N, 1, 56, 56] sigmoid map; `bash scripts/in
 takes its .onnx out of the pinned wheel), judged by mask IoU of the thresholded map (the build's own `segment`
 metric) on 200 crops of *other* photos than its 256 calibration crops (scikit-image and scikit-learn photos).
 
-Run: python benchmarks/transformer_encoders.py [--runs 200] [--max-length 64] [--out DIR] [--vit]
+`--targets intel-cpu android-arm64-executorch jetson-orin-nano` builds the checkpoint folder for those targets
+instead (defaults, the same sentences) and prints each report's verdict: what shipped, its fidelity against the
+budget, size and speed as the build measured them (a Jetson kit's figures are its simulation on this host).
+
+Run: python benchmarks/transformer_encoders.py [--runs 200] [--max-length 64] [--out DIR] [--vit] [--targets T ...]
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="keep the builds here (default: a temporary folder)")
     parser.add_argument("--vit", action="store_true", help="the ViT-S saliency model instead of the sentence encoder")
+    parser.add_argument("--targets", nargs="+", default=None, help="build the checkpoint for these targets instead")
     args = parser.parse_args()
     if args.vit:
         with tempfile.TemporaryDirectory(prefix="vit-bench-") as scratch:
@@ -147,6 +152,8 @@ def main() -> None:
             files[name] = work / f"{name}.npz"
         print(f"{len(sentences)} sentences; {CALIBRATION_SENTENCES} calibration, {HELD_OUT_SENTENCES} held out, "
               f"{args.max_length} tokens")
+        if args.targets:
+            return target_builds(folder, files, work, args)
 
         engines, builds = {}, {}
         engines["edgecompress (checkpoint)"], builds["checkpoint"] = edgecompress_build(
@@ -174,6 +181,32 @@ def main() -> None:
                   f"{path.stat().st_size / 1e6:.1f} | {stats[name].p50:.2f} | {base / stats[name].p50:.2f}x |")
         for name, facts in builds.items():
             print(f"build from {name}: {facts['seconds']:.0f} s, shipped {facts['shipped']} ({facts['recipe']})")
+
+
+def target_builds(folder: Path, files: dict[str, Path], work: Path, args: argparse.Namespace) -> None:
+    """The checkpoint folder built with the defaults for each target, one build after another."""
+    import json
+
+    from edgecompress.core.config import BuildConfig
+    from edgecompress.pipeline.pipeline import build
+
+    print("\n| target | shipped | neighbours | cosine mean / worst | budget | MB | vs fp32 (as measured) | build s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for target in args.targets:
+        out = work / f"target-{target}"
+        config = BuildConfig(model=str(folder), target=[target], calib=files["calib"], eval_data=files["held-out"], out=out,
+                             input_shape=[f"input_ids:1,{args.max_length}"])
+        started = time.perf_counter()
+        build(config)
+        seconds = time.perf_counter() - started
+        report = json.loads((out / target / "report.json").read_text())
+        fidelity = report["fidelity"]
+        details = fidelity["outputs"][0]["result"]["details"]
+        speed = f"{report['speedup_vs_fp32']:.2f}x" if report.get("speedup_vs_fp32") else "not timed here"
+        size = report["engine"].get("size_bytes")
+        print(f"| {target} | {report['engine']['kind']} {report['engine']['precision']} | {fidelity['value']:.1%} | "
+              f"{details['embedding cosine']:.4f} / {details['worst cosine']:.4f} | {'met' if fidelity['met'] else 'MISSED'} | "
+              f"{size / 1e6 if size else float('nan'):.1f} | {speed} | {seconds:.0f} |")
 
 
 def vit_model() -> Path:

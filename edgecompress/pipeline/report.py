@@ -60,7 +60,8 @@ def verdicts(report: BuildReport, max_accuracy_drop: float | None) -> list[str]:
             )
         else:
             lines.append(
-                f"The {precision} engine is {ratio:.2f}x faster than fp32 ONNX Runtime {where} "
+                f"The {precision} engine is {ratio:.2f}x faster than the fp32 model on the same runtime "
+                f"({report.engine.kind}) {where} "
                 f"({engine.p50:.3f} ms vs {reference.p50:.3f} ms p50, batch {engine.batch})."
             )
     fidelity, accuracy = report.fidelity, report.accuracy
