@@ -45,6 +45,9 @@ class QuantRecipe:
     op_types: tuple[str, ...] = ()  # the op types quantized; empty: every op the quantizer knows (ORT's QDQ registry)
     # SmoothQuant migration strength before quantizing MatMuls (edgecompress/quantize/smoothquant.py); None: off
     smooth_alpha: float | None = None
+    # op types left float whose weights are stored int8 behind a DequantizeLinear (size only: no int8 kernel pays for
+    # them; edgecompress/quantize/weight_storage.py)
+    int8_stored_weights: tuple[str, ...] = ()
     reason: str = ""  # why this recipe was chosen (recorded in report.json)
 
     @property
@@ -60,6 +63,8 @@ class QuantRecipe:
             parts.append("/".join(self.op_types) + " only")
         if self.smooth_alpha is not None:
             parts.append(f"SmoothQuant α={self.smooth_alpha:g}")
+        if self.int8_stored_weights:
+            parts.append("/".join(self.int8_stored_weights) + " weights stored int8")
         if self.equalize:
             parts.append("CLE")
         if self.bias_correction:
@@ -75,6 +80,7 @@ class QuantRecipe:
         data["nodes_to_exclude"] = list(self.nodes_to_exclude)
         data["int8_rewrites"] = list(self.int8_rewrites)
         data["op_types"] = list(self.op_types)
+        data["int8_stored_weights"] = list(self.int8_stored_weights)
         data["label"] = self.label
         return data
 

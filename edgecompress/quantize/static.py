@@ -240,6 +240,12 @@ def _quantize_dynamic(prepared: Path, out: Path, recipe: QuantRecipe) -> None:
             quantize_dynamic(str(prepared), str(out), weight_type=_quant_type(recipe.weight_type), per_channel=recipe.per_channel,
                              reduce_range=recipe.reduce_range, op_types_to_quantize=list(recipe.op_types) or None,
                              nodes_to_exclude=list(recipe.nodes_to_exclude))
+            if recipe.int8_stored_weights:
+                from edgecompress.quantize.weight_storage import store_weights_int8
+
+                model = onnx.load(str(out))
+                if store_weights_int8(model, recipe.int8_stored_weights, recipe.nodes_to_exclude):
+                    onnx.save(model, str(out))
         except Exception as exc:
             raise QuantizationError(
                 f"dynamic quantization failed: {exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}",

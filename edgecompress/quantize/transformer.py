@@ -35,6 +35,8 @@ from edgecompress.quantize.recipe import QuantRecipe
 MATMUL_OPS = ("MatMul", "Gemm")
 DYNAMIC_INT8_ENGINES = ("ort-cpu", "ort-arm")  # engines whose runtime has dynamic int8 MatMul kernels
 DEFAULT_SMOOTH_ALPHA = 0.75
+# a ViT's patch embedding and decoder head stay float in the dynamic recipe, their weights stored int8 (weight_storage.py)
+INT8_STORED_WEIGHTS = ("Conv", "ConvTranspose")
 SMOOTH_ALPHAS_TO_TRY = (0.6, 0.9)  # what repair tries beside the default before keeping MatMuls float
 
 
@@ -59,5 +61,5 @@ def transformer_recipe(recipe: QuantRecipe, engine: str) -> QuantRecipe:
            + ("activation ranges per call (ONNX Runtime's dynamic int8 MatMul kernels)" if dynamic else
               "static Q/DQ on the MatMul inputs"))
     return replace(recipe, op_types=MATMUL_OPS, smooth_alpha=DEFAULT_SMOOTH_ALPHA, activations="dynamic" if dynamic else "static",
-                   equalize=False, bias_correction=False, int8_rewrites=(),
+                   int8_stored_weights=INT8_STORED_WEIGHTS if dynamic else (), equalize=False, bias_correction=False, int8_rewrites=(),
                    reason="; ".join(part for part in (recipe.reason, why) if part))
