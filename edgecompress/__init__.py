@@ -1,10 +1,10 @@
 """edgecompress: a trained model in, a verified and benchmarked int8 edge engine out.
 
 `edgecompress.build(model, calib=loader, targets=["cpu"])` from Python, `edgecompress build` from a shell: the same
-options, steps and reports; `export_onnx`, `quantize_int8`, `make_calibration`, `bundle` and `release` run one step
-each. The Python API loads on first use (PEP 562), so `import edgecompress` and the CLI's start stay fast.
+options, steps and reports; `export_onnx`, `quantize_int8`, `make_calibration`, `bundle`, `release` and `ship_bundle`
+run one step each. The Python API loads on first use (PEP 562), so `import edgecompress` and the CLI's start stay fast.
 
-The one-step functions are not called `export`, `quantize` or `calib`: those names are this package's stage
+The one-step functions are not called `export`, `quantize`, `calib` or `ship`: those names are this package's stage
 subpackages, which the import system sets as attributes here once anything imports them.
 """
 
@@ -17,11 +17,11 @@ TYPE_CHECKING = False  # not typing's: importing typing would cost `import edgec
 if TYPE_CHECKING:
     from edgecompress.api import (
         BuildResult, EngineResult, EngineRunner, QuantizeResult, build, bundle, export_onnx, make_calibration, quantize_int8,
-        release,
+        release, ship_bundle,
     )
 
 __all__ = ["BuildResult", "EngineResult", "EngineRunner", "QuantizeResult", "__version__", "build", "bundle", "export_onnx",
-           "make_calibration", "quantize_int8", "release"]
+           "make_calibration", "quantize_int8", "release", "ship_bundle"]
 
 
 def __getattr__(name: str) -> object:

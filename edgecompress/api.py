@@ -6,9 +6,10 @@ BUILD_STEPS and per-target build as `edgecompress build`, so the cache keys are 
 weights and arrays (an in-memory module is keyed by `module_hash`, arrays by `arrays_sha256`) and the reports are the
 same report.json dicts. Every option is a BuildConfig field, validated there: the CLI's flags come from the same fields.
 
-The one-step functions (`export_onnx`, `quantize_int8`, `make_calibration`, `bundle`, `release`) are for users who
-want one stage's file, not a whole build: each calls the code the CLI runs for that step (the pipeline's steps, with
-the same cache keys, or the ship functions), so their files are the ones a build or a command would write.
+The one-step functions (`export_onnx`, `quantize_int8`, `make_calibration`, `bundle`, `release`, `ship_bundle`) are
+for users who want one stage's file or action, not a whole build: each calls the code the CLI runs for that step (the
+pipeline's steps, with the same cache keys, or the ship functions), so their files are the ones a build or a command
+would write.
 
 Nothing heavy is imported at module level (`import edgecompress` stays fast): torch, numpy and the pipeline load
 on the first call.
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from edgecompress.quantize.recipe import QuantRecipe
     from edgecompress.ship.bundle import BundleArtifact
     from edgecompress.ship.release import ReleaseArtifact
+    from edgecompress.ship.transport import HostResult
     from edgecompress.source.layout import BatchLayout
     from edgecompress.source.model import SourceModel
 
@@ -47,6 +49,8 @@ EXPORT_OPTIONS = ("weights", "pooling", "batch_axis", "opset", "exporter", "expo
 QUANTIZE_OPTIONS = ("batch_axis", "calibration_method", "percentile", "per_channel", "nodes_to_exclude", "equalize",
                     "bias_correction")
 SELFTEST_SAMPLES = 4  # bundle's and release's sample inputs: the CLI's --samples default (ship/bundle.py's, tested)
+SSH_TIMEOUT = 15.0  # ship_bundle's: the CLI's --timeout and SshOptions' default (tested)
+REMOTE_PYTHON = "python3"  # ship_bundle's: the CLI's --remote-python default (tested)
 
 
 def build(model: Any, *, calib: Any, eval_data: Any = None, targets: Sequence[str] = ("cpu",), out: str | Path = "build",
@@ -725,6 +729,49 @@ def release(build_dir: str | Path, *, targets: str | Sequence[str] | None = None
     return build_release(target_dirs, Path(out), version, Path(sign), passphrase, samples)
 
 
+def ship_bundle(archive: str | Path, to: str | Sequence[str], *, verify_key: str | Path | None = None,
+                trust_on_first_use: bool = False, accept_new_signer: bool = False, allow_unsigned: bool = False,
+                ssh_key: str | Path | None = None, ssh_passphrase: str | None = None, known_hosts: str | Path | None = None,
+                accept_new_host_key: bool = False, timeout: float = SSH_TIMEOUT, remote_python: str = REMOTE_PYTHON,
+                parallel: int = 1, progress: bool = True) -> list[HostResult]:
+    """Install a bundle on devices over SSH, check it there and switch each one's `current` to it: what
+    `edgecompress ship` does, by the same function.
+
+    The bundle is verified here before any device is touched (a bad one raises BundleError or ShipError). Each device
+    gets it over SFTP, runs its `run.py --verify --selftest` (`sha256sum -c` where it has no Python), and only then
+    moves `current` to it. A device that fails keeps its release and says why in its result: one unreachable device
+    does not hide what happened on the others, so check each result's `ok`.
+
+    Args:
+        archive: the bundle (.tar.gz) that `bundle` wrote.
+        to: the devices as "[user@]host[:port]:/path", one string or several.
+        verify_key: the signing public key (.pub from `edgecompress keygen`) a signed bundle must carry.
+        trust_on_first_use: without `verify_key`: each device pins the signer of the first bundle it accepts.
+        accept_new_signer: let devices accept and pin a signer other than the one they pinned (a new release key).
+        allow_unsigned: ship a bundle without a signature.
+        ssh_key: the SSH private key to log in with (default: ssh-agent and the ~/.ssh keys, as ssh's).
+        ssh_passphrase: `ssh_key`'s passphrase.
+        known_hosts: the known_hosts file the devices' host keys must be in (default ~/.ssh/known_hosts).
+        accept_new_host_key: trust and record a host key not yet in known_hosts.
+        timeout: seconds to wait for a device to answer before giving up on it.
+        remote_python: the Python on the device that runs the bundle's checks (numpy and the engine's runtime).
+        parallel: devices shipped to at the same time.
+        progress: False silences the info line (warnings still show).
+
+    Returns:
+        One HostResult per device, in the order of `to`: `ok`, the `reason` of a failure, the `release` installed,
+        the `previous` one and the check that passed on the device (`checked_by`).
+    """
+    from edgecompress.ship.transport import Destination, SshOptions, ship
+
+    destinations = [Destination.parse(spec) for spec in ([to] if isinstance(to, str) else to)]
+    ssh = SshOptions(key=_path_or_none(ssh_key), passphrase=ssh_passphrase, known_hosts=_path_or_none(known_hosts),
+                     accept_new_host_key=accept_new_host_key, timeout=timeout, remote_python=remote_python)
+    with _progress_shown(progress):
+        return ship(Path(archive), destinations, ssh, _path_or_none(verify_key), allow_unsigned, parallel, None,
+                    trust_on_first_use, accept_new_signer)
+
+
 # --- the result -------------------------------------------------------------------------------------------------------
 
 
@@ -852,4 +899,4 @@ class EngineRunner:
 
 
 __all__ = ["BuildResult", "EngineResult", "EngineRunner", "Fidelity", "QuantizeResult", "build", "bundle", "export_onnx",
-           "make_calibration", "quantize_int8", "release"]
+           "make_calibration", "quantize_int8", "release", "ship_bundle"]

@@ -17,15 +17,15 @@ import torch
 
 import edgecompress
 from edgecompress.core.errors import (
-    BuildDirError, BundleError, CalibrationError, ConfigError, InputShapeError, ModelLoadError, TargetError,
+    BuildDirError, BundleError, CalibrationError, ConfigError, InputShapeError, ModelLoadError, ShipError, TargetError,
 )
 from edgecompress.export.graph import OnnxModelInfo
 from tests.conftest import make_tiny_net
-from tests.ship_support import build_for_target, copy_build
+from tests.ship_support import build_for_target, copy_build, device  # noqa: F401 (fixture: a loopback sshd)
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE = (1, 1, 8, 8)  # TinyNet's input
-STAGES = ("export_onnx", "quantize_int8", "make_calibration", "bundle", "release")
+STAGES = ("export_onnx", "quantize_int8", "make_calibration", "bundle", "release", "ship_bundle")
 
 
 def digits_8x8(count: int) -> np.ndarray:
@@ -228,6 +228,30 @@ def test_release_with_a_bad_version_is_a_bundle_error_and_writes_nothing(tmp_pat
     assert not (tmp_path / "release").exists()
 
 
+def test_ship_bundle_installs_a_signed_bundle_that_passes_its_checks_on_the_device(device, tmp_path):
+    from edgecompress.ship.signing import generate_keypair
+
+    copy_build(tmp_path / "run")
+    keys = generate_keypair(tmp_path / "key")
+    made = edgecompress.bundle(tmp_path / "run", target="cpu", sign=keys.private_path)
+    root = device.root / "api"
+    [shipped] = edgecompress.ship_bundle(made.path, device.destination(root), verify_key=keys.public_path,
+                                         ssh_key=device.user_key, known_hosts=device.known_hosts,
+                                         remote_python=sys.executable, progress=False)
+    assert shipped.ok, shipped.reason
+    assert shipped.checked_by == "run.py --verify + --selftest" and shipped.release == made.sha256[:16]
+    assert (root / "current").resolve() == (root / "releases" / made.sha256[:16]).resolve()
+
+
+def test_ship_bundle_of_a_signed_bundle_without_a_trusted_key_is_a_ship_error_before_any_device(tmp_path):
+    from edgecompress.ship.signing import generate_keypair
+
+    copy_build(tmp_path / "run")
+    made = edgecompress.bundle(tmp_path / "run", target="cpu", sign=generate_keypair(tmp_path / "key").private_path)
+    with pytest.raises(ShipError, match="no trusted key"):  # 192.0.2.1 (TEST-NET-1) would time out if it were tried
+        edgecompress.ship_bundle(made.path, "pi@192.0.2.1:/opt/models", progress=False)
+
+
 # --- the functions as a user finds them -------------------------------------------------------------------------------
 
 
@@ -237,8 +261,10 @@ def test_defaults_are_the_cli_commands(monkeypatch):
     from edgecompress.cli.calib import calib
     from edgecompress.cli.ship import bundle as bundle_command
     from edgecompress.cli.ship import release as release_command
+    from edgecompress.cli.ship import ship as ship_command
     from edgecompress.ship.bundle import BundleOptions
     from edgecompress.ship.release import build_release
+    from edgecompress.ship.transport import SshOptions
 
     def default(function, name):
         value = inspect.signature(function).parameters[name].default
@@ -248,6 +274,10 @@ def test_defaults_are_the_cli_commands(monkeypatch):
     assert default(edgecompress.release, "samples") == default(build_release, "samples") == default(release_command, "samples")
     assert default(edgecompress.make_calibration, "class_loss") == DataFreeConfig().class_loss_weight == default(calib, "class_loss")
     assert default(edgecompress.make_calibration, "steps") == DataFreeConfig().steps
+    for name in ("timeout", "remote_python", "parallel"):
+        assert default(edgecompress.ship_bundle, name) == default(ship_command, name), name
+    assert (default(edgecompress.ship_bundle, "timeout"), default(edgecompress.ship_bundle, "remote_python")) == (
+        SshOptions().timeout, SshOptions().remote_python)
 
 
 def test_each_function_stays_reachable_after_the_stage_packages_load():

@@ -91,6 +91,9 @@ class SshOptions:
 
 @dataclass
 class HostResult:
+    """What shipping did on one device: `ok`, else the `reason`; the release it now runs, the one before, the check
+    that passed there and the seconds it took."""
+
     destination: Destination
     ok: bool
     reason: str = ""
