@@ -371,3 +371,33 @@ def test_a_build_runs_its_qat_rung_in_two_processes(digits_case, tmp_path):  # n
     qat = report["quantization"]["qat"]
     assert qat["ran"] and qat["processes"] == 2 and qat["steps"] == 4 and qat["seconds_per_step"] > 0
     assert "int8 QAT" in [c["name"] for c in report["quantization"]["precision"]["candidates"]]
+
+
+def test_a_model_that_fixes_its_batch_is_refused_before_any_step_with_the_fix(tmp_path):
+    """A graph whose Reshape fixes batch 1 (as YOLO exports do) cannot train on batches: a typed error the ladder
+    passes over (it goes on to fp16/fp32), not an ONNX Runtime failure mid-training."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgecompress.calib.load import calibration_set_from_arrays
+    from edgecompress.core.errors import QuantizationError
+    from edgecompress.export.graph import model_io, read_onnx
+
+    weight = np.random.default_rng(0).normal(size=(4, 6)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+         helper.make_node("Reshape", ["h", "shape"], ["y"], name="fixed")],
+        "fixed-batch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([1, 6], np.int64), "shape")])
+    fp32 = tmp_path / "fixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(fp32))
+    x = np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32)
+    inputs, _ = model_io(read_onnx(fp32))
+    calibration = calibration_set_from_arrays({"x": x}, inputs, "fixed", BatchLayout({}, fixed_batch=1))
+    recipe = QuantRecipe()
+    prepared = prepare_model(fp32, calibration, recipe, tmp_path / "prepared.onnx")
+    qdq = quantize_model(fp32, calibration, recipe, tmp_path / "ptq.onnx")
+    for layout in (BatchLayout({}, fixed_batch=1), BatchLayout({})):  # declared by the layout, or found by running it
+        with pytest.raises(QuantizationError, match="batch") as raised:
+            finetune(prepared, qdq, {"x": x}, layout, recipe, QatOptions(steps=2), tmp_path / "qat.onnx")
+        assert "dynamic batch axis" in raised.value.fix and "--qat off" in raised.value.fix

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from edgecompress.calib.load import CalibrationSet
 from edgecompress.calib.onnx_torch import OnnxGraphModule
 from edgecompress.compress.parallel import any_rank, average_gradients, rank_share, world
-from edgecompress.core.errors import ConfigError
+from edgecompress.core.errors import ConfigError, QuantizationError
 from edgecompress.quantize.augment import augment_images, is_image_batch
 from edgecompress.quantize.recipe import QuantRecipe
 from edgecompress.source.layout import BatchLayout
@@ -396,6 +396,26 @@ def _augmentable(inputs: dict[str, np.ndarray], layout: BatchLayout) -> bool:
     return layout.axis(name, array) == 0 and is_image_batch(torch.from_numpy(np.ascontiguousarray(array[:1])))
 
 
+BATCH_FIX = ("re-export the model with a dynamic batch axis (no Reshape to a shape that fixes batch 1), or build "
+             "with --qat off")
+
+
+def _check_batches(graph: FakeQuantGraph, inputs: dict[str, np.ndarray], layout: BatchLayout, train_index: np.ndarray,
+                   targets: list[str]) -> None:
+    """QAT trains on batches of many inputs: a model whose graph fixes its batch (a YOLO export's Reshape to [1, ...])
+    cannot be trained so; say it before any step, and the ladder goes on (never an error at step one)."""
+    if layout.fixed_batch is not None:
+        raise QuantizationError(f"quantization-aware training runs batches of inputs, and this model fixes its batch at "
+                                f"{layout.fixed_batch}", BATCH_FIX)
+    if len(train_index) < 2:
+        return
+    try:
+        graph.teacher_outputs(_take(inputs, layout, train_index[:2]), targets)
+    except Exception as exc:  # ONNX Runtime's own error types for a shape the graph cannot take
+        raise QuantizationError("quantization-aware training runs batches of inputs, and the fp32 model fails on a batch "
+                                f"of 2: {' '.join(str(exc).split())[:200]}", BATCH_FIX) from exc
+
+
 def _shown_metric(entry: dict[str, float]) -> str:
     return f", agreement {entry['validation_agreement']:.1%}" if "validation_agreement" in entry else ""
 
@@ -414,6 +434,7 @@ def finetune(prepared_path: Path, qdq_path: Path, inputs: dict[str, np.ndarray],
     if len(train_index) == 0:
         raise ConfigError("quantization-aware training got no training inputs", "pass --data with inputs, or a larger --calib set")
     targets = distillation_targets(prepared)
+    _check_batches(graph, inputs, layout, train_index, targets)
     val_inputs = _take(inputs, layout, val_index if len(val_index) else train_index[: options.batch_size])
     val_teacher = graph.teacher_outputs(val_inputs, targets)
     kinds = options.loss_kinds or tuple(loss_kind_for(t.numpy()) for t in val_teacher)
