@@ -9,6 +9,7 @@ checked against PyTorch's own output on ONNX Runtime before anything else uses t
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,11 @@ def read_onnx(path: Path) -> onnx.ModelProto:
 
 def opset_of(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def input_uses(model: onnx.ModelProto) -> Counter[str]:
+    """How many node inputs read each tensor: a weight read once can be rewritten for its one consumer."""
+    return Counter(name for node in model.graph.node for name in node.input)
 
 
 def tensor_types(model: onnx.ModelProto) -> dict[str, int]:

@@ -409,9 +409,11 @@ def _check_batches(graph: FakeQuantGraph, inputs: dict[str, np.ndarray], layout:
                                 f"{layout.fixed_batch}", BATCH_FIX)
     if len(train_index) < 2:
         return
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
     try:
         graph.teacher_outputs(_take(inputs, layout, train_index[:2]), targets)
-    except Exception as exc:  # ONNX Runtime's own error types for a shape the graph cannot take
+    except (Fail, InvalidArgument, RuntimeException) as exc:  # ORT's errors for a shape the graph cannot take; a bug raises
         raise QuantizationError("quantization-aware training runs batches of inputs, and the fp32 model fails on a batch "
                                 f"of 2: {' '.join(str(exc).split())[:200]}", BATCH_FIX) from exc
 

@@ -24,6 +24,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgecompress.core.runtime import session_with_outputs
+from edgecompress.export.graph import input_uses
 
 SCALE_LIMITS = (1e-4, 1e4)  # a channel that never fires (max 0) keeps s = 1; others are kept within these
 
@@ -61,10 +62,7 @@ def migration_scales(activation_max: np.ndarray, weights: list[np.ndarray], alph
 def smooth_matmuls(model: onnx.ModelProto, activation_max: dict[str, np.ndarray], alpha: float) -> int:
     """Migrate each group's activation outliers into its weights, in place; returns how many groups were smoothed."""
     initializers = {t.name: t for t in model.graph.initializer}
-    consumers: dict[str, int] = defaultdict(int)
-    for node in model.graph.node:
-        for name in node.input:
-            consumers[name] += 1
+    consumers = input_uses(model)
     smoothed = 0
     for activation, nodes in weighted_matmuls(model).items():
         if activation not in activation_max or any(consumers[n.input[1]] > 1 for n in nodes):

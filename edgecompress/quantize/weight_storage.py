@@ -14,7 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-# weight input index and the axis of its output channels, per op type
+from edgecompress.export.graph import input_uses, opset_of
+
+# the axis of each op type's weight (its input 1) that holds the output channels
 WEIGHT_AXES = {"Conv": 0, "ConvTranspose": 1}
 MIN_WEIGHTS = 16384  # smaller tensors save less than their scales and DequantizeLinear cost
 
@@ -22,14 +24,11 @@ MIN_WEIGHTS = 16384  # smaller tensors save less than their scales and Dequantiz
 def store_weights_int8(model: onnx.ModelProto, op_types: tuple[str, ...], exclude: tuple[str, ...] = ()) -> list[str]:
     """Replace the float weight of each `op_types` node (not in `exclude`) with int8 + DequantizeLinear, in place;
     returns the names of the weights stored so. A weight shared with any other consumer is left as it is."""
-    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 13:
+    if opset_of(model) < 13:
         return []  # DequantizeLinear's per-axis form needs opset 13
     graph_inputs = {value.name for value in model.graph.input}  # an initializer listed as an input can be fed: keep it
     initializers = {tensor.name: tensor for tensor in model.graph.initializer if tensor.name not in graph_inputs}
-    consumers: dict[str, int] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
+    consumers = input_uses(model)
     stored, dequantize = [], []
     for node in model.graph.node:
         if node.op_type not in op_types or node.name in exclude or len(node.input) < 2:
